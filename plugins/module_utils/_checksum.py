@@ -1,0 +1,66 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Shared-memory checksums: files hashed in chunks, all chunks of all files in parallel.
+
+hashlib and zlib release the GIL on large buffers, so threads use every core. A file's
+checksum is the hash of its chunk digests, so it does not depend on the worker count.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import mmap
+import os
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+ALGORITHMS = ('crc32', 'sha1', 'sha256', 'blake2b')
+CHUNK = 32 << 20
+
+
+def _chunk_digest(view, algorithm):
+    if algorithm == 'crc32':
+        return b'%08x' % (zlib.crc32(view) & 0xffffffff)
+    return hashlib.new(algorithm, view).digest()
+
+
+def checksum_files(paths, algorithm='sha1', chunk=CHUNK, workers=None):
+    """Return ({path: {'checksum': hex, 'size': bytes}}, seconds). Reads never write."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError('unknown checksum algorithm %r' % algorithm)
+    start = time.monotonic()
+    maps, jobs = {}, []
+    try:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                maps[path] = (mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None, size)
+            finally:
+                os.close(fd)
+            for offset in range(0, size, chunk):
+                jobs.append((path, offset))
+        views = dict((p, memoryview(m) if m is not None else None) for p, (m, _s) in maps.items())
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+            digests = list(pool.map(lambda job: _chunk_digest(views[job[0]][job[1]:job[1] + chunk], algorithm), jobs))
+        for view in views.values():
+            if view is not None:
+                view.release()
+    finally:
+        for mapped, _size in maps.values():
+            if mapped is not None:
+                mapped.close()
+    result = {}
+    for path in paths:
+        combined = hashlib.sha256(algorithm.encode())
+        for (job_path, _offset), digest in zip(jobs, digests):
+            if job_path == path:
+                combined.update(digest)
+        result[path] = {'checksum': '%s:%s' % (algorithm, combined.hexdigest()), 'size': maps[path][1]}
+    return result, time.monotonic() - start

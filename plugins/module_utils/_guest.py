@@ -1,0 +1,256 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""A named QEMU guest with ivshmem devices on this host (ivshmem.fleet.guest)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import shutil
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
+
+# QEMU run states that count as "the guest executes" or "paused, resumable by cont".
+RESUMABLE = ('paused', 'prelaunch', 'debug', 'suspended')
+
+
+class GuestError(Exception):
+    """A guest could not be brought to the asked state; the message says why."""
+
+
+def guest_paths(layout, name):
+    directory = layout.guest_dir(name)
+    return {'dir': directory, 'qmp': layout.guest_qmp(name), 'pidfile': os.path.join(directory, 'qemu.pid'),
+            'log': os.path.join(directory, 'qemu.log'), 'console': os.path.join(directory, 'console.log'),
+            'record': os.path.join(directory, 'spec.json')}
+
+
+def guest_status(layout, name, registers=True):
+    """The guest as it runs now: None if never set up; ``pid`` None when not running."""
+    paths = guest_paths(layout, name)
+    record = _host.read_json(paths['record'])
+    if record is None:
+        return None
+    pid = _host.read_pidfile(paths['pidfile'])
+    if not _host.process_alive(pid, paths['qmp']):
+        pid = None
+    status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
+              'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
+              'accel': record.get('accel'), 'console': paths['console'],
+              'ivshmem': [dict(d, ivposition=None) for d in record['spec']['ivshmem']]}
+    if pid is None:
+        status['state'] = 'stopped'
+        return status
+    try:
+        with QMPClient(paths['qmp'], timeout=5.0) as qmp:
+            status['run_state'] = qmp.command('query-status')['status']
+            migration = qmp.command('query-migrate')
+            status['migration'] = {'status': migration.get('status', 'none'),
+                                   'blocked_reasons': migration.get('blocked-reasons', [])}
+            if registers:
+                live = read_ivshmem_registers(qmp)
+                for device in status['ivshmem']:
+                    device['ivposition'] = live.get(device['id'], {}).get('ivposition')
+                    device['role'] = device_role(qmp, device['id'])
+    except QMPError as exc:
+        status['error'] = str(exc)
+    status['state'] = _state_of(status)
+    return status
+
+
+def _state_of(status):
+    run_state = status['run_state']
+    if run_state == 'inmigrate' or (status['incoming'] and run_state in ('prelaunch',)):
+        return 'incoming'
+    if run_state == 'running':
+        return 'running'
+    if run_state == 'postmigrate':
+        return 'migrated'
+    return 'paused' if run_state in RESUMABLE else (run_state or 'unknown')
+
+
+def quit_guest(layout, name, timeout):
+    """Stop QEMU: QMP quit, then signals. Returns the seconds waited."""
+    paths = guest_paths(layout, name)
+    pid = _host.read_pidfile(paths['pidfile'])
+    if not _host.process_alive(pid, paths['qmp']):
+        return 0.0
+    try:
+        with QMPClient(paths['qmp'], timeout=min(timeout, 5.0)) as qmp:
+            qmp.command('quit')
+    except QMPError:
+        pass
+    try:
+        return _host.terminate(pid, paths['qmp'], timeout)
+    finally:
+        _host.remove_stale_socket(paths['qmp'])
+
+
+class GuestManager(StateMachine):
+    def __init__(self, params, layout, check_mode):
+        super(GuestManager, self).__init__(check_mode)
+        self.layout = layout
+        self.spec = GuestSpec(params, layout)
+        self.timeout = params.get('timeout', 60)
+        self.restart_on_drift = params.get('restart_on_drift', False)
+        self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
+        self.paths = guest_paths(layout, self.spec.name)
+        self.current = guest_status(layout, self.spec.name, registers=False)
+        self.before = self._view(self.current)
+        self.after = dict(self.before)
+
+    @staticmethod
+    def _view(status):
+        if status is None:
+            return {'state': 'absent'}
+        return {'state': status['state'], 'spec': status['record']['spec']}
+
+    @property
+    def running(self):
+        return self.current is not None and self.current['pid'] is not None
+
+    def _drifted(self):
+        return self.running and self.current['record']['spec'] != self.spec.to_dict()
+
+    # --- states ---------------------------------------------------------------------------
+    def state_running(self):
+        self._check_masters()
+        state = self.current['state'] if self.running else None
+        if state in ('incoming', 'migrated') or self._drifted():
+            self._handle_drift(state, fatal=state in ('incoming', 'migrated'))
+        if not self.running:
+            self._start(incoming=False)
+        elif self.current['state'] == 'paused':
+            self._qmp_change('cont', 'running')
+        self._report(wait_bars=True)
+
+    def state_paused(self):
+        if not self.running:
+            raise GuestError('guest %s is not running, so it cannot be paused' % self.spec.name)
+        if self.current['state'] == 'running':
+            self._qmp_change('stop', 'paused')
+        self._report()
+
+    def state_incoming(self):
+        self._check_masters()
+        state = self.current['state'] if self.running else None
+        if state not in (None, 'incoming') or self._drifted():
+            self._handle_drift(state, fatal=state != 'incoming')
+        if not self.running:
+            self._start(incoming=True)
+        self._report()
+
+    def state_stopped(self):
+        if self.running:
+            self.after = dict(self.before, state='stopped')
+            if self.change('stop'):
+                self.result['waited'] = round(quit_guest(self.layout, self.spec.name, self.timeout), 3)
+        self._report()
+
+    def state_absent(self):
+        if self.current is not None:
+            self.after = {'state': 'absent'}
+            if self.change('remove'):
+                self.result['waited'] = round(quit_guest(self.layout, self.spec.name, self.timeout), 3)
+                shutil.rmtree(self.paths['dir'], ignore_errors=True)
+        self.result['guest'] = {'name': self.spec.name, 'state': 'absent'}
+
+    # --- steps ----------------------------------------------------------------------------
+    def _handle_drift(self, state, fatal):
+        """The guest runs, but not as asked: restart it if allowed, else fail or warn."""
+        why = {'incoming': 'waits for an incoming migration', 'migrated': 'has migrated away (a stale source)',
+               'running': 'is running', 'paused': 'is paused'}.get(state, 'runs')
+        if self._drifted():
+            why += ' with other settings than asked'
+        message = 'guest %s %s; set restart_on_drift to restart it' % (self.spec.name, why)
+        if not self.restart_on_drift:
+            if fatal:
+                raise GuestError(message)
+            self.warnings.append(message + ' (the diff shows the difference)')
+            self.after = {'state': state, 'spec': self.spec.to_dict()}
+            return
+        if self.change('restart'):
+            quit_guest(self.layout, self.spec.name, self.timeout)
+        self.current = dict(self.current, pid=None)
+
+    def _check_masters(self):
+        """One master per shared memory on this host: QEMU does not stop two plain masters."""
+        mine = dict((d.memory_key, i) for i, d in enumerate(self.spec.devices) if d.role == 'master')
+        for device_index, device in enumerate(self.spec.devices):
+            if device.type == 'doorbell' and not os.path.exists(device.socket):
+                raise ValidationError('ivshmem[%d].%s' % (device_index, 'server' if device.server else 'socket'),
+                                      'no ivshmem server socket at %s; start the server first' % device.socket)
+        if not mine:
+            return
+        for other in self.layout.names('guests'):
+            if other == self.spec.name:
+                continue
+            status = guest_status(self.layout, other, registers=False)
+            if status is None or status['pid'] is None or status['state'] == 'migrated':
+                continue
+            for device in status['record']['spec']['ivshmem']:
+                key = ('server', device['socket']) if device['type'] == 'doorbell' else ('file', device['memory_path'])
+                if device['role'] == 'master' and tuple(key) in mine:
+                    raise ValidationError('ivshmem[%d].role' % mine[tuple(key)],
+                                          'guest %s is already the master of this shared memory' % other)
+
+    def _start(self, incoming):
+        spec = self.spec
+        accel = spec.accel
+        if accel == 'auto':
+            accel = 'kvm' if _host.kvm_usable_by(spec.user, spec.group) else 'tcg'
+        self.after = {'state': 'incoming' if incoming else 'running', 'spec': spec.to_dict()}
+        if not self.change('start'):
+            return
+        _host.ensure_account(spec.user, spec.group, False)
+        _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
+        _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
+        _host.remove_stale_socket(self.paths['qmp'])
+        argv = spec.argv(self.layout, accel, incoming)
+        _host.write_json(self.paths['record'], {
+            'spec': spec.to_dict(), 'accel': accel, 'incoming': incoming, 'argv': argv,
+            'incoming_uri': self.incoming_uri if incoming else None})
+        # Not -daemonize: QEMU's sandbox (spawn=deny) kills the fork. QEMU runs in its own
+        # session instead, and readiness is "QMP answers a command" (after the ivshmem handshake).
+        process = _host.spawn(argv + ['-pidfile', self.paths['pidfile']], self.paths['log'], spec.user, spec.group)
+        try:
+            _value, waited = _readiness.wait('qmp_answers', self.timeout, self.paths['qmp'], process.poll)
+        except (WaitTimeout, _host.HostError) as exc:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            _host.remove_stale_socket(self.paths['qmp'])
+            raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
+        if incoming:
+            with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+                qmp.command('migrate-incoming', {'uri': self.incoming_uri})
+        self.result['waited'] = round(waited, 3)
+
+    def _qmp_change(self, command, new_state):
+        self.after = dict(self.before, state=new_state)
+        if self.change(command):
+            with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+                qmp.command(command)
+
+    def _report(self, wait_bars=False):
+        if self.check_mode:
+            self.result['guest'] = dict(self.after, name=self.spec.name, qmp=self.paths['qmp'])
+            self.result['guest'].pop('spec', None)
+            return
+        if wait_bars and self.spec.devices:
+            try:
+                _value, waited = _readiness.wait('bars_assigned', 15, self.paths['qmp'])
+            except WaitTimeout as exc:
+                self.warnings.append('IVPOSITION not readable yet: %s' % exc)
+        status = guest_status(self.layout, self.spec.name)
+        status.pop('record', None)
+        self.result['guest'] = status

@@ -1,0 +1,245 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Host-side facts and chores: processes, sockets, files, the service account, /dev/kvm."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import grp
+import json
+import os
+import pwd
+import signal
+import stat
+import subprocess
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
+
+
+class HostError(Exception):
+    """A host operation failed; the message says which and why."""
+
+
+# --- processes --------------------------------------------------------------------------
+def read_pidfile(path):
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid, marker=None):
+    """True if ``pid`` runs (not a zombie) and its command line contains ``marker``."""
+    if not pid:
+        return False
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            if handle.read().rsplit(')', 1)[1].split()[0] in ('Z', 'X'):
+                return False
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            cmdline = handle.read().decode('utf-8', 'replace')
+    except (OSError, IndexError):
+        return False
+    return marker is None or marker in cmdline
+
+
+def terminate(pid, marker, timeout):
+    """SIGTERM, wait, then SIGKILL. Returns the seconds waited."""
+    waited = 0.0
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not process_alive(pid, marker):
+            return waited
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            return waited
+        try:
+            _value, spent = wait_for('pid %d to exit' % pid, lambda: not process_alive(pid, marker), timeout)
+            return waited + spent
+        except WaitTimeout as exc:
+            waited += exc.waited
+    raise HostError('pid %d did not exit after SIGKILL' % pid)
+
+
+def spawn(argv, log_path, user=None, group=None, env=None):
+    """Start a long-running program in its own session, as ``user``; returns the Popen.
+
+    The process outlives the module (it is reparented when the module exits).
+    """
+    kwargs = {}
+    if user is not None and os.geteuid() == 0:
+        account = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+        kwargs.update(user=account.pw_uid, group=gid, extra_groups=os.getgrouplist(user, gid))
+    with open(log_path, 'ab') as log:
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                                    start_new_session=True, env=env, **kwargs)
+        except OSError as exc:
+            raise HostError('cannot run %s: %s' % (argv[0], exc))
+
+
+def launch_daemon(argv, log_path, timeout, user=None, group=None):
+    """Run a program that daemonizes itself; wait (bounded) for its launcher to return.
+
+    Returns the seconds waited. A launcher still running at the timeout is killed.
+    """
+    process = spawn(argv, log_path, user, group)
+    try:
+        _value, waited = wait_for('%s to start' % os.path.basename(argv[0]),
+                                  lambda: process.poll() is not None, timeout, interval=0.02)
+    except WaitTimeout as exc:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise HostError('%s did not finish starting within %.0f s and was killed; log: %s' % (
+            os.path.basename(argv[0]), exc.waited, tail(log_path)))
+    if process.returncode != 0:
+        raise HostError('%s failed to start (exit %d): %s' % (os.path.basename(argv[0]), process.returncode, tail(log_path)))
+    return waited
+
+
+def tail(path, lines=5):
+    try:
+        with open(path, 'rb') as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            text = handle.read().decode('utf-8', 'replace')
+    except OSError:
+        return ''
+    return ' | '.join(text.strip().splitlines()[-lines:])
+
+
+# --- sockets ------------------------------------------------------------------------------
+def unix_listening(path):
+    """True if some process listens on the UNIX socket ``path`` (no connection made:
+    the upstream server exits when a client connects and closes at once)."""
+    try:
+        with open('/proc/net/unix') as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+    except (OSError, ValueError, StopIteration):
+        return False
+    return False
+
+
+def remove_stale_socket(path):
+    """Remove a socket file nobody listens on; refuse to touch anything else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode):
+        raise HostError('%s exists and is not a socket' % path)
+    if unix_listening(path):
+        return False
+    os.unlink(path)
+    return True
+
+
+# --- files ----------------------------------------------------------------------------------
+def write_file(path, data, mode=0o644):
+    """Write atomically; returns True when the content changed."""
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    try:
+        with open(path, 'rb') as handle:
+            if handle.read() == data:
+                if stat.S_IMODE(os.stat(path).st_mode) != mode:
+                    os.chmod(path, mode)
+                return False
+    except OSError:
+        pass
+    tmp = '%s.tmp.%d' % (path, os.getpid())
+    with open(tmp, 'wb') as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+    return True
+
+
+def read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path, data, mode=0o644):
+    return write_file(path, json.dumps(data, indent=1, sort_keys=True) + '\n', mode)
+
+
+def ensure_dir(path, mode=0o755, user=None, group=None):
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    if user is not None and os.geteuid() == 0:
+        os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
+
+
+# --- the service account --------------------------------------------------------------------
+def account_exists(user, group):
+    try:
+        pwd.getpwnam(user)
+        grp.getgrnam(group)
+    except KeyError:
+        return False
+    return True
+
+
+def ensure_account(user, group, check_mode):
+    """Create the unprivileged system user and group guests and servers run as.
+
+    Returns True when something was (or in check mode would be) created.
+    """
+    if account_exists(user, group):
+        return False
+    if check_mode:
+        return True
+    if os.geteuid() != 0:
+        raise HostError('user %s or group %s is missing, and only root can create them' % (user, group))
+    commands = []
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        commands.append(['groupadd', '--system', group])
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        commands.append(['useradd', '--system', '--no-create-home', '--home-dir', '/nonexistent',
+                         '--shell', '/usr/sbin/nologin', '--gid', group, user])
+    for command in commands:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if result.returncode != 0:
+            raise HostError('%s failed: %s' % (' '.join(command), result.stdout.decode('utf-8', 'replace').strip()))
+    return True
+
+
+def kvm_usable_by(user, group, device='/dev/kvm'):
+    """Whether ``user`` may open /dev/kvm read-write (the question ``accel: auto`` asks)."""
+    try:
+        info = os.stat(device)
+        account = pwd.getpwnam(user)
+    except (OSError, KeyError):
+        return False
+    if account.pw_uid == 0:
+        return True
+    gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+    if info.st_uid == account.pw_uid:
+        bits = (info.st_mode >> 6) & 0o6
+    elif info.st_gid in os.getgrouplist(user, gid):
+        bits = (info.st_mode >> 3) & 0o6
+    else:
+        bits = info.st_mode & 0o6
+    return bits == 0o6
+
+
+def systemd_running():
+    return os.path.isdir('/run/systemd/system')

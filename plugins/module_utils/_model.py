@@ -1,0 +1,340 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The domain model: servers, guests and their ivshmem devices.
+
+Specs are built from module parameters, validated with errors that name the field,
+and turned into command lines. Pure logic: no I/O here, so unit tests cover it all.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import re
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import parse_size
+
+NAME_PATTERN = r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
+_NAME_RE = re.compile(NAME_PATTERN)
+MIN_SHM_SIZE = 4096
+MAX_SHM_SIZE = 1 << 40
+UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
+DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
+TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
+
+
+class ValidationError(Exception):
+    """Bad input; the message starts with the offending field."""
+
+    def __init__(self, field, message):
+        super(ValidationError, self).__init__('%s: %s' % (field, message))
+        self.field = field
+
+
+def check_name(field, value):
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValidationError(field, '%r is not a valid name (letters, digits, "_", "." and "-", '
+                                     'at most 64, no path or shell characters)' % (value,))
+    return value
+
+
+def check_size(field, value, minimum=MIN_SHM_SIZE, maximum=MAX_SHM_SIZE, power_of_two=True):
+    try:
+        size = int(value) if isinstance(value, int) else parse_size(value)
+    except (TypeError, ValueError):
+        raise ValidationError(field, '%r is not a size (bytes, or a number with K, M, G or T)' % (value,))
+    if size < minimum or size > maximum:
+        raise ValidationError(field, '%d bytes is outside %d..%d' % (size, minimum, maximum))
+    if power_of_two and size & (size - 1):
+        raise ValidationError(field, '%d bytes is not a power of two (the ivshmem BAR must be)' % size)
+    return size
+
+
+def check_int(field, value, minimum, maximum):
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValidationError(field, '%r is outside %d..%d' % (value, minimum, maximum))
+    return value
+
+
+def check_path(field, value, required=True):
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not os.path.isabs(value) or '\0' in value or '\n' in value:
+        raise ValidationError(field, '%r is not an absolute path' % (value,))
+    return os.path.normpath(value)
+
+
+def check_mode(field, value):
+    text = str(value)
+    if not re.match(r'^0?[0-7]{3,4}$', text):
+        raise ValidationError(field, '%r is not an octal mode such as 0660' % (value,))
+    return int(text, 8)
+
+
+def qemu_opt(value):
+    """Escape a value inside a QEMU -opt list (commas are doubled)."""
+    return str(value).replace(',', ',,')
+
+
+class Layout:
+    """Where a host keeps each server's and guest's runtime files."""
+
+    def __init__(self, runtime_dir=DEFAULT_RUNTIME_DIR):
+        self.runtime_dir = check_path('runtime_dir', runtime_dir)
+
+    def server_dir(self, name):
+        return os.path.join(self.runtime_dir, 'servers', name)
+
+    def server_socket(self, name):
+        return os.path.join(self.server_dir(name), 'ivshmem.sock')
+
+    def server_control(self, name):
+        return os.path.join(self.server_dir(name), 'control.sock')
+
+    def guest_dir(self, name):
+        return os.path.join(self.runtime_dir, 'guests', name)
+
+    def guest_qmp(self, name):
+        return os.path.join(self.guest_dir(name), 'qmp.sock')
+
+    def incoming_uri(self, name):
+        return 'unix:' + os.path.join(self.guest_dir(name), 'incoming.sock')
+
+    def names(self, kind):
+        try:
+            return sorted(n for n in os.listdir(os.path.join(self.runtime_dir, kind)) if _NAME_RE.match(n))
+        except OSError:
+            return []
+
+
+class ServerSpec:
+    """A named ivshmem server: which implementation, which memory, which policy."""
+
+    FIELDS = ('name', 'implementation', 'binary', 'size', 'vectors', 'shm_name', 'memory_dir',
+              'pins', 'max_clients', 'socket_mode', 'memory_mode', 'user', 'group')
+
+    def __init__(self, params):
+        self.name = check_name('name', params['name'])
+        self.implementation = params.get('implementation') or 'builtin'
+        if self.implementation not in ('builtin', 'qemu'):
+            raise ValidationError('implementation', 'must be builtin or qemu')
+        self.binary = check_path('binary', params.get('binary'), required=self.implementation == 'qemu')
+        maximum = UPSTREAM_MAX_SIZE if self.implementation == 'qemu' else MAX_SHM_SIZE
+        self.size = check_size('size', params.get('size', '4M'), maximum=maximum)
+        self.vectors = check_int('vectors', params.get('vectors', 1), 1, MAX_VECTORS)
+        self.shm_name = check_name('shm_name', params.get('shm_name') or 'ivshmem-fleet-' + self.name)
+        self.memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
+        pins = params.get('pins') or {}
+        if not isinstance(pins, dict):
+            raise ValidationError('pins', 'must be a mapping of guest name to ID')
+        self.pins = {}
+        for guest, peer_id in sorted(pins.items()):
+            check_name('pins', guest)
+            try:
+                peer_id = int(peer_id)
+            except (TypeError, ValueError):
+                raise ValidationError('pins.%s' % guest, '%r is not an ID' % (peer_id,))
+            check_int('pins.%s' % guest, peer_id, 0, MAX_PEER_ID)
+            if peer_id in self.pins.values():
+                raise ValidationError('pins.%s' % guest, 'ID %d is pinned twice' % peer_id)
+            self.pins[guest] = peer_id
+        self.max_clients = check_int('max_clients', params.get('max_clients', 256), 1, 4096)
+        self.socket_mode = check_mode('socket_mode', params.get('socket_mode', '0660'))
+        self.memory_mode = check_mode('memory_mode', params.get('memory_mode', '0600'))
+        self.user = check_name('user', params.get('user') or 'ivshmem')
+        self.group = check_name('group', params.get('group') or self.user)
+        self.hold = params.get('hold')
+        if self.hold is not None:
+            check_name('hold', self.hold)
+        if self.implementation == 'qemu':
+            for field in ('pins', 'hold'):
+                if getattr(self, field):
+                    raise ValidationError(field, 'needs implementation builtin (upstream has no %s)' % field)
+
+    def to_dict(self):
+        """The settings that define the running server (a change needs a restart)."""
+        data = dict((field, getattr(self, field)) for field in self.FIELDS)
+        data['socket_mode'] = '%04o' % self.socket_mode
+        data['memory_mode'] = '%04o' % self.memory_mode
+        return data
+
+    def memory_path(self):
+        """The memory file on the host, or None where the host cannot see it."""
+        if self.memory_dir:
+            # Upstream creates an anonymous, unlinked file in the directory.
+            return None if self.implementation == 'qemu' else os.path.join(self.memory_dir, self.shm_name)
+        return os.path.join('/dev/shm', self.shm_name)
+
+    def argv(self, layout, python, program, foreground):
+        """The server's command line. ``program`` is the builtin zipapp (ignored for qemu)."""
+        directory = layout.server_dir(self.name)
+        common = ['-S', layout.server_socket(self.name), '-M', self.shm_name,
+                  '-l', str(self.size), '-n', str(self.vectors), '-p', os.path.join(directory, 'server.pid')]
+        if self.memory_dir:
+            common += ['-m', self.memory_dir]
+        if foreground:
+            common.insert(0, '-F')
+        if self.implementation == 'qemu':
+            return [self.binary] + common
+        argv = [python, program] + common + [
+            '--control', layout.server_control(self.name), '--max-clients', str(self.max_clients),
+            '--socket-mode', '%04o' % self.socket_mode, '--memory-mode', '%04o' % self.memory_mode]
+        for guest, peer_id in sorted(self.pins.items()):
+            argv += ['--pin', '%s=%d' % (guest, peer_id)]
+        if self.hold:
+            argv += ['--hold', self.hold]
+        return argv
+
+
+class IvshmemDevice:
+    """One ivshmem device of a guest."""
+
+    def __init__(self, index, params, layout):
+        field = 'ivshmem[%d]' % index
+        if not isinstance(params, dict):
+            raise ValidationError(field, 'must be a mapping')
+        unknown = set(params) - set(('type', 'server', 'socket', 'memory_path', 'size', 'role', 'vectors'))
+        if unknown:
+            raise ValidationError(field, 'unknown option(s) %s' % ', '.join(sorted(unknown)))
+        self.id = 'ivshmem%d' % index
+        self.type = params.get('type') or 'doorbell'
+        if self.type not in ('doorbell', 'plain'):
+            raise ValidationError(field + '.type', 'must be doorbell or plain')
+        self.role = params.get('role') or 'peer'
+        if self.role not in ('master', 'peer'):
+            raise ValidationError(field + '.role', 'must be master or peer')
+        self.server = self.socket = self.memory_path = self.size = self.vectors = None
+        if self.type == 'doorbell':
+            if bool(params.get('server')) == bool(params.get('socket')):
+                raise ValidationError(field, 'a doorbell device needs exactly one of server or socket')
+            for key in ('memory_path', 'size'):
+                if params.get(key) is not None:
+                    raise ValidationError('%s.%s' % (field, key), 'only for type plain')
+            if params.get('server'):
+                self.server = check_name(field + '.server', params['server'])
+                self.socket = layout.server_socket(self.server)
+            else:
+                self.socket = check_path(field + '.socket', params['socket'])
+            self.vectors = check_int(field + '.vectors', params.get('vectors', 1), 1, MAX_VECTORS)
+        else:
+            for key in ('server', 'socket', 'vectors'):
+                if params.get(key) is not None:
+                    raise ValidationError('%s.%s' % (field, key), 'only for type doorbell')
+            self.memory_path = check_path(field + '.memory_path', params.get('memory_path'))
+            self.size = check_size(field + '.size', params.get('size'))
+
+    @property
+    def memory_key(self):
+        """What identifies the shared memory: one master per key."""
+        return ('server', self.socket) if self.type == 'doorbell' else ('file', self.memory_path)
+
+    def to_dict(self):
+        return dict((k, getattr(self, k)) for k in ('id', 'type', 'role', 'server', 'socket', 'memory_path', 'size', 'vectors'))
+
+    def argv(self):
+        master = 'on' if self.role == 'master' else 'off'
+        if self.type == 'doorbell':
+            return ['-chardev', 'socket,id=%s-chr,path=%s' % (self.id, qemu_opt(self.socket)),
+                    '-device', 'ivshmem-doorbell,id=%s,chardev=%s-chr,vectors=%d,master=%s' % (
+                        self.id, self.id, self.vectors, master)]
+        return ['-object', 'memory-backend-file,id=%s-mem,mem-path=%s,size=%d,share=on' % (
+                    self.id, qemu_opt(self.memory_path), self.size),
+                '-device', 'ivshmem-plain,id=%s,memdev=%s-mem,master=%s' % (self.id, self.id, master)]
+
+
+class GuestSpec:
+    """A QEMU guest: machine, boot, disks and its ivshmem devices."""
+
+    FIELDS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
+              'extra_devices', 'extra_args', 'ivshmem', 'user', 'group', 'sandbox')
+
+    def __init__(self, params, layout):
+        self.name = check_name('name', params['name'])
+        self.binary = check_path('binary', params.get('binary') or '/usr/bin/qemu-system-x86_64')
+        self.memory = check_size('memory', params.get('memory') or '128M', minimum=16 << 20,
+                                 maximum=1 << 42, power_of_two=False) >> 20
+        self.cpus = check_int('cpus', params.get('cpus') or 1, 1, 256)
+        self.machine = params.get('machine') or 'pc'
+        if not re.match(r'^[A-Za-z0-9_.=,-]+$', self.machine):
+            raise ValidationError('machine', '%r is not a machine type' % (self.machine,))
+        self.accel = params.get('accel') or 'auto'
+        if self.accel not in ('auto', 'kvm', 'tcg'):
+            raise ValidationError('accel', 'must be auto, kvm or tcg')
+        self.disks = []
+        for index, disk in enumerate(params.get('disks') or []):
+            field = 'disks[%d]' % index
+            if not isinstance(disk, dict):
+                raise ValidationError(field, 'must be a mapping')
+            fmt = disk.get('format') or 'qcow2'
+            if fmt not in ('qcow2', 'raw'):
+                raise ValidationError(field + '.format', 'must be qcow2 or raw')
+            interface = disk.get('interface') or 'virtio'
+            if interface not in ('virtio', 'ide', 'scsi'):
+                raise ValidationError(field + '.interface', 'must be virtio, ide or scsi')
+            self.disks.append({'path': check_path(field + '.path', disk.get('path')), 'format': fmt,
+                               'interface': interface, 'readonly': bool(disk.get('readonly', False))})
+        self.kernel = check_path('kernel', params.get('kernel'), required=False)
+        self.initrd = check_path('initrd', params.get('initrd'), required=False)
+        self.append = params.get('append')
+        if (self.initrd or self.append) and not self.kernel:
+            raise ValidationError('kernel', 'initrd and append need a kernel')
+        self.extra_devices = [str(d) for d in params.get('extra_devices') or []]
+        self.extra_args = [str(a) for a in params.get('extra_args') or []]
+        devices = params.get('ivshmem') or []
+        if not isinstance(devices, list):
+            raise ValidationError('ivshmem', 'must be a list')
+        self.devices = [IvshmemDevice(i, d, layout) for i, d in enumerate(devices)]
+        seen = {}
+        for index, device in enumerate(self.devices):
+            if device.memory_key in seen:
+                raise ValidationError('ivshmem[%d]' % index, 'same shared memory as ivshmem[%d]' % seen[device.memory_key])
+            seen[device.memory_key] = index
+        self.user = check_name('user', params.get('user') or 'ivshmem')
+        self.group = check_name('group', params.get('group') or self.user)
+        self.sandbox = bool(params.get('sandbox', True))
+
+    @property
+    def ivshmem(self):
+        return [d.to_dict() for d in self.devices]
+
+    @property
+    def masters(self):
+        return [d for d in self.devices if d.role == 'master']
+
+    def to_dict(self):
+        return dict((field, getattr(self, field)) for field in self.FIELDS)
+
+    def argv(self, layout, accel, incoming):
+        """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S."""
+        directory = layout.guest_dir(self.name)
+        accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
+        argv = [self.binary, '-name', self.name, '-machine', self.machine, '-accel', accel_opt,
+                '-m', str(self.memory), '-smp', str(self.cpus), '-nodefaults', '-no-user-config',
+                '-display', 'none',
+                '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),
+                '-serial', 'file:%s' % os.path.join(directory, 'console.log')]
+        if self.sandbox:
+            argv += ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']
+        for index, disk in enumerate(self.disks):
+            argv += ['-drive', 'file=%s,format=%s,if=%s,index=%d%s' % (
+                qemu_opt(disk['path']), disk['format'], disk['interface'], index,
+                ',readonly=on' if disk['readonly'] else '')]
+        if self.kernel:
+            argv += ['-kernel', self.kernel]
+        if self.initrd:
+            argv += ['-initrd', self.initrd]
+        if self.append:
+            argv += ['-append', self.append]
+        for device in self.devices:
+            argv += device.argv()
+        for device in self.extra_devices:
+            argv += ['-device', device]
+        argv += self.extra_args
+        if incoming:
+            argv += ['-incoming', 'defer', '-S']
+        return argv

@@ -1,0 +1,61 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Reading a guest's ivshmem state from outside, over QMP (no guest OS needed)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import re
+
+IVSHMEM_VENDOR = 0x1af4
+IVSHMEM_DEVICE = 0x1110
+IVPOSITION_OFFSET = 8  # BAR0 registers: 0 INTRMASK, 4 INTRSTATUS (read clears: never read), 8 IVPOSITION
+_UNASSIGNED = (-1, 0xffffffffffffffff)
+_XP_RE = re.compile(r':\s*(0x[0-9a-fA-F]+)')
+
+
+def ivshmem_pci_devices(qmp):
+    """{qdev id: {'bar0': address or None, 'bar2': address or None, 'bar2_size': bytes}}."""
+    devices = {}
+    for bus in qmp.command('query-pci'):
+        for device in bus.get('devices', []):
+            ident = device.get('id', {})
+            if ident.get('vendor') != IVSHMEM_VENDOR or ident.get('device') != IVSHMEM_DEVICE:
+                continue
+            bars = dict((region['bar'], region) for region in device.get('regions', []))
+            entry = {}
+            for bar in (0, 2):
+                address = bars.get(bar, {}).get('address')
+                entry['bar%d' % bar] = None if address in _UNASSIGNED or address is None else address
+            entry['bar2_size'] = bars.get(2, {}).get('size')
+            devices[device.get('qdev_id') or 'slot%d' % device.get('slot', 0)] = entry
+    return devices
+
+
+def read_word(qmp, address):
+    text = qmp.command('human-monitor-command', {'command-line': 'xp /1wx 0x%x' % address})
+    match = _XP_RE.search(text or '')
+    if not match:
+        raise ValueError('unexpected xp output %r' % text)
+    return int(match.group(1), 16)
+
+
+def read_ivshmem_registers(qmp):
+    """{qdev id: {'ivposition': int or None (BARs not assigned yet), 'bar0': ..., 'bar2': ...}}."""
+    registers = {}
+    for qdev_id, bars in ivshmem_pci_devices(qmp).items():
+        position = None
+        if bars['bar0'] is not None:
+            position = read_word(qmp, bars['bar0'] + IVPOSITION_OFFSET)
+        registers[qdev_id] = dict(bars, ivposition=position)
+    return registers
+
+
+def device_role(qmp, qdev_id):
+    """The resolved role of an ivshmem device, from its QOM ``master`` property."""
+    value = qmp.command('qom-get', {'path': '/machine/peripheral/%s' % qdev_id, 'property': 'master'})
+    return 'master' if value in (True, 'on') else 'peer'

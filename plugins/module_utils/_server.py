@@ -1,0 +1,194 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""A named ivshmem server on this host: install, start, stop, inspect (ivshmem.fleet.server)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import importlib
+import io
+import os
+import shutil
+import sys
+import zipfile
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ServerSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
+
+PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
+_PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
+_PROGRAM_MODULES = ('_ivshmem_server', '_ivshmem_protocol', '_control_protocol')
+# The server runs as the service user: the interpreter must be one that user may run
+# (a controller's pyenv or venv under /root is not), so the system one comes first.
+SYSTEM_PYTHON = '/usr/bin/python3'
+_MAIN = ('import sys\nfrom %s._ivshmem_server import main\nsys.exit(main())\n' % _PACKAGE)
+
+
+def builtin_program():
+    """The builtin server as a zipapp (deterministic bytes, so installs are idempotent)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
+        def add(path, text):
+            archive.writestr(zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0)), text)
+        add('__main__.py', _MAIN)
+        parts = _PACKAGE.split('.')
+        for depth in range(1, len(parts) + 1):
+            add('/'.join(parts[:depth]) + '/__init__.py', '')
+        for name in _PROGRAM_MODULES:
+            module = importlib.import_module('%s.%s' % (_PACKAGE, name))
+            add('%s/%s.py' % (_PACKAGE.replace('.', '/'), name), module.__spec__.loader.get_source(module.__name__))
+    return buffer.getvalue()
+
+
+def server_paths(layout, name):
+    directory = layout.server_dir(name)
+    return {'dir': directory, 'socket': layout.server_socket(name), 'control': layout.server_control(name),
+            'pidfile': os.path.join(directory, 'server.pid'), 'log': os.path.join(directory, 'server.log'),
+            'record': os.path.join(directory, 'spec.json')}
+
+
+def server_status(layout, name, supervisor_kind='auto'):
+    """What runs now: None if nothing was ever set up, else a dict (pid None when stopped)."""
+    paths = server_paths(layout, name)
+    record = _host.read_json(paths['record'])
+    if record is None:
+        return None
+    supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind)
+    pid = supervisor.pid()
+    status = {'name': name, 'pid': pid, 'state': 'started' if pid else 'stopped', 'spec': record,
+              'socket': paths['socket'], 'control': paths['control'] if record['implementation'] == 'builtin' else None,
+              'memory': record.get('memory_path'), 'supervisor': supervisor.kind,
+              'hold': None, 'clients': None}
+    if pid and record['implementation'] == 'builtin':
+        try:
+            live = control_request(paths['control'], 'status')
+            status.update(hold=live['hold'], clients=live['clients'], refused=live['refused'])
+        except ControlError as exc:
+            status['error'] = str(exc)
+    return status
+
+
+class ServerManager(StateMachine):
+    def __init__(self, params, layout, check_mode):
+        super(ServerManager, self).__init__(check_mode)
+        self.layout = layout
+        if params.get('admission') == 'held' and not params.get('hold_for'):
+            raise ValidationError('hold_for', 'admission held needs the master guest name in hold_for')
+        self.spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
+        self.timeout = params.get('timeout', 30)
+        self.restart_on_drift = params.get('restart_on_drift', False)
+        self.program_dir = params.get('program_dir') or '/usr/local/lib/ivshmem-fleet'
+        self.paths = server_paths(layout, self.spec.name)
+        self.supervisor = supervisor_for(self.spec.name, self.paths['pidfile'], self.paths['socket'],
+                                         self.paths['log'], params.get('supervisor') or 'auto')
+        self.current = server_status(layout, self.spec.name, self.supervisor.kind)
+        self.before = self._view(self.current)
+        self.after = dict(self.before)
+
+    def _desired_record(self):
+        return dict(self.spec.to_dict(), memory_path=self.spec.memory_path())
+
+    @staticmethod
+    def _view(status):
+        if status is None:
+            return {'state': 'absent'}
+        return {'state': status['state'], 'spec': status['spec'], 'hold': status['hold']}
+
+    # --- states ---------------------------------------------------------------------------
+    def state_started(self):
+        running = self.current is not None and self.current['pid']
+        drift = running and self.current['spec'] != self._desired_record()
+        if drift:
+            if self.restart_on_drift:
+                self._stop()
+            else:
+                self.warnings.append('server %s runs with other settings than asked; the diff shows them. '
+                                     'Set restart_on_drift (this strands its guests) or state restarted.' % self.spec.name)
+        if not running or (drift and self.restart_on_drift):
+            self._start()
+        elif self.current['spec']['implementation'] == 'builtin' and self.current['hold'] != self.spec.hold:
+            self._set_hold()
+        self._report()
+
+    def state_restarted(self):
+        if self.current is not None and self.current['pid']:
+            self._stop()
+        self._start()
+        self._report()
+
+    def state_stopped(self):
+        if self.current is not None and self.current['pid']:
+            self._stop()
+        self.after = {'state': 'stopped' if self.current else 'absent'}
+        self._report()
+
+    def state_absent(self):
+        if self.current is not None and self.current['pid']:
+            self._stop()
+        if self.current is not None:
+            if self.change('remove'):
+                self.supervisor.remove()
+                shutil.rmtree(self.paths['dir'], ignore_errors=True)
+                memory = self.current and self.current['spec'].get('memory_path')
+                if memory and os.path.exists(memory):
+                    os.unlink(memory)
+        self.after = {'state': 'absent'}
+        self.result['server'] = {'name': self.spec.name, 'state': 'absent'}
+
+    # --- steps ----------------------------------------------------------------------------
+    def _start(self):
+        self.after = {'state': 'started', 'spec': self._desired_record(),
+                      'hold': self.spec.hold if self.spec.implementation == 'builtin' else None}
+        if not self.change('start'):
+            return
+        spec = self.spec
+        _host.ensure_account(spec.user, spec.group, False)
+        _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
+        _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
+        program = None
+        if spec.implementation == 'builtin':
+            _host.ensure_dir(self.program_dir, 0o755)
+            program = os.path.join(self.program_dir, PROGRAM_NAME)
+            _host.write_file(program, builtin_program(), 0o644)
+        _host.remove_stale_socket(self.paths['socket'])
+        if spec.memory_dir:
+            _host.ensure_dir(spec.memory_dir, 0o755)
+        _host.write_json(self.paths['record'], self._desired_record())
+        foreground = self.supervisor.kind == 'systemd'
+        python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
+        argv = spec.argv(self.layout, python, program, foreground)
+        waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
+                                       notify=spec.implementation == 'builtin')
+        _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
+        self.result['waited'] = round(waited + gated, 3)
+
+    def _stop(self):
+        if self.change('stop'):
+            self.result['waited'] = round(self.supervisor.stop(self.timeout), 3)
+            _host.remove_stale_socket(self.paths['socket'])
+
+    def _set_hold(self):
+        self.after = dict(self.after, hold=self.spec.hold)
+        if self.change('hold'):
+            if self.spec.hold:
+                control_request(self.paths['control'], 'hold', master=self.spec.hold)
+            else:
+                control_request(self.paths['control'], 'release')
+
+    def _report(self):
+        status = None if self.check_mode else server_status(self.layout, self.spec.name, self.supervisor.kind)
+        if status is None:
+            status = dict(self.after, name=self.spec.name, socket=self.paths['socket'], pid=None)
+        status.pop('spec', None)
+        status['implementation'] = self.spec.implementation
+        status['size'] = self.spec.size
+        status['vectors'] = self.spec.vectors
+        self.result['server'] = status
+

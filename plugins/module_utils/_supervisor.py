@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Host supervision of long-running servers: a systemd unit where systemd runs, else a
+self-daemonizing process with a pidfile. Both offer pid(), start() and stop()."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import shlex
+import subprocess
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+
+UNIT_DIR = '/etc/systemd/system'
+
+
+class DaemonSupervisor:
+    """The process daemonizes itself (no -F) and writes its pidfile."""
+
+    kind = 'daemon'
+
+    def __init__(self, name, pidfile, marker, log_path):
+        self.name = name
+        self.pidfile = pidfile
+        self.marker = marker  # a string in the command line that guards against pid reuse
+        self.log_path = log_path
+
+    def pid(self):
+        pid = _host.read_pidfile(self.pidfile)
+        return pid if _host.process_alive(pid, self.marker) else None
+
+    def start(self, argv, user, group, timeout, notify):
+        return _host.launch_daemon(argv, self.log_path, timeout, user=user, group=group)
+
+    def stop(self, timeout):
+        pid = self.pid()
+        return _host.terminate(pid, self.marker, timeout) if pid else 0.0
+
+    def remove(self):
+        return False
+
+
+class SystemdSupervisor:
+    """One unit per server, ivshmem-fleet-server-NAME.service, running it in the foreground."""
+
+    kind = 'systemd'
+
+    def __init__(self, name, pidfile, marker, log_path):
+        self.name = name
+        self.unit = 'ivshmem-fleet-server-%s.service' % name
+        self.unit_path = os.path.join(UNIT_DIR, self.unit)
+        self.marker = marker
+
+    def _systemctl(self, *args):
+        result = subprocess.run(('systemctl',) + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        return result.returncode, result.stdout.decode('utf-8', 'replace').strip()
+
+    def pid(self):
+        if not os.path.exists(self.unit_path):
+            return None
+        _rc, out = self._systemctl('show', '--property=MainPID', '--value', self.unit)
+        pid = int(out) if out.isdigit() else 0
+        return pid if _host.process_alive(pid, self.marker) else None
+
+    def unit_text(self, argv, user, group, notify):
+        return '\n'.join([
+            '# Managed by ivshmem.fleet: changes here are overwritten.',
+            '[Unit]', 'Description=ivshmem.fleet ivshmem server %s' % self.name, '',
+            '[Service]', 'Type=%s' % ('notify' if notify else 'simple'), 'NotifyAccess=main',
+            'User=%s' % user, 'Group=%s' % group,
+            'ExecStart=%s' % ' '.join(shlex.quote(a) for a in argv),
+            # A restarted server strands its clients; restarting still lets new guests in.
+            'Restart=on-failure', 'RestartSec=1', 'TimeoutStartSec=30',
+            'NoNewPrivileges=yes', 'PrivateTmp=no', 'ProtectSystem=full', 'ProtectHome=yes', '',
+            '[Install]', 'WantedBy=multi-user.target', ''])
+
+    def start(self, argv, user, group, timeout, notify):
+        if _host.write_file(self.unit_path, self.unit_text(argv, user, group, notify)):
+            self._systemctl('daemon-reload')
+        rc, out = self._systemctl('enable', '--now', self.unit)
+        if rc != 0:
+            _rc, journal = self._systemctl('status', '--no-pager', '--lines=5', self.unit)
+            raise _host.HostError('systemctl enable --now %s failed: %s %s' % (self.unit, out, journal))
+        return 0.0
+
+    def stop(self, timeout):
+        if os.path.exists(self.unit_path):
+            self._systemctl('stop', self.unit)
+        return 0.0
+
+    def remove(self):
+        if not os.path.exists(self.unit_path):
+            return False
+        self._systemctl('disable', '--now', self.unit)
+        os.unlink(self.unit_path)
+        self._systemctl('daemon-reload')
+        return True
+
+
+def supervisor_for(name, pidfile, marker, log_path, kind='auto'):
+    if kind == 'auto':
+        kind = 'systemd' if _host.systemd_running() else 'daemon'
+    cls = SystemdSupervisor if kind == 'systemd' else DaemonSupervisor
+    return cls(name, pidfile, marker, log_path)
