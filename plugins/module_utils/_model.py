@@ -220,7 +220,8 @@ class IvshmemDevice:
                 self.socket = layout.server_socket(self.server)
             else:
                 self.socket = check_path(field + '.socket', params['socket'])
-            self.vectors = check_int(field + '.vectors', params.get('vectors', 1), 1, MAX_VECTORS)
+            vectors = params.get('vectors')
+            self.vectors = check_int(field + '.vectors', 1 if vectors is None else vectors, 1, MAX_VECTORS)
         else:
             for key in ('server', 'socket', 'vectors'):
                 if params.get(key) is not None:

@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Everything ivshmem.fleet runs on this host, as facts (ivshmem.fleet.info)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+
+
+class HostInfo(StateMachine):
+    def __init__(self, params, layout, check_mode):
+        super(HostInfo, self).__init__(check_mode)
+        self.layout = layout
+
+    def state_gathered(self):
+        servers = {}
+        for name in self.layout.names('servers'):
+            status = server_status(self.layout, name)
+            if status is not None:
+                servers[name] = status
+        guests = {}
+        for name in self.layout.names('guests'):
+            status = guest_status(self.layout, name)
+            if status is not None:
+                spec = status.pop('record')['spec']
+                status.update(memory_mib=spec['memory'], cpus=spec['cpus'])
+                guests[name] = status
+        self.result['ansible_facts'] = {'ivshmem_fleet': {
+            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests}}

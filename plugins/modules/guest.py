@@ -1,0 +1,308 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: guest
+short_description: Manage a QEMU guest with ivshmem devices on a hypervisor host
+version_added: 1.0.0
+description:
+  - Runs a named QEMU guest as an unprivileged user with QEMU's sandbox on, with a QMP socket per guest.
+  - Readiness means QMP answers a command, which QEMU does only once every ivshmem device has
+    finished its handshake with its server (a stalled server makes the start time out, and the
+    half-started QEMU is killed).
+  - V(incoming) starts the guest as a migration destination (C(-incoming defer) and paused with
+    C(-S)) and makes it listen on O(incoming_uri); M(ivshmem.fleet.migrate) then moves a master into it.
+  - Settings that differ from the running guest show in the diff; the guest is restarted for
+    them only with O(restart_on_drift).
+  - Only one master per shared memory: a second master on the same server or memory file on this
+    host is refused before anything starts.
+author:
+  - ivshmem.fleet contributors
+extends_documentation_fragment:
+  - ivshmem.fleet._common
+  - ivshmem.fleet._common.attributes
+options:
+  name:
+    description: Guest name (QEMU C(-name)); servers pin IDs by it.
+    type: str
+    required: true
+  state:
+    description:
+      - V(running) starts the guest, or resumes it when paused.
+      - V(paused) stops its CPUs over QMP (memory and devices stay).
+      - V(incoming) starts it as a paused migration destination.
+      - V(stopped) quits QEMU and keeps the recorded settings; V(absent) also removes them.
+    type: str
+    choices: [running, paused, incoming, stopped, absent]
+    default: running
+  binary:
+    description: The QEMU system emulator.
+    type: path
+    default: /usr/bin/qemu-system-x86_64
+  memory:
+    description: Guest RAM, in MiB or with a suffix (V(256M), V(2G)).
+    type: str
+    default: 128M
+  cpus:
+    description: Number of virtual CPUs.
+    type: int
+    default: 1
+  machine:
+    description: QEMU machine type.
+    type: str
+    default: pc
+  accel:
+    description:
+      - V(auto) uses KVM when the guest's user can open C(/dev/kvm) read-write, else TCG.
+      - TCG runs with a 64 MiB translation buffer (QEMU 7.2's default is 1 GiB per guest).
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  disks:
+    description: Disk images.
+    type: list
+    elements: dict
+    suboptions:
+      path:
+        description: Image path.
+        type: path
+        required: true
+      format:
+        description: Image format.
+        type: str
+        choices: [qcow2, raw]
+        default: qcow2
+      interface:
+        description: Disk interface.
+        type: str
+        choices: [virtio, ide, scsi]
+        default: virtio
+      readonly:
+        description: Attach read-only.
+        type: bool
+        default: false
+  kernel:
+    description: Kernel image for direct boot.
+    type: path
+  initrd:
+    description: Initial ramdisk for direct boot.
+    type: path
+  append:
+    description: Kernel command line.
+    type: str
+  extra_devices:
+    description: Further C(-device) values, passed as they are.
+    type: list
+    elements: str
+  extra_args:
+    description: Further QEMU arguments, passed as they are (no shell).
+    type: list
+    elements: str
+  ivshmem:
+    description: The guest's ivshmem devices, in order (C(ivshmem0), C(ivshmem1), ...).
+    type: list
+    elements: dict
+    suboptions:
+      type:
+        description: V(doorbell) uses a server's memory and doorbells; V(plain) maps a memory file, no server.
+        type: str
+        choices: [doorbell, plain]
+        default: doorbell
+      server:
+        description: Name of an M(ivshmem.fleet.server) on this host (doorbell).
+        type: str
+      socket:
+        description: Socket path of any other ivshmem server (doorbell), instead of O(ivshmem[].server).
+        type: path
+      memory_path:
+        description: The memory file (plain); created by QEMU when missing.
+        type: path
+      size:
+        description: Memory size (plain), a power of two.
+        type: str
+      role:
+        description:
+          - V(master) is the one device per shared memory that may migrate (and must get ID 0);
+            V(peer) devices block migration.
+        type: str
+        choices: [master, peer]
+        default: peer
+      vectors:
+        description: Interrupt vectors (doorbell), 1 to 64; 1 when not given.
+        type: int
+  user:
+    description: Unprivileged account QEMU runs as (created when missing).
+    type: str
+    default: ivshmem
+  group:
+    description: Group QEMU runs as; defaults to O(user). Must be able to reach the servers' sockets.
+    type: str
+  sandbox:
+    description: Run QEMU with C(-sandbox on) and every optional restriction.
+    type: bool
+    default: true
+  incoming_uri:
+    description: Where an V(incoming) guest listens for the migration stream; defaults to a UNIX socket in its runtime directory.
+    type: str
+  restart_on_drift:
+    description: Restart a running guest whose settings differ from the asked ones.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for QEMU to answer QMP after starting, or to exit when stopping.
+    type: int
+    default: 60
+seealso:
+  - module: ivshmem.fleet.server
+  - module: ivshmem.fleet.migrate
+'''
+
+EXAMPLES = r'''
+- name: The master of a shared-memory group
+  ivshmem.fleet.guest:
+    name: db-master
+    memory: 512M
+    ivshmem:
+      - server: group1
+        role: master
+        vectors: 2
+
+- name: A peer, booting a kernel
+  ivshmem.fleet.guest:
+    name: db-reader
+    memory: 256M
+    kernel: /var/lib/images/vmlinuz
+    initrd: /var/lib/images/initrd.img
+    append: console=ttyS0
+    ivshmem:
+      - server: group1
+        role: peer
+        vectors: 2
+
+- name: The master's migration destination (on the destination host)
+  ivshmem.fleet.guest:
+    name: db-master
+    state: incoming
+    incoming_uri: tcp:0.0.0.0:4444
+    ivshmem:
+      - server: group1
+        role: master
+        vectors: 2
+
+- name: Pause a peer before its master migrates
+  ivshmem.fleet.guest:
+    name: db-reader
+    state: paused
+    ivshmem:
+      - server: group1
+        vectors: 2
+'''
+
+RETURN = r'''
+guest:
+  description: The guest after the task.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Guest name.
+      type: str
+      sample: db-master
+    state:
+      description: V(running), V(paused), V(incoming), V(migrated), V(stopped) or V(absent).
+      type: str
+      sample: running
+    run_state:
+      description: QEMU's own run state (C(query-status)).
+      type: str
+      sample: running
+    pid:
+      description: QEMU's process ID, null when not running.
+      type: int
+      sample: 5150
+    qmp:
+      description: The guest's QMP socket.
+      type: str
+      sample: /run/ivshmem-fleet/guests/db-master/qmp.sock
+    accel:
+      description: The accelerator in use.
+      type: str
+      sample: tcg
+    incoming_uri:
+      description: Where an incoming guest listens.
+      type: str
+      sample: tcp:0.0.0.0:4444
+    ivshmem:
+      description: Each ivshmem device with its resolved role and IVPOSITION (null while the BARs are unassigned).
+      type: list
+      elements: dict
+      sample: [{"id": "ivshmem0", "type": "doorbell", "server": "group1", "role": "master", "ivposition": 0, "vectors": 2}]
+    migration:
+      description: QEMU's migration status and what blocks a migration.
+      type: dict
+      sample: {"status": "none", "blocked_reasons": []}
+waited:
+  description: Seconds spent waiting for QEMU to start or stop.
+  returned: when the guest was started or stopped
+  type: float
+  sample: 0.4
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError, GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            COMMON_ARGS,
+            name=dict(type='str', required=True),
+            state=dict(type='str', default='running', choices=['running', 'paused', 'incoming', 'stopped', 'absent']),
+            binary=dict(type='path', default='/usr/bin/qemu-system-x86_64'),
+            memory=dict(type='str', default='128M'),
+            cpus=dict(type='int', default=1),
+            machine=dict(type='str', default='pc'),
+            accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
+            disks=dict(type='list', elements='dict', options=dict(
+                path=dict(type='path', required=True),
+                format=dict(type='str', default='qcow2', choices=['qcow2', 'raw']),
+                interface=dict(type='str', default='virtio', choices=['virtio', 'ide', 'scsi']),
+                readonly=dict(type='bool', default=False),
+            )),
+            kernel=dict(type='path'),
+            initrd=dict(type='path'),
+            append=dict(type='str'),
+            extra_devices=dict(type='list', elements='str'),
+            extra_args=dict(type='list', elements='str'),
+            ivshmem=dict(type='list', elements='dict', options=dict(
+                type=dict(type='str', default='doorbell', choices=['doorbell', 'plain']),
+                server=dict(type='str'),
+                socket=dict(type='path'),
+                memory_path=dict(type='path'),
+                size=dict(type='str'),
+                role=dict(type='str', default='peer', choices=['master', 'peer']),
+                vectors=dict(type='int'),
+            )),
+            user=dict(type='str', default='ivshmem'),
+            group=dict(type='str'),
+            sandbox=dict(type='bool', default=True),
+            incoming_uri=dict(type='str'),
+            restart_on_drift=dict(type='bool', default=False),
+            timeout=dict(type='int', default=60),
+        ),
+        supports_check_mode=True,
+    )
+    run_manager(module, GuestManager, module.params['state'], expected_errors=(GuestError,))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,92 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: info
+short_description: Gather the ivshmem servers, guests, IDs, roles and migration state of a host
+version_added: 1.0.0
+description:
+  - Reads every server and guest the collection manages under O(runtime_dir) and returns them as
+    the fact C(ivshmem_fleet).
+  - Guests are asked over QMP for their run state, migration state and blockers, and each ivshmem
+    device's role and IVPOSITION; builtin servers are asked for their clients and admission hold.
+author:
+  - ivshmem.fleet contributors
+extends_documentation_fragment:
+  - ivshmem.fleet._common
+attributes:
+  check_mode:
+    support: full
+    description: Only reads.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is no diff.
+  facts:
+    support: full
+    description: Returns the C(ivshmem_fleet) fact.
+  idempotent:
+    support: full
+    description: Never changes anything.
+  platform:
+    support: full
+    platforms: posix
+    description: Target OS/families that can be operated against.
+options: {}
+seealso:
+  - module: ivshmem.fleet.server
+  - module: ivshmem.fleet.guest
+'''
+
+EXAMPLES = r'''
+- name: What runs here
+  ivshmem.fleet.info:
+
+- name: Master IDs
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.ivshmem_fleet.guests | dict2items | map(attribute='value.ivshmem') | list }}"
+'''
+
+RETURN = r'''
+ansible_facts:
+  description: Facts about this host.
+  returned: always
+  type: dict
+  contains:
+    ivshmem_fleet:
+      description: Servers and guests by name.
+      type: dict
+      contains:
+        runtime_dir:
+          description: The runtime directory read.
+          type: str
+          sample: /run/ivshmem-fleet
+        servers:
+          description: Each server with state, pid, socket, memory, hold and clients (see M(ivshmem.fleet.server)).
+          type: dict
+          sample: {"group1": {"state": "started", "pid": 4242, "clients": [{"id": 0, "name": "db-master"}]}}
+        guests:
+          description: Each guest with state, run state, pid, ivshmem devices (role, IVPOSITION) and migration state.
+          type: dict
+          sample: {"db-master": {"state": "running", "ivshmem": [{"id": "ivshmem0", "role": "master", "ivposition": 0}]}}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(COMMON_ARGS), supports_check_mode=True)
+    run_manager(module, HostInfo, 'gathered')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,266 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: server
+short_description: Manage an ivshmem server on a hypervisor host
+version_added: 1.0.0
+description:
+  - Installs, starts, stops or removes a named ivshmem server that serves one shared memory and
+    the doorbells of the QEMU guests (C(ivshmem-doorbell)) that attach to it.
+  - The default implementation C(builtin) is the collection's own server (Python standard library
+    only): the first free ID, IDs pinned to guest names, an admission hold for migration
+    destinations, a status query, a client cap, memory above 1 GiB, stale-socket recovery.
+  - Implementation C(qemu) runs QEMU's upstream C(ivshmem-server) binary instead.
+  - Supervised by a systemd unit (C(ivshmem-fleet-server-NAME.service)) where systemd runs,
+    otherwise as a daemon with a pidfile.
+  - A restarted server strands the guests attached to it (they cannot reconnect), so settings that
+    differ from the running server are shown in the diff but applied only with O(restart_on_drift)
+    or O(state=restarted). The admission hold is applied live.
+author:
+  - ivshmem.fleet contributors
+extends_documentation_fragment:
+  - ivshmem.fleet._common
+  - ivshmem.fleet._common.attributes
+options:
+  name:
+    description: Name of the server; guests refer to it by this name.
+    type: str
+    required: true
+  state:
+    description:
+      - V(started) starts the server if it is not running; V(restarted) always restarts it;
+        V(stopped) stops it and keeps its settings; V(absent) stops it and removes its unit,
+        runtime files and memory file.
+    type: str
+    choices: [started, stopped, restarted, absent]
+    default: started
+  implementation:
+    description: V(builtin) is the collection's server; V(qemu) runs the upstream binary at O(binary).
+    type: str
+    choices: [builtin, qemu]
+    default: builtin
+  binary:
+    description: Path of the upstream C(ivshmem-server) binary; required with O(implementation=qemu).
+    type: path
+  size:
+    description:
+      - Size of the shared memory, in bytes or with a K, M, G or T suffix. A power of two (the PCI BAR
+        must be one), at least 4K. The upstream server cannot serve more than 1G.
+    type: str
+    default: 4M
+  vectors:
+    description: Number of interrupt vectors (doorbells) per guest, 1 to 64.
+    type: int
+    default: 1
+  shm_name:
+    description:
+      - Name of the shared memory. Without O(memory_dir) it is the POSIX shared memory
+        C(/dev/shm/NAME). Defaults to C(ivshmem-fleet-<name>).
+    type: str
+  memory_dir:
+    description:
+      - Directory for the memory file instead of C(/dev/shm), for example a hugetlbfs mount.
+      - With the builtin server the file is C(<memory_dir>/<shm_name>); the upstream server creates an
+        anonymous file there, which the host cannot checksum.
+    type: path
+  pins:
+    description: Guest name to ID; a pinned guest always gets its ID whatever the connection order (builtin only).
+    type: dict
+  admission:
+    description:
+      - V(held) admits only the guest named in O(hold_for) and refuses every other client, so no peer
+        attaches to a migration destination before its master; V(open) admits everyone (builtin only).
+    type: str
+    choices: [open, held]
+    default: open
+  hold_for:
+    description: The master guest admitted while O(admission=held).
+    type: str
+  max_clients:
+    description: Maximum number of connected clients (builtin only).
+    type: int
+    default: 256
+  socket_mode:
+    description: Mode of the server socket; guests connect as O(group).
+    type: str
+    default: '0660'
+  memory_mode:
+    description: Mode of the memory file (guests get the memory through the socket, not the file).
+    type: str
+    default: '0600'
+  user:
+    description: Service account the server runs as (created when missing).
+    type: str
+    default: ivshmem
+  group:
+    description: Group of the socket and memory file; defaults to O(user).
+    type: str
+  supervisor:
+    description: V(auto) uses systemd where it runs as PID 1, else a daemon with a pidfile.
+    type: str
+    choices: [auto, systemd, daemon]
+    default: auto
+  program_dir:
+    description: Where the builtin server program is installed.
+    type: path
+    default: /usr/local/lib/ivshmem-fleet
+  restart_on_drift:
+    description: Restart a running server whose settings differ from the asked ones (strands its guests).
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for the server to start listening or to stop.
+    type: int
+    default: 30
+seealso:
+  - module: ivshmem.fleet.guest
+  - module: ivshmem.fleet.migrate
+'''
+
+EXAMPLES = r'''
+- name: A server for a shared-memory group, IDs pinned to guest names
+  ivshmem.fleet.server:
+    name: group1
+    size: 64M
+    vectors: 2
+    pins:
+      db-master: 0
+      db-reader: 1
+
+- name: A fresh server on a migration destination, holding admission for the master
+  ivshmem.fleet.server:
+    name: group1
+    size: 64M
+    vectors: 2
+    admission: held
+    hold_for: db-master
+
+- name: Release the hold once the master has migrated
+  ivshmem.fleet.server:
+    name: group1
+    size: 64M
+    vectors: 2
+    admission: open
+
+- name: QEMU's upstream server instead of the builtin one
+  ivshmem.fleet.server:
+    name: legacy
+    implementation: qemu
+    binary: /usr/local/bin/ivshmem-server
+    size: 4M
+
+- name: Remove a server and its memory
+  ivshmem.fleet.server:
+    name: group1
+    state: absent
+'''
+
+RETURN = r'''
+server:
+  description: The server after the task.
+  returned: always
+  type: dict
+  contains:
+    name:
+      description: Server name.
+      type: str
+      sample: group1
+    state:
+      description: V(started), V(stopped) or V(absent).
+      type: str
+      sample: started
+    pid:
+      description: Process ID of the server, null when not running.
+      type: int
+      sample: 4242
+    socket:
+      description: The UNIX socket guests connect to.
+      type: str
+      sample: /run/ivshmem-fleet/servers/group1/ivshmem.sock
+    control:
+      description: The builtin server's control socket (status, hold, release).
+      type: str
+      sample: /run/ivshmem-fleet/servers/group1/control.sock
+    memory:
+      description: The memory file on the host, null where the host cannot see it.
+      type: str
+      sample: /dev/shm/ivshmem-fleet-group1
+    hold:
+      description: The master admission is held for, or null.
+      type: str
+      sample: db-master
+    clients:
+      description: Connected clients with ID, pid, guest name and connect time (builtin only; null for qemu).
+      type: list
+      elements: dict
+      sample: [{"id": 0, "name": "db-master", "pid": 5150, "uid": 998, "connected_at": 1795685539.6}]
+    supervisor:
+      description: V(systemd) or V(daemon).
+      type: str
+      sample: daemon
+    implementation:
+      description: V(builtin) or V(qemu).
+      type: str
+      sample: builtin
+    size:
+      description: Memory size in bytes.
+      type: int
+      sample: 67108864
+    vectors:
+      description: Interrupt vectors per guest.
+      type: int
+      sample: 2
+waited:
+  description: Seconds spent waiting for the server to start or stop.
+  returned: when the server was started or stopped
+  type: float
+  sample: 0.12
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            COMMON_ARGS,
+            name=dict(type='str', required=True),
+            state=dict(type='str', default='started', choices=['started', 'stopped', 'restarted', 'absent']),
+            implementation=dict(type='str', default='builtin', choices=['builtin', 'qemu']),
+            binary=dict(type='path'),
+            size=dict(type='str', default='4M'),
+            vectors=dict(type='int', default=1),
+            shm_name=dict(type='str'),
+            memory_dir=dict(type='path'),
+            pins=dict(type='dict'),
+            admission=dict(type='str', default='open', choices=['open', 'held']),
+            hold_for=dict(type='str'),
+            max_clients=dict(type='int', default=256),
+            socket_mode=dict(type='str', default='0660'),
+            memory_mode=dict(type='str', default='0600'),
+            user=dict(type='str', default='ivshmem'),
+            group=dict(type='str'),
+            supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),
+            program_dir=dict(type='path', default='/usr/local/lib/ivshmem-fleet'),
+            restart_on_drift=dict(type='bool', default=False),
+            timeout=dict(type='int', default=30),
+        ),
+        required_if=[('implementation', 'qemu', ['binary'])],
+        supports_check_mode=True,
+    )
+    run_manager(module, ServerManager, module.params['state'])
+
+
+if __name__ == '__main__':
+    main()
