@@ -1,0 +1,135 @@
+"""Behaviour with real qemu-system-x86_64, against our server and QEMU's upstream one."""
+import os
+import select
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
+from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import MigrationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+
+
+def ivposition(result):
+    return result['guest']['ivshmem'][0]['ivposition']
+
+
+def fill(path, size_bytes, seed):
+    pattern = (seed * (size_bytes // len(seed) + 1))[:size_bytes]
+    with open(path, 'r+b') as handle:
+        handle.write(pattern)
+    return pattern
+
+
+def test_master_gets_id_0_and_peers_1_to_n(lab):
+    lab.server('s')
+    results = [lab.guest('m', 's', role='master')] + [lab.guest('p%d' % i, 's') for i in (1, 2, 3)]
+    assert [ivposition(r) for r in results] == [0, 1, 2, 3]
+    assert [r['guest']['ivshmem'][0]['role'] for r in results] == ['master', 'peer', 'peer', 'peer']
+
+
+def test_a_peers_migration_is_refused(lab):
+    lab.server('s')
+    lab.guest('m', 's', role='master')
+    peer = lab.guest('p', 's')
+    assert peer['guest']['migration']['blocked_reasons']
+    with QMPClient(peer['guest']['qmp']) as qmp:
+        with pytest.raises(QMPError) as info:
+            qmp.command('migrate', {'uri': 'unix:%s/nowhere' % lab.root})
+        assert 'peer mode' in str(info.value)
+        assert qmp.command('query-status')['status'] == 'running'
+    with pytest.raises(ValidationError) as info:
+        lab.migrate('p', 'nowhere')
+    assert info.value.field == 'guest' and 'peer' in str(info.value)
+
+
+def test_master_migrates_between_servers_with_memory_intact_and_id_0(lab):
+    lab.server('a')
+    lab.guest('m', 'a', role='master')
+    lab.guest('p', 'a')
+    pattern = fill(lab.memory_of('a'), 4 << 20, os.urandom(4093))
+    lab.server('b', admission='held', hold_for='m-b')
+    lab.guest('m-b', 'b', role='master', state='incoming')
+    lab.guest('p', 'a', state='paused')
+    result = lab.migrate('m', 'm-b')
+    migration = result['migration']
+    assert migration['status'] == 'completed'
+    assert migration['verification']['ok'] and migration['verification']['destination_ivposition'] == {'ivshmem0': 0}
+    with open(lab.memory_of('b'), 'rb') as handle:
+        assert handle.read() == pattern
+    after = lab.status('m-b')
+    assert after['state'] == 'running' and after['ivshmem'][0]['ivposition'] == 0
+    assert lab.status('m')['state'] == 'stopped'
+    assert lab.migrate('m', 'm-b')['changed'] is False
+
+
+def test_failed_migration_leaves_the_source_running_with_memory_unchanged(lab):
+    lab.server('a', size='16M')
+    lab.guest('m', 'a', role='master')
+    memory = lab.memory_of('a')
+    fill(memory, 16 << 20, os.urandom(65521))
+    before, _t = checksum_files([memory])
+    lab.server('b', size='16M', admission='held', hold_for='m-b')
+    lab.guest('m-b', 'b', role='master', state='incoming')
+    destination_pid = lab.status('m-b')['pid']
+    # 4 MB/s makes the migration last seconds; the destination dies in the middle of it.
+    killer = threading.Timer(1.0, os.kill, (destination_pid, signal.SIGKILL))
+    killer.start()
+    try:
+        with pytest.raises(MigrationError) as info:
+            lab.migrate('m', 'm-b', max_bandwidth=4 << 20)
+    finally:
+        killer.cancel()
+    assert 'rolled back' in str(info.value)
+    source = lab.status('m')
+    assert source['state'] == 'running' and source['ivshmem'][0]['ivposition'] == 0
+    after, _t = checksum_files([memory])
+    assert after[memory]['checksum'] == before[memory]['checksum']
+    assert lab.status('m-b')['pid'] is None
+
+
+def test_migration_to_a_destination_that_is_gone_fails_early_and_changes_nothing(lab):
+    lab.server('a')
+    lab.guest('m', 'a', role='master')
+    lab.server('b')
+    lab.guest('m-b', 'b', role='master', state='incoming')
+    os.kill(lab.status('m-b')['pid'], signal.SIGKILL)
+    time.sleep(0.2)
+    with pytest.raises(ValidationError) as info:
+        lab.migrate('m', 'm-b')
+    assert info.value.field == 'destination'
+    assert lab.status('m')['state'] == 'running'
+
+
+def test_doorbells_ring_from_a_guest_to_a_peer(lab, tmp_path):
+    """The master's device rings a host-side peer's vector through the server's eventfds."""
+    lab.server('s')
+    qtest = os.path.join(lab.layout.guest_dir('m'), 'qtest.sock')
+    lab.guest('m', 's', role='master', extra_args=['-qtest', 'unix:%s,server=on,wait=off' % qtest])
+    sock, client = connect_client(lab.layout.server_socket('s'), 2, 5)
+    try:
+        assert client.peer_id == 1 and sorted(client.peers) == [0, 1]
+        with QMPClient(lab.layout.guest_qmp('m')) as qmp:
+            bar0 = read_ivshmem_registers(qmp)['ivshmem0']['bar0']
+        ring = socket.socket(socket.AF_UNIX)
+        ring.connect(qtest)
+        for vector in (1, 0, 1):
+            # DOORBELL (BAR0 + 12) = peer ID << 16 | vector, written by the guest's device.
+            ring.sendall(b'writel 0x%x 0x%x\n' % (bar0 + 12, (client.peer_id << 16) | vector))
+            assert ring.recv(64).startswith(b'OK')
+        ring.close()
+        counts = []
+        for vector in (0, 1):
+            fd = client.peers[client.peer_id][vector]
+            readable, _w, _x = select.select([fd], [], [], 5)
+            counts.append(int.from_bytes(os.read(fd, 8), 'little') if readable else 0)
+        assert counts == [1, 2]
+    finally:
+        sock.close()
+        client.close()

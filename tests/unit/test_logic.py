@@ -1,0 +1,106 @@
+import os
+import argparse
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import (
+    Config, IvshmemServer, build_parser, guest_name_of)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_waiter_returns_value_and_waited_time():
+    clock = FakeClock()
+    answers = iter([None, None, 'ready'])
+    value, waited = wait_for('x', lambda: next(answers), 10, interval=0.5, clock=clock, sleep=clock.sleep)
+    assert value == 'ready' and waited == pytest.approx(0.5 + 0.75)
+
+
+def test_waiter_times_out_with_the_last_error():
+    clock = FakeClock()
+
+    def probe():
+        raise OSError('refused')
+    with pytest.raises(WaitTimeout) as info:
+        wait_for('the thing', probe, 3, retry_on=(OSError,), clock=clock, sleep=clock.sleep)
+    assert info.value.waited >= 3 and 'the thing' in str(info.value) and 'refused' in str(info.value)
+
+
+def server_with(args, clients=()):
+    config = Config(build_parser().parse_args(args))
+    server = IvshmemServer(config, lambda *a, **k: None)
+    for index, (peer_id, name) in enumerate(clients):
+        server.clients[index] = type('C', (), {'peer_id': peer_id, 'name': name})()
+    return server
+
+
+def test_ids_first_free_and_pinned():
+    server = server_with(['--pin', 'db=5'], clients=[(0, 'a'), (2, 'b')])
+    assert server._allocate_id('new') == 1
+    assert server._allocate_id('db') == 5
+    server = server_with(['--pin', 'db=1'], clients=[(0, 'a')])
+    assert server._allocate_id('other') == 2  # 1 is reserved for db
+
+
+def test_pinned_id_in_use_is_refused():
+    server = server_with(['--pin', 'db=0'], clients=[(0, 'db')])
+    assert server._allocate_id('db') is None
+
+
+def test_hold_admits_only_the_master_and_cap_refuses():
+    server = server_with(['--hold', 'm', '--max-clients', '2'])
+    assert server._refusal('m') is None
+    assert 'held' in server._refusal('peer')
+    assert 'held' in server._refusal(None)
+    server = server_with(['--max-clients', '1'], clients=[(0, 'a')])
+    assert 'limit' in server._refusal('b')
+
+
+def test_parser_is_a_drop_in_for_upstream_options():
+    args = build_parser().parse_args(['-F', '-v', '-S', '/s', '-M', 'shm', '-m', '/d', '-l', '1G', '-n', '64', '-p', '/p'])
+    assert (args.foreground, args.verbose, args.socket, args.shm_name, args.shm_dir, args.size, args.vectors,
+            args.pidfile) == (True, True, '/s', 'shm', '/d', 1 << 30, 64, '/p')
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['-n', '65'])
+
+
+def test_conflicting_pins_are_refused():
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import ServerError
+    with pytest.raises(ServerError):
+        Config(build_parser().parse_args(['--pin', 'a=1', '--pin', 'b=1']))
+
+
+def test_guest_name_of_this_process_is_none():
+    assert guest_name_of(os.getpid()) is None
+
+
+def test_checksums_are_chunked_and_independent_of_workers(tmp_path):
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    data = os.urandom(3 << 20)
+    a.write_bytes(data)
+    b.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    one, _t = checksum_files([str(a), str(b)], 'sha1', chunk=1 << 20, workers=1)
+    many, _t = checksum_files([str(a), str(b)], 'sha1', chunk=1 << 20, workers=4)
+    assert one == many
+    assert one[str(a)]['checksum'] != one[str(b)]['checksum']
+    assert one[str(a)]['size'] == 3 << 20
+
+
+def test_read_word_parses_xp_output():
+    class FakeQMP:
+        def command(self, name, args):
+            assert args['command-line'] == 'xp /1wx 0xfebf1008'
+            return '00000000febf1008: 0x00000003\r\n'
+    assert read_word(FakeQMP(), 0xfebf1008) == 3

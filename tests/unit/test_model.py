@@ -1,0 +1,100 @@
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
+    GuestSpec, Layout, ServerSpec, ValidationError)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import parse_size, round_up_power_of_two
+
+LAYOUT = Layout('/run/x')
+
+
+def field_of(builder, *args):
+    with pytest.raises(ValidationError) as info:
+        builder(*args)
+    return info.value.field
+
+
+@pytest.mark.parametrize('text,value', [('4M', 4 << 20), ('1048576', 1 << 20), ('2G', 2 << 30), ('1.5K', 1536), ('8k', 8192)])
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize('text', ['abc', '-1', '1Q', '1.5', '0'])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_round_up_like_upstream():
+    assert round_up_power_of_two(3 << 20) == 4 << 20
+    assert round_up_power_of_two(4 << 20) == 4 << 20
+
+
+@pytest.mark.parametrize('params,field', [
+    ({'name': '../x'}, 'name'),
+    ({'name': 'a;rm'}, 'name'),
+    ({'name': 'a', 'size': '3M'}, 'size'),
+    ({'name': 'a', 'size': '1K'}, 'size'),
+    ({'name': 'a', 'vectors': 65}, 'vectors'),
+    ({'name': 'a', 'vectors': 0}, 'vectors'),
+    ({'name': 'a', 'implementation': 'qemu', 'binary': '/bin/s', 'size': '2G'}, 'size'),
+    ({'name': 'a', 'implementation': 'qemu'}, 'binary'),
+    ({'name': 'a', 'implementation': 'qemu', 'binary': '/bin/s', 'pins': {'g': 0}}, 'pins'),
+    ({'name': 'a', 'pins': {'g': 0, 'h': 0}}, 'pins.h'),
+    ({'name': 'a', 'pins': {'g': 70000}}, 'pins.g'),
+    ({'name': 'a', 'socket_mode': 'rw'}, 'socket_mode'),
+    ({'name': 'a', 'memory_dir': 'relative'}, 'memory_dir'),
+])
+def test_server_spec_errors_name_the_field(params, field):
+    assert field_of(ServerSpec, params) == field
+
+
+def test_builtin_server_argv():
+    spec = ServerSpec({'name': 'g1', 'size': '2G', 'vectors': 4, 'pins': {'m': 0}, 'hold': 'm'})
+    argv = spec.argv(LAYOUT, '/usr/bin/python3', '/p.pyz', foreground=False)
+    assert argv[:2] == ['/usr/bin/python3', '/p.pyz'] and '-F' not in argv
+    assert argv[argv.index('-l') + 1] == str(2 << 30)
+    assert argv[argv.index('-S') + 1] == '/run/x/servers/g1/ivshmem.sock'
+    assert argv[argv.index('--pin') + 1] == 'm=0' and argv[argv.index('--hold') + 1] == 'm'
+    assert spec.memory_path() == '/dev/shm/ivshmem-fleet-g1'
+
+
+def test_upstream_server_argv_is_upstream_options_only():
+    spec = ServerSpec({'name': 'g1', 'implementation': 'qemu', 'binary': '/opt/ivshmem-server', 'size': '1M'})
+    argv = spec.argv(LAYOUT, '/usr/bin/python3', None, foreground=True)
+    assert argv[0] == '/opt/ivshmem-server'
+    assert set(a for a in argv[1:] if a.startswith('-')) == {'-F', '-S', '-M', '-l', '-n', '-p'}
+
+
+def guest(**params):
+    return GuestSpec(dict({'name': 'vm1'}, **params), LAYOUT)
+
+
+@pytest.mark.parametrize('params,field', [
+    ({'name': 'a b'}, 'name'),
+    ({'accel': 'hvf'}, 'accel'),
+    ({'ivshmem': [{'role': 'boss', 'server': 's'}]}, 'ivshmem[0].role'),
+    ({'ivshmem': [{'server': 's', 'vectors': 99}]}, 'ivshmem[0].vectors'),
+    ({'ivshmem': [{}]}, 'ivshmem[0]'),
+    ({'ivshmem': [{'type': 'plain', 'memory_path': '/dev/shm/x', 'size': '3M'}]}, 'ivshmem[0].size'),
+    ({'ivshmem': [{'server': 's', 'role': 'master'}, {'server': 's'}]}, 'ivshmem[1]'),
+    ({'disks': [{'path': 'rel.qcow2'}]}, 'disks[0].path'),
+    ({'initrd': '/boot/initrd'}, 'kernel'),
+    ({'memory': '1K'}, 'memory'),
+])
+def test_guest_spec_errors_name_the_field(params, field):
+    assert field_of(lambda: guest(**params)) == field
+
+
+def test_guest_argv_has_devices_sandbox_and_incoming():
+    spec = guest(memory='256M', ivshmem=[{'server': 'g1', 'role': 'master', 'vectors': 2},
+                                         {'type': 'plain', 'memory_path': '/dev/shm/a,b', 'size': '1M'}])
+    argv = spec.argv(LAYOUT, 'tcg', incoming=True)
+    line = ' '.join(argv)
+    assert '-name vm1' in line and '-m 256' in line and 'tcg,tb-size=64' in line
+    assert 'ivshmem-doorbell,id=ivshmem0,chardev=ivshmem0-chr,vectors=2,master=on' in line
+    assert 'path=/run/x/servers/g1/ivshmem.sock' in line
+    assert 'mem-path=/dev/shm/a,,b' in line  # commas escaped for QEMU
+    assert 'ivshmem-plain,id=ivshmem1,memdev=ivshmem1-mem,master=off' in line
+    assert argv[-3:] == ['-incoming', 'defer', '-S']
+    assert 'spawn=deny' in line
+    assert spec.masters[0].memory_key == ('server', '/run/x/servers/g1/ivshmem.sock')
