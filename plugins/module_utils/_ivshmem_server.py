@@ -636,7 +636,3 @@ def main(argv=None):
     _sd_notify('READY=1\nMAINPID=%d' % os.getpid())
     server.serve()
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

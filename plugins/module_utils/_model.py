@@ -243,8 +243,9 @@ class IvshmemDevice:
             return ['-chardev', 'socket,id=%s-chr,path=%s' % (self.id, qemu_opt(self.socket)),
                     '-device', 'ivshmem-doorbell,id=%s,chardev=%s-chr,vectors=%d,master=%s' % (
                         self.id, self.id, self.vectors, master)]
-        return ['-object', 'memory-backend-file,id=%s-mem,mem-path=%s,size=%d,share=on' % (
-                    self.id, qemu_opt(self.memory_path), self.size),
+        backend = 'memory-backend-file,id=%s-mem,mem-path=%s,size=%d,share=on' % (
+            self.id, qemu_opt(self.memory_path), self.size)
+        return ['-object', backend,
                 '-device', 'ivshmem-plain,id=%s,memdev=%s-mem,master=%s' % (self.id, self.id, master)]
 
 

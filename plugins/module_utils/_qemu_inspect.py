@@ -28,9 +28,9 @@ def ivshmem_pci_devices(qmp):
                 continue
             bars = dict((region['bar'], region) for region in device.get('regions', []))
             entry = {}
-            for bar in (0, 2):
-                address = bars.get(bar, {}).get('address')
-                entry['bar%d' % bar] = None if address in _UNASSIGNED or address is None else address
+            for index in (0, 2):
+                address = bars.get(index, {}).get('address')
+                entry['bar%d' % index] = None if address in _UNASSIGNED or address is None else address
             entry['bar2_size'] = bars.get(2, {}).get('size')
             devices[device.get('qdev_id') or 'slot%d' % device.get('slot', 0)] = entry
     return devices

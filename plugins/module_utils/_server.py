@@ -191,4 +191,3 @@ class ServerManager(StateMachine):
         status['size'] = self.spec.size
         status['vectors'] = self.spec.vectors
         self.result['server'] = status
-

@@ -21,10 +21,10 @@ description:
     C(-S)) and makes it listen on O(incoming_uri); M(ivshmem.fleet.migrate) then moves a master into it.
   - Settings that differ from the running guest show in the diff; the guest is restarted for
     them only with O(restart_on_drift).
-  - Only one master per shared memory: a second master on the same server or memory file on this
+  - Only one master per shared memory. A second master on the same server or memory file on this
     host is refused before anything starts.
 author:
-  - ivshmem.fleet contributors
+  - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes

@@ -18,7 +18,7 @@ description:
   - Guests are asked over QMP for their run state, migration state and blockers, and each ivshmem
     device's role and IVPOSITION; builtin servers are asked for their clients and admission hold.
 author:
-  - ivshmem.fleet contributors
+  - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
 attributes:

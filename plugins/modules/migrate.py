@@ -29,7 +29,7 @@ description:
     C(<runtime_dir>/guests/<guest>/migration.json) at every pass.
   - Both guests must be on the host the module runs on; the migration stream may use any URI.
 author:
-  - ivshmem.fleet contributors
+  - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes
@@ -71,7 +71,7 @@ options:
     type: bool
     default: true
 notes:
-  - Idempotent: when the destination already runs and the source is stopped or gone, nothing is done.
+  - Idempotent. When the destination already runs and the source is stopped or gone, nothing is done.
 seealso:
   - module: ivshmem.fleet.guest
   - module: ivshmem.fleet.server

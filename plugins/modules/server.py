@@ -15,9 +15,9 @@ version_added: 1.0.0
 description:
   - Installs, starts, stops or removes a named ivshmem server that serves one shared memory and
     the doorbells of the QEMU guests (C(ivshmem-doorbell)) that attach to it.
-  - The default implementation C(builtin) is the collection's own server (Python standard library
-    only): the first free ID, IDs pinned to guest names, an admission hold for migration
-    destinations, a status query, a client cap, memory above 1 GiB, stale-socket recovery.
+  - The default implementation C(builtin) is the collection's own server, Python standard library
+    only. It gives the first free ID, IDs pinned to guest names, an admission hold for migration
+    destinations, a status query, a client cap, memory above 1 GiB and stale-socket recovery.
   - Implementation C(qemu) runs QEMU's upstream C(ivshmem-server) binary instead.
   - Supervised by a systemd unit (C(ivshmem-fleet-server-NAME.service)) where systemd runs,
     otherwise as a daemon with a pidfile.
@@ -25,7 +25,7 @@ description:
     differ from the running server are shown in the diff but applied only with O(restart_on_drift)
     or O(state=restarted). The admission hold is applied live.
 author:
-  - ivshmem.fleet contributors
+  - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes

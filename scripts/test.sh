@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (root): installs what it needs, then runs
+# unit tests, real-QEMU integration tests (builtin and upstream servers), the modules through
+# ansible-playbook, ansible-test sanity, ansible-lint (production profile) and the changelog lint.
+# Fails when any of it fails.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+cache="${IVSHMEM_FLEET_CACHE:-$here/.cache}"
+export IVSHMEM_FLEET_CACHE="$cache"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "install (apt, venv, upstream ivshmem-server)"
+scripts/bootstrap.sh
+scripts/build-upstream-ivshmem.sh
+venv="$cache/venv"
+export PATH="$venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$cache/collections"
+
+step "ansible-test sanity"
+# ansible-test wants the collection at .../ansible_collections/ivshmem/fleet: test a copy there.
+sanity_root="$cache/sanity/ansible_collections/ivshmem/fleet"
+mkdir -p "$sanity_root"
+rsync -a --delete --exclude .cache --exclude .git --exclude tests/output "$here/" "$sanity_root/"
+(cd "$sanity_root" && ansible-test sanity --venv --python 3.11 --color no \
+  --exclude tests/integration/ --exclude tests/unit/ --exclude tests/conftest.py)
+
+step "ansible-lint (production profile)"
+ansible-lint --profile production --offline -q
+
+step "changelog fragments"
+antsibull-changelog lint
+
+step "pytest: unit, real-QEMU integration, playbooks"
+python -m pytest -q -p no:cacheprovider tests/unit tests/integration
