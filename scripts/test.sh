@@ -20,11 +20,21 @@ export ANSIBLE_COLLECTIONS_PATH="$cache/collections"
 
 step "ansible-test sanity"
 # ansible-test wants the collection at .../ansible_collections/ivshmem/fleet: test a copy there.
+# It lists files with git, so the copy is a git work tree of its own.
 sanity_root="$cache/sanity/ansible_collections/ivshmem/fleet"
 mkdir -p "$sanity_root"
 rsync -a --delete --exclude .cache --exclude .git --exclude tests/output "$here/" "$sanity_root/"
-(cd "$sanity_root" && ansible-test sanity --venv --python 3.11 --color no \
-  --exclude tests/integration/ --exclude tests/unit/ --exclude tests/conftest.py)
+(cd "$sanity_root" && { [ -d .git ] || git init -q .; } && git add -A)
+# ansible-test bootstraps pip in its venvs with a script from a host this machine cannot reach.
+pip_version=$(python - <<'PY'
+import inspect, re
+import ansible_test._internal.python_requirements as requirements
+print(re.search(r"pip='([0-9.]+)'", inspect.getsource(requirements)).group(1))
+PY
+)
+mkdir -p ~/.ansible/test/cache
+cp scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_${pip_version//./_}.py
+(cd "$sanity_root" && ansible-test sanity --venv --python 3.11 --color no)
 
 step "ansible-lint (production profile)"
 ansible-lint --profile production --offline -q
