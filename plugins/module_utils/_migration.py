@@ -9,6 +9,11 @@ Policy on top of the QMP protocol: preflight, capabilities, the pre-switchover g
 waiting on MIGRATION events, verification while both sides are paused, and rollback.
 Nothing is lost: either the destination runs with memory proven equal and IVPOSITION 0,
 or the source runs again and the destination is gone.
+
+Phases: ``full`` does it all when both guests are on this host. Across hosts, ``send`` runs
+on the source host (migrate, then checksum the paused source), ``receive`` on the destination
+host (verify against those checksums, then continue), and ``abort`` on the source host resumes
+a paused source when the destination failed its verification.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -28,10 +33,11 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine impor
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 FINAL = ('completed', 'failed', 'cancelled')
+PHASES = ('full', 'send', 'receive', 'abort')
 
 
 class MigrationError(Exception):
-    """The migration did not happen; ``source_state`` tells where the group serves from."""
+    """The migration did not happen; the message says where the group serves from."""
 
 
 def memory_path_of(layout, device):
@@ -48,21 +54,40 @@ class Migration(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(Migration, self).__init__(check_mode)
         self.layout = layout
-        self.source = check_name('guest', params['guest'])
-        self.destination = check_name('destination', params['destination'])
-        if self.source == self.destination:
+        self.phase = params.get('phase') or 'full'
+        if self.phase not in PHASES:
+            raise ValidationError('phase', 'must be one of %s' % ', '.join(PHASES))
+        needs_guest = self.phase in ('full', 'send', 'abort')
+        needs_destination = self.phase in ('full', 'receive')
+        self.source = check_name('guest', params.get('guest')) if needs_guest else None
+        self.destination = check_name('destination', params.get('destination')) if needs_destination else None
+        if self.phase == 'full' and self.source == self.destination:
             raise ValidationError('destination', 'must differ from guest')
         self.uri = params.get('uri')
-        self.max_bandwidth = params.get('max_bandwidth')
-        self.downtime_limit = params.get('downtime_limit')
-        self.timeout = params.get('timeout')
-        self.verify = params.get('verify')
-        self.checksum = params.get('checksum')
-        self.stop_source = params.get('stop_source')
-        self.progress_file = os.path.join(layout.guest_dir(self.source), 'migration.json')
+        if self.phase == 'send' and not self.uri:
+            raise ValidationError('uri', 'phase send needs the destination\'s migration URI')
+        self.expected = params.get('expected_checksums') or []
+        if self.phase == 'receive' and params.get('verify', True) and not self.expected:
+            raise ValidationError('expected_checksums', 'phase receive needs the checksums phase send returned')
+        self.max_bandwidth = params.get('max_bandwidth', 10 << 30)
+        self.downtime_limit = params.get('downtime_limit', 300)
+        self.timeout = params.get('timeout', 300)
+        self.verify = params.get('verify', True)
+        self.checksum = params.get('checksum', 'sha1')
+        self.stop_source = params.get('stop_source', True)
 
-    # --- the one state: migrated ------------------------------------------------------
     def state_migrated(self):
+        getattr(self, '_phase_' + self.phase)()
+
+    @staticmethod
+    def _where(status):
+        return 'absent' if status is None else status['state']
+
+    def _record_path(self, guest):
+        return os.path.join(self.layout.guest_dir(guest), 'migration.json')
+
+    # --- phases -------------------------------------------------------------------------
+    def _phase_full(self):
         src = guest_status(self.layout, self.source, registers=False)
         dst = guest_status(self.layout, self.destination, registers=False)
         self.before = {'guest': self._where(src), 'destination': self._where(dst)}
@@ -73,18 +98,117 @@ class Migration(StateMachine):
             self.after = {'guest': 'stopped' if src else 'absent', 'destination': 'running'}
             self.result['migration'] = {'status': 'already migrated'}
             return
-        devices, memories = self._preflight(src, dst)
+        devices = self._preflight_source(src)
+        memories = self._preflight_destination(dst, devices)
         self.after = {'guest': 'stopped' if self.stop_source else 'migrated', 'destination': 'running'}
         if not self.change('migrate'):
             self.result['migration'] = {'status': 'would migrate'}
             return
-        self.result['migration'] = self._migrate(src, dst, devices, memories)
+        report = {'uri': self.uri or dst['incoming_uri'], 'events': []}
+        started = time.monotonic()
+        with QMPClient(src['qmp'], timeout=30) as sq, QMPClient(dst['qmp'], timeout=30) as dq:
+            self._send(sq, report, started, gate=lambda: self._destination_waits(dq))
+            verification = self._verify_destination(dq, memories, expected=None, source_qmp=sq)
+            report['verification'] = verification
+            if not verification['ok']:
+                quit_guest(self.layout, self.destination, 10)
+                sq.command('cont')
+                raise MigrationError('verification failed, the destination was discarded and the source '
+                                     'resumed: %s' % verification['problem'])
+            dq.command('cont')
+            report['destination_state'] = dq.command('query-status')['status']
+        report['source_state'] = self._finish_source()
+        report['elapsed_s'] = round(time.monotonic() - started, 3)
+        self.result['migration'] = report
 
-    @staticmethod
-    def _where(status):
-        return 'absent' if status is None else status['state']
+    def _phase_send(self):
+        src = guest_status(self.layout, self.source, registers=False)
+        self.before = {'guest': self._where(src)}
+        recorded = _host.read_json(self._record_path(self.source)) or {}
+        if src is not None and src['state'] in ('migrated', 'stopped') and recorded.get('status') == 'completed':
+            self.after = dict(self.before)
+            self.result['migration'] = dict(recorded, status='already sent')
+            return
+        devices = self._preflight_source(src)
+        memories = []
+        if self.verify:
+            for index, device in enumerate(devices):
+                path = memory_path_of(self.layout, device)
+                if path is None:
+                    raise ValidationError('verify', 'the memory of ivshmem[%d] is not visible on this host' % index)
+                memories.append(path)
+        self.after = {'guest': 'migrated'}
+        if not self.change('migrate'):
+            self.result['migration'] = {'status': 'would migrate'}
+            return
+        report = {'uri': self.uri, 'events': []}
+        started = time.monotonic()
+        with QMPClient(src['qmp'], timeout=30) as sq:
+            self._send(sq, report, started, gate=None)
+            state = sq.command('query-status')['status']
+            if state != 'postmigrate':
+                self._roll_back(sq, report)
+                raise MigrationError('source is %s after completion, not postmigrate; resumed it' % state)
+        if memories:
+            sums, seconds = checksum_files(memories, self.checksum)
+            report['source_checksums'] = [sums[path]['checksum'] for path in memories]
+            report['checksum_seconds'] = round(seconds, 3)
+        report['source_state'] = 'postmigrate'
+        report['elapsed_s'] = round(time.monotonic() - started, 3)
+        _host.write_json(self._record_path(self.source), report)
+        self.result['migration'] = report
 
-    def _preflight(self, src, dst):
+    def _phase_receive(self):
+        dst = guest_status(self.layout, self.destination, registers=False)
+        self.before = {'destination': self._where(dst)}
+        if dst is not None and dst['state'] == 'running' and dst['record'].get('incoming'):
+            self.after = dict(self.before)
+            self.result['migration'] = {'status': 'already received'}
+            return
+        if dst is None or dst['pid'] is None or not dst['record'].get('incoming'):
+            raise ValidationError('destination', 'guest %s is not a running incoming destination' % self.destination)
+        devices = dst['record']['spec']['ivshmem']
+        if self.verify and len(self.expected) != len(devices):
+            raise ValidationError('expected_checksums', '%d given for %d ivshmem devices' % (len(self.expected), len(devices)))
+        memories = []
+        if self.verify:
+            for index, device in enumerate(devices):
+                path = memory_path_of(self.layout, device)
+                if path is None:
+                    raise ValidationError('verify', 'the memory of ivshmem[%d] is not visible on this host' % index)
+                memories.append((None, path))
+        self.after = {'destination': 'running'}
+        if not self.change('receive'):
+            self.result['migration'] = {'status': 'would receive'}
+            return
+        with QMPClient(dst['qmp'], timeout=30) as dq:
+            verification = self._verify_destination(dq, memories, expected=self.expected)
+            if not verification['ok']:
+                quit_guest(self.layout, self.destination, 10)
+                raise MigrationError('verification failed and the destination was discarded (resume the source '
+                                     'with phase abort): %s' % verification['problem'])
+            dq.command('cont')
+            state = dq.command('query-status')['status']
+        self.result['migration'] = {'status': 'received', 'verification': verification, 'destination_state': state}
+
+    def _phase_abort(self):
+        src = guest_status(self.layout, self.source, registers=False)
+        self.before = {'guest': self._where(src)}
+        if src is None or src['pid'] is None:
+            raise ValidationError('guest', 'guest %s is not running here; nothing to resume' % self.source)
+        self.after = {'guest': 'running'}
+        if src['state'] == 'running':
+            self.result['migration'] = {'status': 'source running'}
+            return
+        if self.change('resume'):
+            with QMPClient(src['qmp'], timeout=30) as sq:
+                report = {}
+                self._roll_back(sq, report, discard_destination=False)
+            _host.write_json(self._record_path(self.source), {'status': 'aborted'})
+        self.result['migration'] = {'status': 'source resumed'}
+
+    # --- preflight --------------------------------------------------------------------
+    def _preflight_source(self, src):
         if src is None or src['pid'] is None:
             raise ValidationError('guest', 'guest %s is not running on this host' % self.source)
         devices = src['record']['spec']['ivshmem']
@@ -99,6 +223,9 @@ class Migration(StateMachine):
         blocked = src.get('migration', {}).get('blocked_reasons')
         if blocked:
             raise ValidationError('guest', 'QEMU blocks migrating %s: %s' % (self.source, '; '.join(blocked)))
+        return devices
+
+    def _preflight_destination(self, dst, devices):
         if dst is None or dst['pid'] is None:
             raise ValidationError('destination', 'guest %s is not prepared; start it with state incoming' % self.destination)
         if dst['state'] != 'incoming' or not dst['record'].get('incoming'):
@@ -118,46 +245,31 @@ class Migration(StateMachine):
                     raise ValidationError('destination', 'ivshmem[%d] shares one memory with the source: '
                                                          'the destination needs its own server' % index)
                 memories.append(pair)
-        return devices, memories
+        return memories
 
     # --- the migration ---------------------------------------------------------------
-    def _migrate(self, src, dst, devices, memories):
-        uri = self.uri or dst['incoming_uri']
-        report = {'uri': uri, 'events': []}
-        started = time.monotonic()
-        with QMPClient(src['qmp'], timeout=30) as sq, QMPClient(dst['qmp'], timeout=30) as dq:
-            try:
-                sq.command('migrate-set-capabilities', {'capabilities': [
-                    {'capability': 'events', 'state': True},
-                    {'capability': 'pause-before-switchover', 'state': True}]})
-                sq.command('migrate-set-parameters', {'max-bandwidth': self.max_bandwidth,
-                                                      'downtime-limit': self.downtime_limit})
-                sq.command('migrate', {'uri': uri})
-                self._follow(sq, dq, started, report)
-            except (QMPError, MigrationError) as exc:
-                self._roll_back(sq, report)
-                raise MigrationError('migration of %s to %s failed and was rolled back (the source runs): %s' % (
-                    self.source, self.destination, exc))
-            info = sq.command('query-migrate')
-            report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
-                          setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
-            verification = self._verify(sq, dq, memories)
-            report['verification'] = verification
-            if not verification['ok']:
-                self._undo_completed(sq)
-                raise MigrationError('verification failed, the destination was discarded and the source resumed: %s'
-                                     % verification['problem'])
-            dq.command('cont')
-            report['destination_state'] = dq.command('query-status')['status']
-        if self.stop_source:
-            quit_guest(self.layout, self.source, 30)
-            report['source_state'] = 'stopped'
-        else:
-            report['source_state'] = 'postmigrate'
-        report['elapsed_s'] = round(time.monotonic() - started, 3)
-        return report
+    def _send(self, sq, report, started, gate):
+        """Migrate and wait for completion; on any failure roll back and raise."""
+        try:
+            sq.command('migrate-set-capabilities', {'capabilities': [
+                {'capability': 'events', 'state': True},
+                {'capability': 'pause-before-switchover', 'state': True}]})
+            sq.command('migrate-set-parameters', {'max-bandwidth': self.max_bandwidth,
+                                                  'downtime-limit': self.downtime_limit})
+            sq.command('migrate', {'uri': report['uri']})
+            self._follow(sq, started, report, gate)
+        except (QMPError, MigrationError) as exc:
+            self._roll_back(sq, report, discard_destination=self.phase == 'full')
+            raise MigrationError('migration of %s failed and was rolled back (the source runs): %s' % (self.source, exc))
+        info = sq.command('query-migrate')
+        report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
+                      setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
 
-    def _follow(self, sq, dq, started, report):
+    def _destination_waits(self, dq):
+        if dq.command('query-status')['status'] != 'inmigrate':
+            raise MigrationError('destination %s is no longer waiting for the migration' % self.destination)
+
+    def _follow(self, sq, started, report, gate):
         """Wait on MIGRATION events until completed; open the switchover gate on the way."""
         while True:
             remaining = self.timeout - (time.monotonic() - started)
@@ -173,9 +285,8 @@ class Migration(StateMachine):
             status = event['data']['status']
             report['events'].append({'status': status, 'at_ms': int((time.monotonic() - started) * 1000)})
             if status == 'pre-switchover':
-                # Last look before committing: the destination must still be waiting.
-                if dq.command('query-status')['status'] != 'inmigrate':
-                    raise MigrationError('destination %s is no longer waiting for the migration' % self.destination)
+                if gate is not None:
+                    gate()  # last look before committing
                 sq.command('migrate-continue', {'state': 'pre-switchover'})
             elif status == 'completed':
                 self._write_progress(sq.command('query-migrate'))
@@ -187,13 +298,13 @@ class Migration(StateMachine):
     def _write_progress(self, info):
         ram = info.get('ram', {})
         total = ram.get('total') or 0
-        _host.write_json(self.progress_file, {
+        _host.write_json(self._record_path(self.source), {
             'status': info.get('status'), 'total_time_ms': info.get('total-time'),
             'remaining_bytes': ram.get('remaining'), 'transferred_bytes': ram.get('transferred'),
             'percent': round(100.0 * (total - (ram.get('remaining') or 0)) / total, 1) if total else None})
 
-    def _roll_back(self, sq, report):
-        """Cancel whatever runs, resume the source, discard the destination."""
+    def _roll_back(self, sq, report, discard_destination=False):
+        """Cancel whatever runs, resume the source, discard a local destination."""
         try:
             status = sq.command('query-migrate').get('status')
             if status not in FINAL + ('none',):
@@ -204,21 +315,30 @@ class Migration(StateMachine):
             report['source_state'] = sq.command('query-status')['status']
         except (QMPError, WaitTimeout) as exc:
             report['rollback_error'] = str(exc)
-        quit_guest(self.layout, self.destination, 10)
+        if discard_destination:
+            quit_guest(self.layout, self.destination, 10)
 
-    def _undo_completed(self, sq):
-        quit_guest(self.layout, self.destination, 10)
-        sq.command('cont')
+    def _finish_source(self):
+        if self.stop_source:
+            quit_guest(self.layout, self.source, 30)
+            return 'stopped'
+        return 'postmigrate'
 
-    def _verify(self, sq, dq, memories):
-        """Both sides paused: compare the shared memory and read the destination's IVPOSITION."""
+    def _verify_destination(self, dq, memories, expected, source_qmp=None):
+        """Destination paused after the migration: IVPOSITION 0 and memory equal to the source's.
+
+        ``memories`` holds (source path or None, destination path) pairs; without a source path
+        the destination is compared with ``expected`` (the checksums phase send returned).
+        """
         result = {'ok': False, 'checked': bool(self.verify)}
         _value, waited = wait_for('the destination to finish loading',
-                                  lambda: dq.command('query-status')['status'] != 'inmigrate', 30)
+                                  lambda: dq.command('query-status')['status'] != 'inmigrate', self.timeout)
         result['destination_load_wait_s'] = round(waited, 3)
-        states = {'source': sq.command('query-status')['status'], 'destination': dq.command('query-status')['status']}
+        states = {'destination': dq.command('query-status')['status']}
+        if source_qmp is not None:
+            states['source'] = source_qmp.command('query-status')['status']
         result['states'] = states
-        if states['source'] != 'postmigrate' or states['destination'] not in ('paused', 'prelaunch'):
+        if states.get('source', 'postmigrate') != 'postmigrate' or states['destination'] not in ('paused', 'prelaunch'):
             result['problem'] = 'unexpected run states %s (source must be postmigrate, destination paused)' % states
             return result
         positions = dict((k, v['ivposition']) for k, v in read_ivshmem_registers(dq).items())
@@ -227,19 +347,18 @@ class Migration(StateMachine):
             result['problem'] = 'destination IVPOSITION %s, expected 0 for the master' % positions
             return result
         if self.verify:
-            paths = [path for pair in memories for path in pair]
+            paths = [path for pair in memories for path in pair if path is not None]
             sums, seconds = checksum_files(paths, self.checksum)
             result['checksum_seconds'] = round(seconds, 3)
             result['memories'] = []
-            for source_path, destination_path in memories:
-                entry = {'source': source_path, 'destination': destination_path,
-                         'source_checksum': sums[source_path]['checksum'],
+            for index, (source_path, destination_path) in enumerate(memories):
+                want = sums[source_path]['checksum'] if source_path else expected[index]
+                entry = {'source': source_path, 'destination': destination_path, 'source_checksum': want,
                          'destination_checksum': sums[destination_path]['checksum'],
-                         'size': sums[source_path]['size']}
+                         'size': sums[destination_path]['size']}
                 result['memories'].append(entry)
-                if entry['source_checksum'] != entry['destination_checksum'] or \
-                        sums[source_path]['size'] != sums[destination_path]['size']:
-                    result['problem'] = 'shared memory differs: %s vs %s' % (source_path, destination_path)
+                if entry['source_checksum'] != entry['destination_checksum']:
+                    result['problem'] = 'shared memory differs: %s' % destination_path
                     return result
         result['ok'] = True
         return result

@@ -27,24 +27,40 @@ description:
   - On any failure it cancels, resumes the source, discards the destination and fails with what happened.
   - During the migration, progress (percent and bytes remaining) is written to
     C(<runtime_dir>/guests/<guest>/migration.json) at every pass.
-  - Both guests must be on the host the module runs on; the migration stream may use any URI.
+  - "With O(phase=full) both guests are on the host the module runs on. Across hosts the same
+    steps run in phases: V(send) on the source host migrates to O(uri) and returns the paused
+    source's checksums; V(receive) on the destination host verifies against them and continues the
+    destination; V(abort) on the source host resumes a paused source whose destination failed."
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes
 options:
+  phase:
+    description:
+      - V(full) migrates and verifies with both guests on this host.
+      - V(send) (source host) migrates to O(uri), leaves the source paused and returns its checksums.
+      - V(receive) (destination host) verifies O(destination) against O(expected_checksums) and continues it.
+      - V(abort) (source host) resumes a source left paused by V(send).
+    type: str
+    choices: [full, send, receive, abort]
+    default: full
   guest:
-    description: The running master guest to migrate.
+    description: The running master guest to migrate (phases V(full), V(send), V(abort)).
     type: str
-    required: true
   destination:
-    description: The destination guest, in state V(incoming).
+    description: The destination guest, in state V(incoming) (phases V(full), V(receive)).
     type: str
-    required: true
   uri:
-    description: Migration URI the source connects to; defaults to the destination's O(ivshmem.fleet.guest#module:incoming_uri).
+    description:
+      - Migration URI the source connects to. Required with O(phase=send); with O(phase=full) it
+        defaults to the destination's O(ivshmem.fleet.guest#module:incoming_uri).
     type: str
+  expected_checksums:
+    description: The C(source_checksums) that O(phase=send) returned, one per ivshmem device (O(phase=receive)).
+    type: list
+    elements: str
   max_bandwidth:
     description: Bandwidth limit in bytes per second.
     type: int
@@ -102,6 +118,20 @@ EXAMPLES = r'''
     timeout: 120
   register: moved
 
+- name: Across hosts, step 1 on the source host
+  ivshmem.fleet.migrate:
+    phase: send
+    guest: db-master
+    uri: tcp:192.0.2.12:4444
+  register: sent
+
+- name: Step 2 on the destination host
+  ivshmem.fleet.migrate:
+    phase: receive
+    destination: db-master
+    expected_checksums: "{{ sent.migration.source_checksums }}"
+  delegate_to: hv2
+
 - name: Show the cost
   ansible.builtin.debug:
     msg: "{{ moved.migration.total_time_ms }} ms, checksums {{ moved.migration.verification.memories }}"
@@ -114,7 +144,7 @@ migration:
   type: dict
   contains:
     status:
-      description: V(completed), V(already migrated) or V(would migrate) (check mode).
+      description: V(completed), V(received), V(source resumed), V(already migrated) or V(would migrate) (check mode).
       type: str
       sample: completed
     uri:
@@ -150,6 +180,11 @@ migration:
         destination_ivposition: {"ivshmem0": 0}
         checksum_seconds: 0.004
         memories: [{"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "sha1:c2d4", "destination_checksum": "sha1:c2d4"}]
+    source_checksums:
+      description: Checksums of the paused source's shared memories (O(phase=send)).
+      type: list
+      elements: str
+      sample: ["sha1:c2d4d98fd2154c60"]
     source_state:
       description: V(stopped) or V(postmigrate).
       type: str
@@ -174,9 +209,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             COMMON_ARGS,
-            guest=dict(type='str', required=True),
-            destination=dict(type='str', required=True),
+            phase=dict(type='str', default='full', choices=['full', 'send', 'receive', 'abort']),
+            guest=dict(type='str'),
+            destination=dict(type='str'),
             uri=dict(type='str'),
+            expected_checksums=dict(type='list', elements='str'),
             max_bandwidth=dict(type='int', default=10 << 30),
             downtime_limit=dict(type='int', default=300),
             timeout=dict(type='int', default=300),
@@ -184,6 +221,8 @@ def main():
             checksum=dict(type='str', default='sha1', choices=['crc32', 'sha1', 'sha256', 'blake2b']),
             stop_source=dict(type='bool', default=True),
         ),
+        required_if=[('phase', 'full', ['guest', 'destination']), ('phase', 'send', ['guest', 'uri']),
+                     ('phase', 'receive', ['destination']), ('phase', 'abort', ['guest'])],
         supports_check_mode=True,
     )
     run_manager(module, Migration, 'migrated', expected_errors=(MigrationError,))

@@ -52,7 +52,7 @@ class Lab:
         return guest_status(self.layout, name)
 
     def migrate(self, guest, destination, **params):
-        params = dict(dict(guest=guest, destination=destination, timeout=60, verify=True, checksum='sha1',
+        params = dict(dict(guest=guest, destination=destination, phase='full', timeout=60, verify=True, checksum='sha1',
                            stop_source=True, max_bandwidth=10 << 30, downtime_limit=300), **params)
         return Migration(params, self.layout, False).run('migrated')
 

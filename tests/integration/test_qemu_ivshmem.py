@@ -133,3 +133,37 @@ def test_doorbells_ring_from_a_guest_to_a_peer(lab, tmp_path):
     finally:
         sock.close()
         client.close()
+
+
+def test_phased_migration_as_across_hosts(lab):
+    """send on the 'source host', receive on the 'destination host' (one machine, two servers)."""
+    lab.server('a')
+    lab.guest('m', 'a', role='master')
+    pattern = fill(lab.memory_of('a'), 4 << 20, os.urandom(4091))
+    lab.server('b', admission='held', hold_for='m-b')
+    incoming = lab.guest('m-b', 'b', role='master', state='incoming')['guest']['incoming_uri']
+    sent = lab.migrate('m', None, phase='send', uri=incoming)['migration']
+    assert sent['status'] == 'completed' and lab.status('m')['state'] == 'migrated'
+    assert lab.migrate('m', None, phase='send', uri=incoming)['changed'] is False
+    received = lab.migrate(None, 'm-b', phase='receive', expected_checksums=sent['source_checksums'])
+    assert received['migration']['verification']['ok']
+    assert received['migration']['verification']['destination_ivposition'] == {'ivshmem0': 0}
+    assert lab.status('m-b')['state'] == 'running'
+    with open(lab.memory_of('b'), 'rb') as handle:
+        assert handle.read() == pattern
+
+
+def test_a_destination_failing_verification_is_discarded_and_the_source_resumes(lab):
+    lab.server('a')
+    lab.guest('m', 'a', role='master')
+    fill(lab.memory_of('a'), 4 << 20, os.urandom(4091))
+    lab.server('b')
+    incoming = lab.guest('m-b', 'b', role='master', state='incoming')['guest']['incoming_uri']
+    sent = lab.migrate('m', None, phase='send', uri=incoming)['migration']
+    with pytest.raises(MigrationError):
+        lab.migrate(None, 'm-b', phase='receive', expected_checksums=['sha1:not-what-was-sent'])
+    assert lab.status('m-b')['pid'] is None
+    resumed = lab.migrate('m', None, phase='abort')
+    assert resumed['changed'] and lab.status('m')['state'] == 'running'
+    after, _t = checksum_files([lab.memory_of('a')])
+    assert after[lab.memory_of('a')]['checksum'] == sent['source_checksums'][0]
