@@ -13,6 +13,7 @@ import os
 import shutil
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
@@ -63,8 +64,23 @@ def guest_status(layout, name, registers=True):
                     device['role'] = device_role(qmp, device['id'])
     except QMPError as exc:
         status['error'] = str(exc)
+    for device in status['ivshmem']:
+        if device.get('server'):
+            device['server_id'] = _server_id(layout, device['server'], name)
     status['state'] = _state_of(status)
     return status
+
+
+def _server_id(layout, server, guest):
+    """The ID a builtin server gave this guest, or None (not admitted, or no status to ask)."""
+    control = layout.server_control(server)
+    if not os.path.exists(control):
+        return None
+    try:
+        clients = control_request(control, 'status', timeout=5.0)['clients']
+    except ControlError:
+        return None
+    return next((c['id'] for c in clients if c['name'] == guest), None)
 
 
 def _state_of(status):

@@ -146,7 +146,8 @@ def write_inventory(state, names):
         lines += ['        %s:' % name,
                   '          ansible_host: 127.0.0.1',
                   '          ansible_port: %d' % host['port'],
-                  '          lab_address: %s' % host['address']]
+                  '          lab_address: %s' % host['address'],
+                  '          ivshmem_fleet_migration_address: %s' % host['address']]
     lines += ['      vars:',
               '        ansible_user: root',
               '        ansible_ssh_private_key_file: %s' % KEY,

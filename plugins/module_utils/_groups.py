@@ -1,0 +1,125 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Shared-memory groups: one server, one master and its peers, on one host (ivshmem.fleet.plan).
+
+A group in the inventory becomes the parameters of the server and guest modules, validated
+with the same specs the modules use, every error naming the group and the field.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
+    GuestSpec, ServerSpec, ValidationError, check_int, check_name)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+
+GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port')
+SERVER_KEYS = ('implementation', 'binary', 'shm_name', 'memory_dir', 'max_clients', 'socket_mode', 'memory_mode',
+               'user', 'group')
+GUEST_KEYS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
+              'extra_devices', 'extra_args', 'user', 'group', 'sandbox')
+DEFAULT_MIGRATION_PORT = 4444
+
+
+def _prefixed(prefix, build):
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ValidationError('%s.%s' % (prefix, exc.field), str(exc).split(': ', 1)[1])
+
+
+def _only(prefix, data, allowed):
+    if not isinstance(data, dict):
+        raise ValidationError(prefix, 'must be a mapping')
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValidationError('%s.%s' % (prefix, unknown[0]), 'unknown option (known: %s)' % ', '.join(allowed))
+
+
+def normalize_group(index, group, hosts, layout):
+    """One validated group: its server's and guests' module parameters."""
+    where = 'groups[%d]' % index
+    _only(where, group, GROUP_KEYS)
+    name = check_name(where + '.name', group.get('name'))
+    where = 'groups[%s]' % name
+    host = group.get('host')
+    if host not in hosts:
+        raise ValidationError(where + '.host', '%r is not a host of the inventory' % (host,))
+    server = dict(group.get('server') or {})
+    _only(where + '.server', server, SERVER_KEYS)
+    master = group.get('master')
+    if not master:
+        raise ValidationError(where + '.master', 'every group needs its master guest')
+    peers = group.get('peers') or []
+    if not isinstance(peers, list):
+        raise ValidationError(where + '.peers', 'must be a list')
+    vectors = check_int(where + '.vectors', group.get('vectors', 1), 1, MAX_VECTORS)
+    pin_ids = group.get('pin_ids', True)
+    guests = []
+    for role, field, guest in [('master', where + '.master', master)] + \
+            [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
+        _only(field, guest, GUEST_KEYS)
+        params = dict(guest, ivshmem=[{'server': name, 'role': role, 'vectors': vectors}])
+        spec = _prefixed(field, lambda: GuestSpec(params, layout))
+        guests.append((field, spec, params))
+    names = [spec.name for _field, spec, _params in guests]
+    for position, guest_name in enumerate(names):
+        if guest_name in names[:position]:
+            raise ValidationError(guests[position][0] + '.name', 'guest %s appears twice in the group' % guest_name)
+    server_params = dict(server, name=name, size=group.get('size', '4M'), vectors=vectors)
+    if pin_ids and server.get('implementation', 'builtin') == 'builtin':
+        server_params['pins'] = dict((guest_name, peer_id) for peer_id, guest_name in enumerate(names))
+    spec = _prefixed(where, lambda: ServerSpec(server_params))
+    port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)
+    return {
+        'name': name, 'host': host, 'size': spec.size, 'vectors': spec.vectors, 'migration_port': port,
+        'server': server_params, 'memory': spec.memory_path(),
+        'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
+        'guest_names': names, 'ids': dict(server_params.get('pins', {})),
+    }
+
+
+class GroupPlan(StateMachine):
+    """Validate every group, check the fleet-wide rules, and say which host runs what."""
+
+    def __init__(self, params, layout, check_mode):
+        super(GroupPlan, self).__init__(check_mode)
+        self.groups = params.get('groups') or []
+        self.hosts = params.get('hosts') or []
+        self.running = {}
+        for host, facts in (params.get('facts') or {}).items():
+            guests = (facts or {}).get('guests') or {}
+            self.running[host] = [name for name, guest in guests.items()
+                                  if guest.get('state') in ('running', 'paused', 'incoming')]
+        self.layout = layout
+
+    def state_planned(self):
+        if not isinstance(self.groups, list):
+            raise ValidationError('groups', 'must be a list of groups')
+        plan, seen_groups, seen_guests = [], {}, {}
+        for index, group in enumerate(self.groups):
+            normalized = normalize_group(index, group, self.hosts, self.layout)
+            where = 'groups[%s]' % normalized['name']
+            if normalized['name'] in seen_groups:
+                raise ValidationError(where + '.name', 'two groups are named %s' % normalized['name'])
+            seen_groups[normalized['name']] = index
+            for guest_name in normalized['guest_names']:
+                if guest_name in seen_guests:
+                    raise ValidationError(where, 'guest %s is also in group %s' % (guest_name, seen_guests[guest_name]))
+                seen_guests[guest_name] = normalized['name']
+            normalized['current_host'] = self._current_host(normalized)
+            plan.append(normalized)
+        by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
+        self.result.update(groups=plan, by_host=by_host)
+
+    def _current_host(self, group):
+        """Where the group serves from now: the host whose running guests include its master."""
+        master = group['master']['name']
+        serving = sorted(host for host, guests in self.running.items() if master in (guests or []))
+        return serving[0] if serving else group['host']
+

@@ -1,0 +1,118 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: plan
+short_description: Validate shared-memory groups and say where each one serves from
+version_added: 1.0.0
+description:
+  - Checks the shared-memory groups of an inventory before anything changes. One master per group,
+    unique group and guest names, hosts that exist, sizes and vectors that fit, and every guest
+    option as M(ivshmem.fleet.guest) would check it. Each error names the group and the field.
+  - Returns each group with the parameters of its M(ivshmem.fleet.server) and
+    M(ivshmem.fleet.guest) tasks, and the host it serves from now. That is the host whose running
+    guests include its master (after a migration), else the host the inventory names.
+  - Pure logic; runs anywhere, usually once on the controller.
+author:
+  - ivshmem.fleet contributors (@ivshmem-fleet)
+extends_documentation_fragment:
+  - ivshmem.fleet._common
+attributes:
+  check_mode:
+    support: full
+    description: Only computes.
+  diff_mode:
+    support: none
+    description: Nothing changes.
+  idempotent:
+    support: full
+    description: Never changes anything.
+  platform:
+    support: full
+    platforms: posix
+    description: Target OS/families that can be operated against.
+options:
+  groups:
+    description:
+      - The groups. Each has C(name), C(host), C(size), C(vectors), C(server) (server options such as
+        C(implementation), C(binary), C(memory_dir), C(max_clients)), C(master) and C(peers) (guest
+        options of M(ivshmem.fleet.guest) without C(ivshmem), which the group sets), C(pin_ids)
+        (default true, the master gets ID 0 and the peers 1..n in order, whatever the connection
+        order) and C(migration_port) (default 4444).
+    type: list
+    elements: dict
+    required: true
+  hosts:
+    description: The inventory's hypervisor hosts.
+    type: list
+    elements: str
+    required: true
+  facts:
+    description: Each host's C(ivshmem_fleet) fact from M(ivshmem.fleet.info), to find where groups run now.
+    type: dict
+seealso:
+  - module: ivshmem.fleet.info
+'''
+
+EXAMPLES = r'''
+- name: Validate the groups and place them
+  ivshmem.fleet.plan:
+    groups: "{{ ivshmem_fleet_groups }}"
+    hosts: "{{ groups['hypervisors'] }}"
+  run_once: true
+  register: fleet_plan
+'''
+
+RETURN = r'''
+groups:
+  description: The validated groups.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - name: g1
+      host: hv1
+      current_host: hv1
+      size: 67108864
+      vectors: 2
+      migration_port: 4444
+      memory: /dev/shm/ivshmem-fleet-g1
+      server: {"name": "g1", "size": "64M", "vectors": 2, "pins": {"g1-master": 0, "g1-peer1": 1}}
+      master: {"name": "g1-master", "ivshmem": [{"server": "g1", "role": "master", "vectors": 2}]}
+      peers: [{"name": "g1-peer1", "ivshmem": [{"server": "g1", "role": "peer", "vectors": 2}]}]
+      guest_names: [g1-master, g1-peer1]
+by_host:
+  description: Group names by the host they serve from now.
+  returned: success
+  type: dict
+  sample: {"hv1": ["g1"], "hv2": []}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            COMMON_ARGS,
+            groups=dict(type='list', elements='dict', required=True),
+            hosts=dict(type='list', elements='str', required=True),
+            facts=dict(type='dict'),
+        ),
+        supports_check_mode=True,
+    )
+    run_manager(module, GroupPlan, 'planned')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,53 @@
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+
+
+def group(**overrides):
+    data = {'name': 'g1', 'host': 'hv1', 'size': '16M', 'vectors': 2,
+            'master': {'name': 'g1-m', 'memory': '32M'}, 'peers': [{'name': 'g1-p1'}, {'name': 'g1-p2'}]}
+    data.update(overrides)
+    return data
+
+
+def plan(groups, hosts=('hv1', 'hv2'), facts=None):
+    return GroupPlan({'groups': groups, 'hosts': list(hosts), 'facts': facts}, Layout(), False).run('planned')
+
+
+def field_of(groups, **kwargs):
+    with pytest.raises(ValidationError) as info:
+        plan(groups, **kwargs)
+    return info.value.field
+
+
+def test_plan_pins_master_0_and_peers_in_order():
+    result = plan([group()])
+    g1 = result['groups'][0]
+    assert g1['server']['pins'] == {'g1-m': 0, 'g1-p1': 1, 'g1-p2': 2}
+    assert g1['master']['ivshmem'] == [{'server': 'g1', 'role': 'master', 'vectors': 2}]
+    assert [p['ivshmem'][0]['role'] for p in g1['peers']] == ['peer', 'peer']
+    assert g1['current_host'] == 'hv1' and result['by_host'] == {'hv1': ['g1'], 'hv2': []}
+
+
+def test_current_host_follows_the_running_master():
+    facts = {'hv1': {'guests': {}}, 'hv2': {'guests': {'g1-m': {'state': 'running'}}}}
+    assert plan([group()], facts=facts)['groups'][0]['current_host'] == 'hv2'
+
+
+@pytest.mark.parametrize('groups,field', [
+    ([group(host='nowhere')], 'groups[g1].host'),
+    ([group(size='3M')], 'groups[g1].size'),
+    ([group(vectors=65)], 'groups[g1].vectors'),
+    ([group(master=None)], 'groups[g1].master'),
+    ([group(master={'name': 'x', 'memory': 'lots'})], 'groups[g1].master.memory'),
+    ([group(peers=[{'name': 'g1-m'}])], 'groups[g1].peers[0].name'),
+    ([group(peers=[{'name': 'p', 'ivshmem': []}])], 'groups[g1].peers[0].ivshmem'),
+    ([group(), group()], 'groups[g1].name'),
+    ([group(), group(name='g2', master={'name': 'g1-m'}, peers=[])], 'groups[g2]'),
+    ([group(name='a/b')], 'groups[0].name'),
+    ([group(colour='blue')], 'groups[0].colour'),
+    ([group(server={'implementation': 'qemu', 'binary': '/x', 'pins': {}})], 'groups[g1].server.pins'),
+])
+def test_plan_errors_name_group_and_field(groups, field):
+    assert field_of(groups) == field
