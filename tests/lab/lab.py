@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The local lab: real virtual machines (TCG) acting as hypervisor hosts.
 
-    lab.py up [N]     boot N hosts (default 3), wait until SSH answers, write the inventory
+    lab.py up [N] [--instance-config FILE]
+                      boot N hosts (default 3), wait until SSH answers, write the inventory
+                      (and Molecule's instance config when asked)
     lab.py down       stop every host and remove their disks and sockets
     lab.py status     show the hosts
 
@@ -136,6 +138,18 @@ def up(count):
         time.sleep(1)
     write_inventory(state, names)
     print(os.path.join(RUN, 'inventory.yml'))
+    return state, names
+
+
+def write_instance_config(path, state, names):
+    """Molecule's default driver builds its inventory from this list."""
+    lines = []
+    for name in names:
+        host = state['hosts'][name]
+        lines += ['- instance: %s' % name, '  address: 127.0.0.1', '  user: root',
+                  '  port: %d' % host['port'], '  identity_file: %s' % KEY]
+    with open(path, 'w') as handle:
+        handle.write('\n'.join(lines) + '\n')
 
 
 def write_inventory(state, names):
@@ -191,7 +205,13 @@ def main(argv):
     if not argv or argv[0] not in ('up', 'down', 'status'):
         raise SystemExit(__doc__)
     if argv[0] == 'up':
-        up(int(argv[1]) if len(argv) > 1 else 3)
+        config = None
+        if '--instance-config' in argv:
+            config = argv[argv.index('--instance-config') + 1]
+            del argv[argv.index('--instance-config'):argv.index('--instance-config') + 2]
+        state, names = up(int(argv[1]) if len(argv) > 1 else 3)
+        if config:
+            write_instance_config(config, state, names)
     elif argv[0] == 'down':
         down()
     else:

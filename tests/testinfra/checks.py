@@ -1,0 +1,68 @@
+"""What a correctly running shared-memory group looks like from its host, for testinfra.
+
+Every check takes a testinfra host and the group as the host reports it (ivshmem.fleet.info),
+so the suite runs against any inventory; inventory groups (ivshmem_fleet_groups) sharpen it.
+"""
+
+PATTERN_DIR = '/var/lib/ivshmem-fleet-test'
+
+
+def fleet_facts(host):
+    result = host.ansible('ivshmem.fleet.info', check=False)
+    return result['ansible_facts']['ivshmem_fleet']
+
+
+def groups_here(host, facts):
+    """{server name: [guest statuses]} for every server this host runs."""
+    here = dict((name, []) for name in facts['servers'])
+    for guest in facts['guests'].values():
+        for device in guest['ivshmem']:
+            if device.get('server') in here:
+                here[device['server']].append(guest)
+    return here
+
+
+def check_server(host, server):
+    spec = server['spec']
+    assert server['state'] == 'started', 'server %s is %s' % (server['name'], server['state'])
+    if server['supervisor'] == 'systemd':
+        assert host.service('ivshmem-fleet-server-%s' % server['name']).is_running
+    sock = host.file(server['socket'])
+    assert sock.is_socket
+    assert (sock.user, sock.group, '%04o' % sock.mode) == (spec['user'], spec['group'], spec['socket_mode']), \
+        'socket %s is %s:%s %04o' % (server['socket'], sock.user, sock.group, sock.mode)
+    if server['memory']:
+        memory = host.file(server['memory'])
+        assert memory.exists and memory.size == spec['size']
+        assert (memory.user, '%04o' % memory.mode) == (spec['user'], spec['memory_mode']), \
+            'memory %s is %s %04o, expected %s %s' % (server['memory'], memory.user, memory.mode,
+                                                     spec['user'], spec['memory_mode'])
+
+
+def check_guests(server, guests, expected=None):
+    """One running master at ID 0, running peers with distinct IDs (the inventory's when given)."""
+    roles = {}
+    for guest in guests:
+        device = guest['ivshmem'][0]
+        assert guest['state'] == 'running', '%s is %s' % (guest['name'], guest['state'])
+        assert device['role'] == (device.get('role') or 'peer')
+        roles[guest['name']] = (device['role'], device.get('server_id'))
+    masters = [name for name, (role, _id) in roles.items() if role == 'master']
+    assert len(masters) == 1, 'server %s has masters %s' % (server['name'], masters)
+    assert roles[masters[0]][1] == 0, 'master %s has ID %s' % (masters[0], roles[masters[0]][1])
+    ids = [peer_id for _role, peer_id in roles.values()]
+    assert len(set(ids)) == len(ids), 'IDs %s are not distinct' % ids
+    if expected:
+        want = dict([(expected['master']['name'], ('master', 0))] +
+                    [(p['name'], ('peer', i + 1)) for i, p in enumerate(expected.get('peers') or [])])
+        assert roles == want, 'group %s runs as %s, expected %s' % (server['name'], roles, want)
+
+
+def check_pattern(host, server):
+    """Where a test wrote a pattern into the memory, the memory still holds it."""
+    record = host.file('%s/%s.sha1' % (PATTERN_DIR, server['name']))
+    if not record.exists or not server['memory']:
+        return False
+    actual = host.check_output('sha1sum %s', server['memory']).split()[0]
+    assert actual == record.content_string.strip(), 'memory of %s changed' % server['name']
+    return True

@@ -1,0 +1,54 @@
+"""Each lab host (or any inventory's hosts): its servers, guests, roles, IDs and memory."""
+import pytest
+
+from checks import check_guests, check_pattern, check_server, fleet_facts, groups_here
+
+testinfra_hosts = ['ansible://hypervisors']
+
+
+@pytest.fixture(scope='module')
+def facts(host):
+    return fleet_facts(host)
+
+
+def inventory_group(host, name):
+    for group in host.ansible.get_variables().get('ivshmem_fleet_groups') or []:
+        if group['name'] == name:
+            return group
+    return None
+
+
+def test_servers_are_supervised_with_their_modes(host, facts):
+    for server in facts['servers'].values():
+        check_server(host, server)
+
+
+def test_guests_have_their_roles_and_ids(host, facts):
+    for name, guests in groups_here(host, facts).items():
+        check_guests(facts['servers'][name], guests, inventory_group(host, name))
+
+
+def test_written_patterns_are_intact(host, facts):
+    for server in facts['servers'].values():
+        check_pattern(host, server)
+
+
+def test_no_guest_without_its_server(host, facts):
+    for guest in facts['guests'].values():
+        for device in guest['ivshmem']:
+            assert device.get('server') in facts['servers'], '%s uses a server not here' % guest['name']
+
+
+def test_inventory_groups_are_where_expected(host, facts):
+    """Each inventory group runs whole on its expected host (ivshmem_fleet_expected_placement,
+    else the host the inventory names) and nowhere else."""
+    variables = host.ansible.get_variables()
+    groups = variables.get('ivshmem_fleet_groups') or []
+    if not groups:
+        pytest.skip('no ivshmem_fleet_groups in this inventory')
+    placement = variables.get('ivshmem_fleet_expected_placement') or {}
+    me = variables['inventory_hostname']
+    for group in groups:
+        expected = placement.get(group['name'], group['host'])
+        assert (group['name'] in facts['servers']) == (expected == me), \
+            'group %s: expected on %s, servers here: %s' % (group['name'], expected, sorted(facts['servers']))
