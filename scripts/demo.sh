@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The main job on the built-in local lab: a shared-memory group (master and two peers) deployed
-# master-first on this machine, then moved to a fresh server with the master migrated and
-# verified, with a summary at the end. Installs what it needs; leaves nothing running
-# (KEEP=1 keeps the group for a look).
+# The main job on the built-in local lab: three real virtual machines (TCG) act as hypervisor
+# hosts. A shared-memory group (a master and two peers) is deployed master-first on hv1, filled
+# with a known pattern, migrated to hv2 (verified: checksums and ID 0 before it runs), then a short
+# rolling change runs across hv1 and hv2 with hv3 as the spare; a summary shows which guest runs
+# where, with IDs and memory checksums. Installs what it needs; takes the lab down at the end
+# (KEEP=1 keeps it up: tests/lab/lab.py down removes it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache="${IVSHMEM_FLEET_CACHE:-$here/.cache}"
 "$here/scripts/bootstrap.sh" >/dev/null
 export PATH="$cache/venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$cache/collections"
-run() {
-  ansible-playbook -i localhost, -c local -e "ansible_python_interpreter=$cache/venv/bin/python" "$@"
-}
-cleanup() { [ "${KEEP:-0}" = 1 ] || run "$here/playbooks/demo_local_cleanup.yml" >/dev/null; }
-trap cleanup EXIT
-run "$here/playbooks/demo_local_cleanup.yml" >/dev/null
-run "$here/playbooks/demo_local.yml"
+[ "${KEEP:-0}" = 1 ] || trap 'python3 "$here/tests/lab/lab.py" down' EXIT
+inventory=$(python3 "$here/tests/lab/lab.py" up 3)
+play() { ansible-playbook -i "$inventory" -e @"$here/playbooks/vars/lab_groups.yml" "$@"; }
+play "$here/playbooks/deploy.yml"
+ansible -i "$inventory" hv1 -m ansible.builtin.shell -a \
+  'dd if=/dev/urandom of=/dev/shm/ivshmem-fleet-g1 bs=1M count=16 conv=notrunc,nocreat status=none; sha1sum /dev/shm/ivshmem-fleet-g1'
+play -e group=g1 -e to=hv2 "$here/playbooks/migrate.yml"
+play -e spare=hv3 -e rollout_id="demo-$(date +%s)" "$here/playbooks/rollout.yml"
+play "$here/playbooks/summary.yml"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (root): installs what it needs, then runs
-# unit tests, real-QEMU integration tests (builtin and upstream servers), the modules through
-# ansible-playbook, ansible-test sanity, ansible-lint (production profile) and the changelog lint.
-# Fails when any of it fails.
+# ansible-test sanity, ansible-lint (production profile), the changelog lint, unit tests,
+# real-QEMU integration tests (builtin and upstream servers), the modules through
+# ansible-playbook, and last the real-VM tier: every Molecule scenario on one shared lab of
+# TCG virtual machines, verified with pytest-testinfra. Fails when any of it fails.
+# SKIP_LAB=1 skips the real-VM tier (for a quick local run).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -44,3 +46,13 @@ antsibull-changelog lint
 
 step "pytest: unit, real-QEMU integration, playbooks"
 python -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
+if [ "${SKIP_LAB:-0}" = 1 ]; then
+  echo "real-VM tier skipped (SKIP_LAB=1)"; exit 0
+fi
+step "Molecule on real VMs (one shared lab for every scenario)"
+# The scenarios live in molecule/ at the collection root; newer Molecule looks in
+# extensions/molecule/ for collections, so point its glob here.
+export MOLECULE_GLOB='molecule/*/molecule.yml'
+trap 'python3 tests/lab/lab.py down >/dev/null 2>&1 || true' EXIT
+molecule test --all

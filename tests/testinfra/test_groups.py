@@ -52,3 +52,12 @@ def test_inventory_groups_are_where_expected(host, facts):
         expected = placement.get(group['name'], group['host'])
         assert (group['name'] in facts['servers']) == (expected == me), \
             'group %s: expected on %s, servers here: %s' % (group['name'], expected, sorted(facts['servers']))
+
+
+def test_rollout_reached_every_host_but_the_spare(host):
+    variables = host.ansible.get_variables()
+    rollout = variables.get('ivshmem_fleet_expected_rollout')
+    if not rollout:
+        pytest.skip('no rollout expected in this inventory')
+    marker = host.file('/var/lib/ivshmem-fleet/rollout/%s' % rollout['id'])
+    assert marker.exists == (variables['inventory_hostname'] != rollout['spare'])
