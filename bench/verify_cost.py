@@ -35,7 +35,7 @@ def main():
     try:
         for path in paths:
             with open(path, 'wb') as handle:
-                for _ in range(size_mib):
+                for _mib in range(size_mib):
                     handle.write(data)
         print('%d MiB per side, 2 sides, %d cores' % (size_mib, os.cpu_count()))
         print('%-8s %14s %14s %8s' % ('hash', 'sequential s', 'parallel s', 'ratio'))

@@ -4,7 +4,7 @@
 # with a known pattern, migrated to hv2 (verified: checksums and ID 0 before it runs), then a short
 # rolling change runs across hv1 and hv2 with hv3 as the spare; a summary shows which guest runs
 # where, with IDs and memory checksums. Installs what it needs; takes the lab down at the end
-# (KEEP=1 keeps it up: tests/lab/lab.py down removes it).
+# (KEEP=1 keeps it up: python3 tests/lab/lab.py down removes it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache="${IVSHMEM_FLEET_CACHE:-$here/.cache}"

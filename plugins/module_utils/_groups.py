@@ -122,4 +122,3 @@ class GroupPlan(StateMachine):
         master = group['master']['name']
         serving = sorted(host for host, guests in self.running.items() if master in (guests or []))
         return serving[0] if serving else group['host']
-

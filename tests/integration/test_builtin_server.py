@@ -75,7 +75,7 @@ def test_misbehaving_clients_cost_only_their_own_connection(server):
 
 def test_client_cap_refuses_the_ninth(server):
     _process, sock = server
-    clients = [connect_client(sock, 2, 5) for _ in range(8)]
+    clients = [connect_client(sock, 2, 5) for _client in range(8)]
     refused = socket.socket(socket.AF_UNIX)
     refused.settimeout(5)
     refused.connect(sock)

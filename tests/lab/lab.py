@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The local lab: real virtual machines (TCG) acting as hypervisor hosts.
 
     lab.py up [N] [--instance-config FILE]

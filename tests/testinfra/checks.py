@@ -35,8 +35,8 @@ def check_server(host, server):
         memory = host.file(server['memory'])
         assert memory.exists and memory.size == spec['size']
         assert (memory.user, '%04o' % memory.mode) == (spec['user'], spec['memory_mode']), \
-            'memory %s is %s %04o, expected %s %s' % (server['memory'], memory.user, memory.mode,
-                                                     spec['user'], spec['memory_mode'])
+            'memory %s is %s %04o, expected %s %s' % (
+                server['memory'], memory.user, memory.mode, spec['user'], spec['memory_mode'])
 
 
 def check_guests(server, guests, expected=None):
