@@ -27,6 +27,7 @@
 #define DATA_WORDS 1024
 struct shared {
     volatile uint64_t magic;
+    volatile uint64_t gen; /* seqlock: odd while the master rewrites the block */
     volatile uint64_t seq;
     volatile uint64_t checksum;
     volatile uint64_t data[DATA_WORDS];
@@ -127,12 +128,15 @@ int main(int argc, char **argv) {
                 printf("IVW master ERROR data at seq %llu does not match its checksum\n",
                        (unsigned long long)written);
             seq = written + 1;
+            shm->gen = shm->gen | 1; /* odd: a step is being written */
+            __sync_synchronize();
             for (int i = 0; i < DATA_WORDS; i++)
                 shm->data[i] = mix(seq * DATA_WORDS + i);
             shm->checksum = checksum(shm->data);
-            __sync_synchronize();
             shm->seq = seq;
             shm->magic = MAGIC;
+            __sync_synchronize();
+            shm->gen = shm->gen + 1; /* even: the step is complete */
             __sync_synchronize();
             written = seq;
             double t = now();
@@ -148,12 +152,13 @@ int main(int argc, char **argv) {
         }
     }
     for (;;) {
-        uint64_t seq = shm->seq;
+        uint64_t gen = shm->gen;
         __sync_synchronize();
+        uint64_t seq = shm->seq;
         uint64_t sum = shm->checksum;
         int ok = shm->magic == MAGIC && checksum(shm->data) == sum;
         __sync_synchronize();
-        if (seq == shm->seq) { /* a consistent snapshot: the master did not write meanwhile */
+        if (!(gen & 1) && gen == shm->gen) { /* a consistent snapshot: no step written meanwhile */
             if (!ok)
                 printf("IVW peer ERROR data at seq %llu does not match its checksum\n", (unsigned long long)seq);
             else if (now() - last_report >= 1.0) {

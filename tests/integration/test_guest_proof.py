@@ -51,7 +51,7 @@ def console(lab, guest):
     seqs, errors = [], []
     for match in LINE.finditer(text):
         if match.group(3):
-            errors.append(match.group(3))
+            errors.append('%s %s: %s' % (guest, match.group(1), match.group(3).strip()))
         else:
             seqs.append(int(match.group(2)))
     return seqs, errors
