@@ -129,14 +129,7 @@ class Migration(StateMachine):
             self.after = dict(self.before)
             self.result['migration'] = dict(recorded, status='already sent')
             return
-        devices = self._preflight_source(src)
-        memories = []
-        if self.verify:
-            for index, device in enumerate(devices):
-                path = memory_path_of(self.layout, device)
-                if path is None:
-                    raise ValidationError('verify', 'the memory of ivshmem[%d] is not visible on this host' % index)
-                memories.append(path)
+        memories = self._visible_memories(self._preflight_source(src))
         self.after = {'guest': 'migrated'}
         if not self.change('migrate'):
             self.result['migration'] = {'status': 'would migrate'}
@@ -170,13 +163,7 @@ class Migration(StateMachine):
         devices = dst['record']['spec']['ivshmem']
         if self.verify and len(self.expected) != len(devices):
             raise ValidationError('expected_checksums', '%d given for %d ivshmem devices' % (len(self.expected), len(devices)))
-        memories = []
-        if self.verify:
-            for index, device in enumerate(devices):
-                path = memory_path_of(self.layout, device)
-                if path is None:
-                    raise ValidationError('verify', 'the memory of ivshmem[%d] is not visible on this host' % index)
-                memories.append((None, path))
+        memories = [(None, path) for path in self._visible_memories(devices)]
         self.after = {'destination': 'running'}
         if not self.change('receive'):
             self.result['migration'] = {'status': 'would receive'}
@@ -208,6 +195,18 @@ class Migration(StateMachine):
         self.result['migration'] = {'status': 'source resumed'}
 
     # --- preflight --------------------------------------------------------------------
+    def _visible_memories(self, devices):
+        """The host files behind the devices' memories; verifying needs every one visible here."""
+        if not self.verify:
+            return []
+        paths = []
+        for index, device in enumerate(devices):
+            path = memory_path_of(self.layout, device)
+            if path is None:
+                raise ValidationError('verify', 'the memory of ivshmem[%d] is not visible on this host' % index)
+            paths.append(path)
+        return paths
+
     def _preflight_source(self, src):
         if src is None or src['pid'] is None:
             raise ValidationError('guest', 'guest %s is not running on this host' % self.source)
