@@ -6,7 +6,8 @@
  *         it rewrites at each step; before each step it checks that the shared memory still
  *         holds exactly what it wrote last (no step lost or repeated, e.g. across a migration);
  *         rings a peer's doorbell at a steady rate.
- * peer:   reads what the master wrote and checks the checksum against the data.
+ * peer:   waits for the master's first step, then reads what the master wrote and checks the
+ *         checksum against the data.
  * Reports on stdout (the serial console), one line at a time:
  *   IVW <mode> seq=<n> ok   |   IVW <mode> ERROR <what>
  * Usage: ivshmem-workload master|peer [ring-peer-id]
@@ -151,6 +152,11 @@ int main(int argc, char **argv) {
             usleep(2000);
         }
     }
+    /* Memory the master has not written yet holds no step to check: wait for its first one
+     * (the peer's guest may well boot before the master's workload runs). */
+    printf("IVW peer waiting for the master's first step\n");
+    while (shm->magic != MAGIC)
+        usleep(20000);
     for (;;) {
         uint64_t gen = shm->gen;
         __sync_synchronize();
