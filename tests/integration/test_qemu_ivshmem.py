@@ -108,34 +108,6 @@ def test_migration_to_a_destination_that_is_gone_fails_early_and_changes_nothing
     assert lab.status('m')['state'] == 'running'
 
 
-def test_doorbells_ring_from_a_guest_to_a_peer(lab, tmp_path):
-    """The master's device rings a host-side peer's vector through the server's eventfds."""
-    lab.server('s')
-    qtest = os.path.join(lab.layout.guest_dir('m'), 'qtest.sock')
-    lab.guest('m', 's', role='master', extra_args=['-qtest', 'unix:%s,server=on,wait=off' % qtest])
-    sock, client = connect_client(lab.layout.server_socket('s'), 2, 5)
-    try:
-        assert client.peer_id == 1 and sorted(client.peers) == [0, 1]
-        with QMPClient(lab.layout.guest_qmp('m')) as qmp:
-            bar0 = read_ivshmem_registers(qmp)['ivshmem0']['bar0']
-        ring = socket.socket(socket.AF_UNIX)
-        ring.connect(qtest)
-        for vector in (1, 0, 1):
-            # DOORBELL (BAR0 + 12) = peer ID << 16 | vector, written by the guest's device.
-            ring.sendall(b'writel 0x%x 0x%x\n' % (bar0 + 12, (client.peer_id << 16) | vector))
-            assert ring.recv(64).startswith(b'OK')
-        ring.close()
-        counts = []
-        for vector in (0, 1):
-            fd = client.peers[client.peer_id][vector]
-            readable, _w, _x = select.select([fd], [], [], 5)
-            counts.append(int.from_bytes(os.read(fd, 8), 'little') if readable else 0)
-        assert counts == [1, 2]
-    finally:
-        sock.close()
-        client.close()
-
-
 class QTest:
     """A guest's CPU-side accesses (port I/O, MMIO) through QEMU's qtest socket, no guest OS."""
 
@@ -162,6 +134,41 @@ class QTest:
         self.sock.close()
 
 
+def guest_driven_by_qtest(lab, name, server, role):
+    """A guest whose CPU the test drives: (its QTest, its ivshmem0 BAR0 address)."""
+    path = os.path.join(lab.layout.guest_dir(name), 'qtest.sock')
+    lab.guest(name, server, role=role, extra_args=['-qtest', 'unix:%s,server=on,wait=off' % path])
+    with QMPClient(lab.layout.guest_qmp(name)) as qmp:
+        bar0 = read_ivshmem_registers(qmp)['ivshmem0']['bar0']
+    return QTest(path), bar0
+
+
+def ring(qtest, bar0, peer_id, vector):
+    # DOORBELL (BAR0 + 12) = peer ID << 16 | vector, written by the ringing guest's device.
+    qtest('writel 0x%x 0x%x' % (bar0 + 12, peer_id << 16 | vector))
+
+
+def test_doorbells_ring_from_a_guest_to_a_peer(lab):
+    """The master's device rings a host-side peer's vector through the server's eventfds."""
+    lab.server('s')
+    qtest, bar0 = guest_driven_by_qtest(lab, 'm', 's', 'master')
+    sock, client = connect_client(lab.layout.server_socket('s'), 2, 5)
+    try:
+        assert client.peer_id == 1 and sorted(client.peers) == [0, 1]
+        for vector in (1, 0, 1):
+            ring(qtest, bar0, client.peer_id, vector)
+        counts = []
+        for vector in (0, 1):
+            fd = client.peers[client.peer_id][vector]
+            readable, _w, _x = select.select([fd], [], [], 5)
+            counts.append(int.from_bytes(os.read(fd, 8), 'little') if readable else 0)
+        assert counts == [1, 2]
+    finally:
+        qtest.close()
+        sock.close()
+        client.close()
+
+
 def msix_pending_bits_address(qtest, qmp):
     """Enable the ivshmem device's MSI-X with every vector masked (its reset state), as a driver
     would before unmasking. A doorbell then sets its vector's bit in the Pending Bit Array,
@@ -186,16 +193,12 @@ def test_doorbells_ring_between_guests(lab):
     qtest, bar0, pba = {}, {}, {}
     try:
         for name, role in (('m', 'master'), ('p', 'peer')):
-            path = os.path.join(lab.layout.guest_dir(name), 'qtest.sock')
-            lab.guest(name, 's', role=role, extra_args=['-qtest', 'unix:%s,server=on,wait=off' % path])
-            qtest[name] = QTest(path)
+            qtest[name], bar0[name] = guest_driven_by_qtest(lab, name, 's', role)
             with QMPClient(lab.layout.guest_qmp(name)) as qmp:
-                bar0[name] = read_ivshmem_registers(qmp)['ivshmem0']['bar0']
                 pba[name] = msix_pending_bits_address(qtest[name], qmp)
         assert [qtest[name]('readl 0x%x' % pba[name]) for name in ('m', 'p')] == [0, 0]
         for ringer, target, target_id, vector in (('m', 'p', 1, 1), ('p', 'm', 0, 0)):
-            # DOORBELL (BAR0 + 12) = peer ID << 16 | vector, written by the ringing guest's device.
-            qtest[ringer]('writel 0x%x 0x%x' % (bar0[ringer] + 12, target_id << 16 | vector))
+            ring(qtest[ringer], bar0[ringer], target_id, vector)
             wait_for('%s to receive the doorbell of %s' % (target, ringer),
                      lambda: qtest[target]('readl 0x%x' % pba[target]) == 1 << vector, 10)
         assert [qtest[name]('readl 0x%x' % pba[name]) for name in ('m', 'p')] == [1 << 0, 1 << 1]
