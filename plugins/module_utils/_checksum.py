@@ -6,7 +6,8 @@
 """Shared-memory checksums: files hashed in chunks, all chunks of all files in parallel.
 
 hashlib and zlib release the GIL on large buffers, so threads use every core. A file's
-checksum is the hash of its chunk digests, so it does not depend on the worker count.
+checksum is the sha256 of its chunk digests, so it does not depend on the worker count. It is
+not the plain sha1 (sha1sum) of the file, and its label says so: ``chunked-sha1-32MiB:<hex>``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -28,6 +29,11 @@ def _chunk_digest(view, algorithm):
     if algorithm == 'crc32':
         return b'%08x' % (zlib.crc32(view) & 0xffffffff)
     return hashlib.new(algorithm, view).digest()
+
+
+def label(algorithm, chunk=CHUNK):
+    """What a checksum is: the sha256 of the ``algorithm`` digests of each ``chunk``-sized piece."""
+    return 'chunked-%s-%dMiB' % (algorithm, chunk >> 20) if chunk >= 1 << 20 else 'chunked-%s-%dB' % (algorithm, chunk)
 
 
 def checksum_files(paths, algorithm='sha1', chunk=CHUNK, workers=None):
@@ -62,5 +68,5 @@ def checksum_files(paths, algorithm='sha1', chunk=CHUNK, workers=None):
         for (job_path, _offset), digest in zip(jobs, digests):
             if job_path == path:
                 combined.update(digest)
-        result[path] = {'checksum': '%s:%s' % (algorithm, combined.hexdigest()), 'size': maps[path][1]}
+        result[path] = {'checksum': '%s:%s' % (label(algorithm, chunk), combined.hexdigest()), 'size': maps[path][1]}
     return result, time.monotonic() - start

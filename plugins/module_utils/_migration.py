@@ -50,6 +50,119 @@ def memory_path_of(layout, device):
     return None
 
 
+# Capabilities that break shared memory (see the facts file): refused before anything moves.
+CORRUPTING = {
+    'postcopy-ram': 'postcopy needs explicit support from every process that shares the memory, '
+                    'so the peers would see a torn region',
+    'x-ignore-shared': 'it skips shared RAM blocks, so the shared memory would not reach another host',
+}
+
+
+def start_migration(sq, uri, max_bandwidth, downtime_limit):
+    """Refuse corrupting settings, enable events and the switchover gate, start the migration."""
+    enabled = [c['capability'] for c in sq.command('query-migrate-capabilities') if c.get('state')]
+    for capability in enabled:
+        if capability in CORRUPTING:
+            raise MigrationError('refused: migration capability %s is on, and %s' % (capability, CORRUPTING[capability]))
+    sq.command('migrate-set-capabilities', {'capabilities': [
+        {'capability': 'events', 'state': True},
+        {'capability': 'pause-before-switchover', 'state': True}]})
+    sq.command('migrate-set-parameters', {'max-bandwidth': max_bandwidth, 'downtime-limit': downtime_limit})
+    sq.command('migrate', {'uri': uri})
+
+
+def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):
+    """Wait on MIGRATION events until completed, opening the switchover gate on the way.
+
+    ``on_progress(query-migrate)`` runs at every pass and at least every ``tick`` seconds.
+    Returns QEMU's figures, the states seen and ``stopped_at`` (the source's STOP event time).
+    Raises MigrationError on failure or timeout (the caller rolls back).
+    """
+    started = time.monotonic()
+    report = {'events': [], 'stopped_at': None}
+    while True:
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            raise MigrationError('no completion within %d s' % timeout)
+        try:
+            event = sq.wait_event(('MIGRATION', 'MIGRATION_PASS', 'STOP'), min(tick, remaining))
+        except QMPTimeout:
+            if on_progress is not None:
+                on_progress(sq.command('query-migrate'))
+            continue
+        if event['event'] == 'STOP':
+            stamp = event.get('timestamp') or {}
+            report['stopped_at'] = stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6
+            continue
+        if event['event'] == 'MIGRATION_PASS':
+            if on_progress is not None:
+                on_progress(sq.command('query-migrate'))
+            continue
+        status = event['data']['status']
+        report['events'].append({'status': status, 'at_ms': int((time.monotonic() - started) * 1000)})
+        if status == 'pre-switchover':
+            if gate is not None:
+                gate()  # last look before committing
+            sq.command('migrate-continue', {'state': 'pre-switchover'})
+        elif status == 'completed':
+            info = sq.command('query-migrate')
+            if on_progress is not None:
+                on_progress(info)
+            report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
+                          setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
+            return report
+        elif status in ('failed', 'cancelled'):
+            info = sq.command('query-migrate')
+            raise MigrationError(info.get('error-desc') or 'migration %s' % status)
+
+
+def cancel_and_resume(sq):
+    """Cancel whatever migration runs and resume the source. Returns its run state."""
+    status = sq.command('query-migrate').get('status') or 'none'
+    if status not in FINAL + ('none',):
+        sq.command('migrate_cancel')
+        wait_for('the migration to stop', lambda: (sq.command('query-migrate').get('status') or 'none') in FINAL + ('none',), 30)
+    if sq.command('query-status')['status'] != 'running':
+        sq.command('cont')
+    return sq.command('query-status')['status']
+
+
+def settle_source(sq, timeout=10):
+    """After ``completed`` QEMU passes through finish-migrate before postmigrate: wait for it."""
+    try:
+        wait_for('the source to settle in postmigrate',
+                 lambda: sq.command('query-status')['status'] not in ('finish-migrate',), timeout)
+    except WaitTimeout as exc:
+        raise MigrationError(str(exc))
+    state = sq.command('query-status')['status']
+    if state != 'postmigrate':
+        raise MigrationError('the source is %s after the migration, not postmigrate' % state)
+
+
+def wait_loaded(dq, timeout):
+    """The destination has loaded the whole stream (the source's completed can come first)."""
+    _value, waited = wait_for('the destination to finish loading',
+                              lambda: dq.command('query-status')['status'] != 'inmigrate', timeout)
+    return waited
+
+
+def verify_destination(dq, memories, algorithm):
+    """A loaded, paused destination: IVPOSITION 0 and its memories' checksums."""
+    result = {'ok': False, 'state': dq.command('query-status')['status']}
+    if result['state'] not in ('paused', 'prelaunch'):
+        result['problem'] = 'destination is %s, not paused after the migration' % result['state']
+        return result
+    positions = dict((k, v['ivposition']) for k, v in read_ivshmem_registers(dq).items())
+    result['ivposition'] = positions
+    if any(position != 0 for position in positions.values()):
+        result['problem'] = 'destination IVPOSITION %s, expected 0 for the master' % positions
+        return result
+    sums, seconds = checksum_files(memories, algorithm)
+    result.update(ok=True, checksums=[sums[path]['checksum'] for path in memories],
+                  checksum_seconds=round(seconds, 3))
+    return result
+
+
 class Migration(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(Migration, self).__init__(check_mode)
@@ -138,10 +251,11 @@ class Migration(StateMachine):
         started = time.monotonic()
         with QMPClient(src['qmp'], timeout=30) as sq:
             self._send(sq, report, started, gate=None)
-            state = sq.command('query-status')['status']
-            if state != 'postmigrate':
+            try:
+                settle_source(sq)
+            except MigrationError as exc:
                 self._roll_back(sq, report)
-                raise MigrationError('source is %s after completion, not postmigrate; resumed it' % state)
+                raise MigrationError('%s; resumed it' % exc)
         if memories:
             sums, seconds = checksum_files(memories, self.checksum)
             report['source_checksums'] = [sums[path]['checksum'] for path in memories]
@@ -250,49 +364,16 @@ class Migration(StateMachine):
     def _send(self, sq, report, started, gate):
         """Migrate and wait for completion; on any failure roll back and raise."""
         try:
-            sq.command('migrate-set-capabilities', {'capabilities': [
-                {'capability': 'events', 'state': True},
-                {'capability': 'pause-before-switchover', 'state': True}]})
-            sq.command('migrate-set-parameters', {'max-bandwidth': self.max_bandwidth,
-                                                  'downtime-limit': self.downtime_limit})
-            sq.command('migrate', {'uri': report['uri']})
-            self._follow(sq, started, report, gate)
+            start_migration(sq, report['uri'], self.max_bandwidth, self.downtime_limit)
+            remaining = max(1, self.timeout - (time.monotonic() - started))
+            report.update(follow_migration(sq, remaining, self._write_progress, gate))
         except (QMPError, MigrationError) as exc:
             self._roll_back(sq, report, discard_destination=self.phase == 'full')
             raise MigrationError('migration of %s failed and was rolled back (the source runs): %s' % (self.source, exc))
-        info = sq.command('query-migrate')
-        report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
-                      setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
 
     def _destination_waits(self, dq):
         if dq.command('query-status')['status'] != 'inmigrate':
             raise MigrationError('destination %s is no longer waiting for the migration' % self.destination)
-
-    def _follow(self, sq, started, report, gate):
-        """Wait on MIGRATION events until completed; open the switchover gate on the way."""
-        while True:
-            remaining = self.timeout - (time.monotonic() - started)
-            if remaining <= 0:
-                raise MigrationError('no completion within %d s' % self.timeout)
-            try:
-                event = sq.wait_event(('MIGRATION', 'MIGRATION_PASS'), remaining)
-            except QMPTimeout:
-                raise MigrationError('no completion within %d s' % self.timeout)
-            if event['event'] == 'MIGRATION_PASS':
-                self._write_progress(sq.command('query-migrate'))
-                continue
-            status = event['data']['status']
-            report['events'].append({'status': status, 'at_ms': int((time.monotonic() - started) * 1000)})
-            if status == 'pre-switchover':
-                if gate is not None:
-                    gate()  # last look before committing
-                sq.command('migrate-continue', {'state': 'pre-switchover'})
-            elif status == 'completed':
-                self._write_progress(sq.command('query-migrate'))
-                return
-            elif status in ('failed', 'cancelled'):
-                info = sq.command('query-migrate')
-                raise MigrationError(info.get('error-desc') or 'migration %s' % status)
 
     def _write_progress(self, info):
         ram = info.get('ram', {})
@@ -305,13 +386,7 @@ class Migration(StateMachine):
     def _roll_back(self, sq, report, discard_destination=False):
         """Cancel whatever runs, resume the source, discard a local destination."""
         try:
-            status = sq.command('query-migrate').get('status')
-            if status not in FINAL + ('none',):
-                sq.command('migrate_cancel')
-                wait_for('the migration to stop', lambda: sq.command('query-migrate').get('status') in FINAL + ('none',), 30)
-            if sq.command('query-status')['status'] != 'running':
-                sq.command('cont')
-            report['source_state'] = sq.command('query-status')['status']
+            report['source_state'] = cancel_and_resume(sq)
         except (QMPError, WaitTimeout) as exc:
             report['rollback_error'] = str(exc)
         if discard_destination:
@@ -330,34 +405,29 @@ class Migration(StateMachine):
         the destination is compared with ``expected`` (the checksums phase send returned).
         """
         result = {'ok': False, 'checked': bool(self.verify)}
-        _value, waited = wait_for('the destination to finish loading',
-                                  lambda: dq.command('query-status')['status'] != 'inmigrate', self.timeout)
-        result['destination_load_wait_s'] = round(waited, 3)
-        states = {'destination': dq.command('query-status')['status']}
+        result['destination_load_wait_s'] = round(wait_loaded(dq, self.timeout), 3)
         if source_qmp is not None:
-            states['source'] = source_qmp.command('query-status')['status']
-        result['states'] = states
-        if states.get('source', 'postmigrate') != 'postmigrate' or states['destination'] not in ('paused', 'prelaunch'):
-            result['problem'] = 'unexpected run states %s (source must be postmigrate, destination paused)' % states
+            source_state = source_qmp.command('query-status')['status']
+            if source_state != 'postmigrate':
+                result['problem'] = 'source is %s, not postmigrate' % source_state
+                return result
+        sources = [pair[0] for pair in memories if pair[0] is not None] if self.verify else []
+        destinations = [pair[1] for pair in memories] if self.verify else []
+        check = verify_destination(dq, destinations + sources, self.checksum)
+        result['destination_ivposition'] = check.get('ivposition')
+        result['checksum_seconds'] = check.get('checksum_seconds')
+        if not check['ok']:
+            result['problem'] = check['problem']
             return result
-        positions = dict((k, v['ivposition']) for k, v in read_ivshmem_registers(dq).items())
-        result['destination_ivposition'] = positions
-        if any(position != 0 for position in positions.values()):
-            result['problem'] = 'destination IVPOSITION %s, expected 0 for the master' % positions
-            return result
-        if self.verify:
-            paths = [path for pair in memories for path in pair if path is not None]
-            sums, seconds = checksum_files(paths, self.checksum)
-            result['checksum_seconds'] = round(seconds, 3)
-            result['memories'] = []
-            for index, (source_path, destination_path) in enumerate(memories):
-                want = sums[source_path]['checksum'] if source_path else expected[index]
-                entry = {'source': source_path, 'destination': destination_path, 'source_checksum': want,
-                         'destination_checksum': sums[destination_path]['checksum'],
-                         'size': sums[destination_path]['size']}
-                result['memories'].append(entry)
-                if entry['source_checksum'] != entry['destination_checksum']:
-                    result['problem'] = 'shared memory differs: %s' % destination_path
-                    return result
+        sums = dict(zip(destinations + sources, check['checksums']))
+        result['memories'] = []
+        for index, (source_path, destination_path) in enumerate(memories):
+            want = sums[source_path] if source_path else expected[index]
+            entry = {'source': source_path, 'destination': destination_path, 'source_checksum': want,
+                     'destination_checksum': sums[destination_path]}
+            result['memories'].append(entry)
+            if entry['source_checksum'] != entry['destination_checksum']:
+                result['problem'] = 'shared memory differs: %s' % destination_path
+                return result
         result['ok'] = True
         return result

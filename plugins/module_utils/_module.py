@@ -20,7 +20,7 @@ COMMON_ARGS = dict(
 )
 
 # Failures that are the host's or QEMU's answer, reported as a message, never a traceback.
-_OPERATIONAL = (HostError, QMPError, WaitTimeout, ControlError, OSError)
+OPERATIONAL = (HostError, QMPError, WaitTimeout, ControlError, OSError)
 
 
 def run_manager(module, manager_class, state, expected_errors=()):
@@ -34,7 +34,7 @@ def run_manager(module, manager_class, state, expected_errors=()):
         result = manager.run(state)
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field, changed=manager.changed)
-    except _OPERATIONAL + tuple(expected_errors) as exc:
+    except OPERATIONAL + tuple(expected_errors) as exc:
         module.fail_json(msg=str(exc), changed=manager.changed, **manager.result)
     warnings = result.pop('warnings')
     for warning in warnings:

@@ -179,12 +179,12 @@ migration:
         ok: true
         destination_ivposition: {"ivshmem0": 0}
         checksum_seconds: 0.004
-        memories: [{"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "sha1:c2d4", "destination_checksum": "sha1:c2d4"}]
+        memories: [{"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "chunked-sha1-32MiB:c2d4", "destination_checksum": "chunked-sha1-32MiB:c2d4"}]
     source_checksums:
       description: Checksums of the paused source's shared memories (O(phase=send)).
       type: list
       elements: str
-      sample: ["sha1:c2d4d98fd2154c60"]
+      sample: ["chunked-sha1-32MiB:c2d4d98fd2154c60"]
     source_state:
       description: V(stopped) or V(postmigrate).
       type: str

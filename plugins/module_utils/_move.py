@@ -1,0 +1,393 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The host side of a group move (ivshmem.fleet.move_host): the journal, the lock, the steps.
+
+Each host keeps one record per group in ``<runtime_dir>/moves/<group>.json``: which run holds
+the group (the lock, with a lease), and the journal step reached. A step writes its journal
+entry *before* it acts and is idempotent, so a step cut at any point (controller killed,
+connection lost) is resolved by running the move again. The decisions (finish the move or roll
+it back) are the engine's (_move_engine.py); the host side only does and records.
+
+Journal steps on the destination: prepared -> loaded -> verified -> running -> done.
+On the source: sending -> sent -> committing -> done. ``verified`` is written before the
+destination continues, ``committing`` before the engine asks it to: without ``committing`` on
+the source the destination never ran, so the source may always be resumed.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
+    MigrationError, cancel_and_resume, follow_migration, settle_source, start_migration, verify_destination,
+    wait_loaded)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
+
+STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'send', 'verify', 'commit',
+         'finish_source', 'rollback_source', 'rollback_destination', 'release')
+# A record whose step is one of these holds no lock.
+FINISHED = ('done',)
+DEFAULT_LEASE = 120
+
+
+class MoveError(Exception):
+    """A step could not do what it was asked; the message says what and where the group is."""
+
+
+def moves_dir(layout):
+    return os.path.join(layout.runtime_dir, 'moves')
+
+
+def journal_path(layout, group):
+    return os.path.join(moves_dir(layout), '%s.json' % group)
+
+
+def read_journal(layout, group):
+    return _host.read_json(journal_path(layout, group))
+
+
+def transitions(layout):
+    """{group: record} of every unfinished move on this host (for ivshmem.fleet.info)."""
+    found = {}
+    for name in layout.names('moves'):
+        if name.endswith('.json'):
+            record = _host.read_json(os.path.join(moves_dir(layout), name))
+            if record and record.get('step') not in FINISHED:
+                found[name[:-5]] = record
+    return found
+
+
+class HostMove:
+    """One host's part in moving one group. ``params`` as ivshmem.fleet.move_host takes them."""
+
+    def __init__(self, params, layout):
+        self.layout = layout
+        self.params = params
+        self.group = params.get('group') or {}
+        if not isinstance(self.group, dict) or 'master' not in self.group:
+            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it')
+        self.name = check_name('group.name', self.group.get('name'))
+        self.run_id = check_name('run_id', params.get('run_id'))
+        self.step = params.get('step')
+        if self.step not in STEPS:
+            raise ValidationError('step', 'must be one of %s' % ', '.join(STEPS))
+        self.master = self.group['master']['name']
+        self.peers = [peer['name'] for peer in self.group.get('peers') or []]
+        self.server = dict(self.group['server'], **(params.get('server_overrides') or {}))
+        self.start_timeout = params.get('start_timeout') or 120
+        self.path = journal_path(layout, self.name)
+
+    def run(self):
+        result = getattr(self, '_step_' + self.step)() or {}
+        result['host_time'] = time.time()
+        return result
+
+    # --- journal and lock ---------------------------------------------------------------
+    @contextmanager
+    def _locked(self):
+        """Serializes read-modify-write of the records on this host (held for one step only)."""
+        _host.ensure_dir(moves_dir(self.layout), 0o700)
+        with open(os.path.join(moves_dir(self.layout), '.lock'), 'a') as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _record(self):
+        return read_journal(self.layout, self.name)
+
+    def _write(self, step, **data):
+        """Journal ``step`` for this run (renews the lease). Refuses if another run took the group."""
+        with self._locked():
+            return self._write_locked(step, data)
+
+    def _write_locked(self, step, data, takeover=False):
+        record = self._record() or {}
+        if not takeover and record.get('run_id') not in (None, self.run_id) and record.get('step') not in FINISHED:
+            raise MoveError('group %s is now held by run %s (%s)' % (self.name, record.get('run_id'),
+                                                                    _holder_text(record.get('holder'))))
+        now = time.time()
+        history = list(record.get('history') or []) if record.get('run_id') == self.run_id else []
+        if record.get('step') != step or not history:
+            history.append([step, round(now, 3)])
+        record.update(data, run_id=self.run_id, step=step, history=history, updated=now,
+                      lease_until=now + (self.params.get('lease') or DEFAULT_LEASE))
+        for key in ('holder', 'role', 'source', 'destination'):
+            if self.params.get(key) is not None:
+                record[key] = self.params[key]
+        _host.write_json(self.path, record, 0o600)
+        return record
+
+    # --- what runs here ---------------------------------------------------------------
+    def _state(self):
+        guests = {}
+        for name in [self.master] + self.peers:
+            status = guest_status(self.layout, name, registers=False)
+            guests[name] = 'absent' if status is None else status['state']
+        server = server_status(self.layout, self.name)
+        return {'guests': guests, 'server': 'absent' if server is None else server['state']}
+
+    def _step_inspect(self):
+        record = self._record()
+        if record:
+            record['lease_expired'] = time.time() > record.get('lease_until', 0)
+        return {'record': record, 'state': self._state()}
+
+    def _step_claim(self):
+        """Take the group's lock for this run: compare-and-swap against the run the engine saw."""
+        expect = self.params.get('expect_run')
+        with self._locked():
+            record = self._record() or {}
+            held = record.get('run_id') not in (None, self.run_id) and record.get('step') not in FINISHED
+            if held and record.get('run_id') != expect:
+                raise MoveError('group %s is held by run %s (%s), step %s' % (
+                    self.name, record.get('run_id'), _holder_text(record.get('holder')), record.get('step')))
+            if held:
+                # Taken over from a dead run: keep its step and data for the engine to resolve.
+                data = dict((k, v) for k, v in record.items() if k not in ('run_id', 'history', 'holder', 'step'))
+                data['taken_over'] = {'run_id': record.get('run_id'), 'step': record.get('step'),
+                                      'holder': record.get('holder')}
+                step = record.get('step')
+            elif record.get('run_id') == self.run_id:
+                data, step = {}, record.get('step')
+            else:
+                data, step = {'taken_over': None}, 'claimed'
+                for key in ('sent', 'verification', 'resumed_at', 'peers_running_at', 'peers_stopped_at',
+                            'progress', 'outcome', 'uri'):
+                    record.pop(key, None)
+                _host.write_json(self.path, record, 0o600)
+            record = self._write_locked(step, data, takeover=True)
+        return {'record': record, 'state': self._state()}
+
+    def _step_mark(self):
+        return {'record': self._write(self.params['mark'])}
+
+    def _step_progress(self):
+        record = self._record() or {}
+        return {'progress': record.get('progress'), 'step': record.get('step')}
+
+    def _step_release(self):
+        record = self._record()
+        if record is not None and record.get('run_id') == self.run_id:
+            self._write('done', outcome=self.params.get('outcome'))
+        return {}
+
+    # --- the destination ----------------------------------------------------------------
+    def _guest(self, params, state, **extra):
+        return GuestManager(dict(params, timeout=self.start_timeout, **extra), self.layout, False).run(state)
+
+    def _server_manager(self, **extra):
+        return ServerManager(dict(self.server, timeout=self.start_timeout, **extra), self.layout, False)
+
+    def _builtin(self):
+        return self.server.get('implementation', 'builtin') == 'builtin'
+
+    def _step_prepare_destination(self):
+        """A fresh server admitting only the master, which waits paused for the stream at ID 0."""
+        state = self._state()
+        serving = [name for name, where in state['guests'].items() if where in ('running', 'paused', 'migrated')]
+        record = self._record() or {}
+        if record.get('run_id') == self.run_id and record.get('step') == 'prepared' and \
+                state['guests'][self.master] == 'incoming':
+            return {'record': record}
+        if serving:
+            raise MoveError('destination runs %s of group %s already; it cannot receive the group' % (
+                ', '.join(sorted(serving)), self.name))
+        self._write('preparing')
+        GuestManager(dict(name=self.master, timeout=30), self.layout, False).run('absent')
+        hold = dict(admission='held', hold_for=self.master) if self._builtin() else {}
+        self._server_manager(**hold).run('restarted')
+        uri = self.params['uri']
+        guest = self._guest(self.group['master'], 'incoming', incoming_uri=uri)['guest']
+        master_id = guest['ivshmem'][0].get('server_id')
+        if self._builtin() and master_id != 0:
+            raise MoveError('the destination master has ID %s, not 0, on the fresh server' % master_id)
+        return {'record': self._write('prepared', uri=uri), 'master_id': master_id}
+
+    def _step_verify(self):
+        """Wait until the stream is loaded; IVPOSITION 0 and the memory's checksum, still paused."""
+        record = self._record() or {}
+        if record.get('step') in ('loaded', 'verified', 'running') and record.get('run_id') == self.run_id:
+            return {'record': record}
+        status = guest_status(self.layout, self.master, registers=False)
+        if status is None or status['pid'] is None:
+            raise MoveError('the destination master %s is not running' % self.master)
+        timeout = self.params.get('timeout') or 300
+        with QMPClient(status['qmp'], timeout=30) as dq:
+            waited = wait_loaded(dq, timeout)
+            check = verify_destination(dq, self._memories(), self.params.get('checksum') or 'sha1')
+        if not check['ok']:
+            raise MoveError('destination check failed: %s' % check['problem'])
+        check['load_wait_s'] = round(waited, 3)
+        return {'record': self._write('loaded', verification=check)}
+
+    def _step_commit(self):
+        """Run the verified destination: checksums equal to the source's, then cont, then the peers."""
+        record = self._record() or {}
+        mine = record.get('run_id') == self.run_id
+        if not mine or record.get('step') not in ('loaded', 'verified', 'running'):
+            raise MoveError('the destination was not verified by this run (step %s)' % record.get('step'))
+        if record['step'] == 'loaded':
+            got = record['verification']['checksums']
+            expected = self.params.get('expected_checksums') or []
+            if got != expected:
+                raise MoveError('shared memory differs: destination %s, source %s' % (got, expected))
+            record = self._write('verified')
+        resumed_at = record.get('resumed_at')
+        status = guest_status(self.layout, self.master, registers=False)
+        if status is None or status['pid'] is None:
+            raise MoveError('the verified destination master %s is gone' % self.master)
+        if status['state'] != 'running':
+            with QMPClient(status['qmp'], timeout=30) as dq:
+                dq.command('cont')
+                resumed_at = _event_time(dq, 'RESUME')
+            record = self._write('verified', resumed_at=resumed_at)
+        if self._builtin():
+            self._server_manager().run('started')  # admission opens for the peers
+        started = {}
+        for peer in self.group.get('peers') or []:
+            result = self._guest(peer, 'running')
+            if result['changed']:
+                started[peer['name']] = time.time()
+            have = result['guest']['ivshmem'][0].get('server_id')
+            want = (self.group.get('ids') or {}).get(peer['name'])
+            if want is not None and have != want:
+                raise MoveError('peer %s has ID %s on the destination, not its pinned %s' % (peer['name'], have, want))
+        peers_running_at = max(started.values()) if started else record.get('peers_running_at')
+        record = self._write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)
+        return {'record': record}
+
+    def _step_rollback_destination(self):
+        """Nothing of the group left here (the destination never ran: ``verified`` not reached)."""
+        record = self._record() or {}
+        if record.get('run_id') == self.run_id and record.get('step') in ('verified', 'running') and \
+                not self.params.get('force'):
+            raise MoveError('the destination was verified and may run; it is not discarded')
+        if record:
+            self._write('discarding')
+        for name in self.peers + [self.master]:
+            GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
+        self._server_manager().run('absent')
+        if record:
+            self._write('done', outcome=self.params.get('outcome') or 'rolled back')
+        return {}
+
+    # --- the source ---------------------------------------------------------------------
+    def _memories(self):
+        path = (server_status(self.layout, self.name) or {}).get('memory')
+        if not path:
+            raise MoveError('the memory of server %s is not visible on this host; it cannot be verified' % self.name)
+        return [path]
+
+    def _step_send(self):
+        """Pause the peers, migrate the master, hash the paused source. Fails back to running."""
+        record = self._record() or {}
+        status = guest_status(self.layout, self.master, registers=False)
+        if record.get('run_id') == self.run_id and record.get('step') == 'sent' and \
+                status is not None and status['state'] == 'migrated':
+            return {'record': record}
+        if status is None or status['state'] != 'running':
+            raise MoveError('the master %s is %s here, not running' % (
+                self.master, 'absent' if status is None else status['state']))
+        memories = self._memories()
+        self._write('sending')
+        peers_stopped_at = None
+        try:
+            for name in self.peers:
+                peer = guest_status(self.layout, name, registers=False)
+                if peer is not None and peer['state'] == 'running':
+                    with QMPClient(peer['qmp'], timeout=30) as pq:
+                        pq.command('stop')
+                        at = _event_time(pq, 'STOP')
+                    peers_stopped_at = min(at, peers_stopped_at or at)
+            self._write('sending', peers_stopped_at=peers_stopped_at)
+            with QMPClient(status['qmp'], timeout=30) as sq:
+                start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
+                                self.params.get('downtime_limit') or 300)
+                report = follow_migration(sq, self.params.get('timeout') or 300,
+                                          lambda info: self._write('sending', progress=_progress(info)))
+                settle_source(sq)
+        except (MigrationError, QMPError) as exc:
+            self._resume_source()
+            self._write('done', outcome='rolled back: %s' % exc)
+            raise MoveError('migration failed and the group runs here again: %s' % exc)
+        sums, seconds = checksum_files(memories, self.params.get('checksum') or 'sha1')
+        report['checksums'] = [sums[path]['checksum'] for path in memories]
+        report['peers_stopped_at'] = peers_stopped_at
+        report['checksum_seconds'] = round(seconds, 3)
+        return {'record': self._write('sent', sent=report, peers_stopped_at=peers_stopped_at)}
+
+    def _resume_source(self):
+        """Master and peers running here again, whatever the migration left."""
+        status = guest_status(self.layout, self.master, registers=False)
+        if status is not None and status['pid'] is not None:
+            with QMPClient(status['qmp'], timeout=30) as sq:
+                cancel_and_resume(sq)
+        elif status is None or status['pid'] is None:
+            self._guest(self.group['master'], 'running')
+        for peer in self.group.get('peers') or []:
+            self._guest(peer, 'running')
+
+    def _step_rollback_source(self):
+        record = self._record() or {}
+        if record.get('step') in ('committing',) and not self.params.get('force'):
+            raise MoveError('the destination may already run the group (journal step committing); '
+                            'the source stays paused until the destination is resolved')
+        self._write('resuming')
+        self._resume_source()
+        self._write('done', outcome=self.params.get('outcome') or 'rolled back')
+        return {'state': self._state()}
+
+    def _step_finish_source(self):
+        """The group runs on the destination: nothing of it left here."""
+        self._write('finishing')
+        for name in self.peers + [self.master]:
+            GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
+        self._server_manager().run('absent')
+        self._write('done', outcome='moved')
+        return {}
+
+
+def _event_time(qmp, name, timeout=5.0):
+    """The host wall-clock time QEMU stamped on event ``name`` (seconds, float)."""
+    try:
+        event = qmp.wait_event((name,), timeout)
+    except QMPError:
+        return time.time()
+    stamp = event.get('timestamp') or {}
+    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else time.time()
+
+
+def _progress(info):
+    ram = info.get('ram') or {}
+    total, remaining = ram.get('total') or 0, ram.get('remaining') or 0
+    return {'status': info.get('status'), 'total_bytes': total, 'remaining_bytes': remaining,
+            'transferred_bytes': ram.get('transferred'), 'mbps': ram.get('mbps'),
+            'percent': round(100.0 * (total - remaining) / total, 1) if total else None,
+            'total_time_ms': info.get('total-time'), 'at': time.time()}
+
+
+def _holder_text(holder):
+    if not holder:
+        return 'unknown holder'
+    return 'pid %s on %s since %s' % (holder.get('pid'), holder.get('controller'),
+                                      time.strftime('%H:%M:%S', time.localtime(holder.get('since') or 0)))
+
+
+def run_step(params, layout):
+    """Entry point for ivshmem.fleet.move_host."""
+    return HostMove(params, layout).run()

@@ -1,0 +1,395 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The group move engine: one resumable, locked move of a shared-memory group between hosts.
+
+It runs wherever the orchestration runs (the group_migrate action plugin on the controller,
+or in-process for tests and benchmarks) and drives the host side (_move.py) through *host
+handles*: objects with ``call(params) -> dict`` that raise HostUnreachable or StepFailed.
+The same sequence serves two real hosts and two runtime directories on one machine.
+
+Decisions, all here:
+- Lock: each host's record names the run holding the group. A run that is alive (same
+  controller: its pid; another controller: the lease) makes a second run fail at once. A dead
+  run's record is taken over (compare-and-swap) and resolved first.
+- Resolve: finish the move when the destination was verified (its journal reached
+  ``verified``), else roll back: the destination discarded, the source resumed. When the
+  destination cannot be reached and the source journal says ``committing``, nothing can be
+  decided safely: the source stays paused and the error says so; the same command resolves it.
+- Figures: the real outage of the master (source STOP to destination RESUME, QMP event
+  timestamps) and of the peers (first stopped to last running), beside QEMU's own.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import socket
+import threading
+import time
+import uuid
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
+
+GIB = float(1 << 30)
+
+
+class HostUnreachable(Exception):
+    """The host did not answer (connection lost, host down)."""
+
+
+class StepFailed(Exception):
+    """The host answered that a step failed; the message is the host's."""
+
+
+class LockHeld(Exception):
+    """Another live run holds the group."""
+
+
+class MoveFailed(Exception):
+    """The move did not happen (or not yet); ``report`` says where the group is."""
+
+    def __init__(self, message, report=None):
+        super(MoveFailed, self).__init__(message)
+        self.report = report or {}
+
+
+def this_holder():
+    """Who runs the engine: the controller host, the process and when it started."""
+    pid = os.getpid()
+    return {'controller': socket.gethostname(), 'pid': pid, 'start_ticks': _start_ticks(pid), 'since': time.time()}
+
+
+def _start_ticks(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return int(handle.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# The runs this process is executing now: a record of this process from any other run is stale.
+ACTIVE_RUNS = set()
+
+
+def holder_alive(record):
+    """Is the run that wrote ``record`` still alive? Same controller: ask the kernel; else the lease."""
+    holder = record.get('holder') or {}
+    if holder.get('controller') == socket.gethostname() and holder.get('pid') == os.getpid():
+        return record.get('run_id') in ACTIVE_RUNS
+    if holder.get('controller') == socket.gethostname() and holder.get('pid'):
+        ticks = _start_ticks(holder['pid'])
+        return ticks is not None and ticks == holder.get('start_ticks')
+    return not record.get('lease_expired', True)
+
+
+def derived_timeouts(group, max_bandwidth, timeout=None, checksum_timeout=None, per_gib=120):
+    """Seconds for the migration and for the checksums, from the sizes and the bandwidth."""
+    ram = check_size('group.master.memory', group['master'].get('memory') or '128M', minimum=1, power_of_two=False)
+    shm = int(group.get('size') or 0)
+    total = ram + shm
+    migration = timeout or int(60 + per_gib * total / GIB + 2.0 * total / max(1, max_bandwidth))
+    checksum = checksum_timeout or int(30 + 60 * shm / GIB)
+    return migration, checksum
+
+
+class GroupMove:
+    """Move ``group`` (as ivshmem.fleet.plan returns it) from ``source`` to ``destination``.
+
+    ``hosts`` maps host names to handles. ``options``: uri (the destination's migration URI),
+    max_bandwidth, downtime_limit, timeout and checksum_timeout (None: derived), checksum,
+    start_timeout, attempts, backoff, lease, progress_interval. ``progress(dict)`` is called while
+    the migration runs; ``observer(step)`` before each step (tests inject faults there).
+    """
+
+    def __init__(self, group, source, destination, hosts, options, holder=None, progress=None, observer=None,
+                 run_id=None):
+        self.group = group
+        self.name = group['name']
+        if source == destination:
+            raise ValidationError('destination', 'is the host the group moves from (%s)' % source)
+        for field, host in (('source', source), ('destination', destination)):
+            if host not in hosts:
+                raise ValidationError(field, '%r is not a known host' % (host,))
+        self.source, self.destination, self.hosts = source, destination, hosts
+        self.options = dict(options)
+        if not self.options.get('uri'):
+            raise ValidationError('uri', 'the destination\'s migration URI is needed')
+        self.timeout, self.checksum_timeout = derived_timeouts(
+            group, self.options.get('max_bandwidth') or (10 << 30), self.options.get('timeout'),
+            self.options.get('checksum_timeout'))
+        self.holder = holder or this_holder()
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.progress = progress
+        self.observer = observer
+        self.offsets = {}
+        self.report = {'group': self.name, 'from': source, 'to': destination, 'run_id': self.run_id,
+                       'timeouts_s': {'migration': self.timeout, 'checksum': self.checksum_timeout}}
+
+    # --- talking to hosts ---------------------------------------------------------------
+    def _call(self, host, step, **params):
+        if self.observer is not None:
+            self.observer('%s:%s' % (step, host))
+        params = dict(params, step=step, group=self.group, run_id=self.run_id, holder=self.holder,
+                      source=self.source, destination=self.destination,
+                      role='source' if host == self.source else 'destination',
+                      start_timeout=self.options.get('start_timeout'), lease=self.options.get('lease'))
+        before = time.time()
+        result = self.hosts[host].call(params)
+        after = time.time()
+        if 'host_time' in result and after - before < self.offsets.get(host, (None, 1e9))[1]:
+            # The shortest round trip gives the best estimate of the host clock's offset.
+            self.offsets[host] = (result['host_time'] - (before + after) / 2.0, after - before)
+        return result
+
+    def _local_time(self, host, stamp):
+        return None if stamp is None else stamp - self.offsets.get(host, (0.0, 0.0))[0]
+
+    # --- the whole job --------------------------------------------------------------------
+    def run(self):
+        ACTIVE_RUNS.add(self.run_id)
+        try:
+            return self._run()
+        finally:
+            ACTIVE_RUNS.discard(self.run_id)
+
+    def _run(self):
+        views = self._claim()
+        resolved = self._resolve(views) if self._unfinished(views) else None
+        if resolved:
+            self.report['resolved'] = resolved
+            views = dict((host, self._call(host, 'inspect')) for host in (self.source, self.destination))
+        if self._whole(views[self.destination]['state']) and not self._any(views[self.source]['state']):
+            self._release_all('already there')
+            return dict(self.report, changed=bool(resolved), outcome='resolved: ' + resolved if resolved else 'already moved')
+        if not self._whole(views[self.source]['state']):
+            self._release_all('not moved')
+            raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
+                self.name, self.source, views[self.source]['state']['guests']), self.report)
+        attempts = max(1, self.options.get('attempts') or 1)
+        for attempt in range(1, attempts + 1):
+            self.report['attempt'] = attempt
+            try:
+                self._move()
+                return dict(self.report, changed=True, outcome='moved')
+            except (HostUnreachable, StepFailed) as exc:
+                raise MoveFailed('%s; the group is in between: run the same command again to resolve it' % exc,
+                                 self.report)
+            except MoveFailed as exc:
+                self.report.setdefault('failures', []).append(str(exc))
+                if attempt == attempts or not exc.report.get('rolled_back'):
+                    raise MoveFailed(str(exc), self.report)
+                time.sleep((self.options.get('backoff') or 0) * attempt)
+        raise MoveFailed('unreachable')  # pragma: no cover
+
+    def _claim(self):
+        views = {}
+        for host in (self.source, self.destination):
+            try:
+                views[host] = self._call(host, 'inspect')
+            except HostUnreachable as exc:
+                raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
+        for host, view in views.items():
+            record = view['record']
+            if self._held_by_other(record) and holder_alive(record):
+                raise LockHeld('group %s is being moved by run %s (pid %s on %s, step %s on %s); nothing was changed' % (
+                    self.name, record['run_id'], (record.get('holder') or {}).get('pid'),
+                    (record.get('holder') or {}).get('controller'), record.get('step'), host))
+        for host in (self.source, self.destination):
+            record = views[host]['record']
+            expect = record['run_id'] if self._held_by_other(record) else None
+            try:
+                views[host] = self._call(host, 'claim', expect_run=expect)
+            except StepFailed as exc:
+                raise LockHeld(str(exc))
+        return views
+
+    def _held_by_other(self, record):
+        return bool(record) and record.get('step') != 'done' and record.get('run_id') != self.run_id
+
+    @staticmethod
+    def _unfinished(views):
+        return any(view['record'].get('taken_over') for view in views.values())
+
+    @staticmethod
+    def _whole(state):
+        return all(where == 'running' for where in state['guests'].values())
+
+    @staticmethod
+    def _any(state):
+        return any(where != 'absent' and where != 'stopped' for where in state['guests'].values())
+
+    def _release_all(self, outcome):
+        for host in (self.source, self.destination):
+            try:
+                self._call(host, 'release', outcome=outcome)
+            except (HostUnreachable, StepFailed):
+                pass
+
+    # --- resolving an interrupted move ----------------------------------------------------
+    def _resolve(self, views):
+        """Finish or roll back the move a dead run left; returns what was done."""
+        taken = [view['record'] for view in views.values() if view['record'].get('taken_over')]
+        old_source = taken[0].get('source') or self.source
+        old_destination = taken[0].get('destination') or self.destination
+        for host in (old_source, old_destination):
+            if host not in views:
+                raise MoveFailed('group %s is in a move from %s to %s left by another run; move it between '
+                                 'those hosts to resolve it' % (self.name, old_source, old_destination), self.report)
+        destination_step = (views[old_destination]['record'] or {}).get('step')
+        if destination_step in ('verified', 'running'):
+            self._call(old_destination, 'commit')
+            self._call(old_source, 'finish_source')
+            self._call(old_destination, 'release', outcome='moved (resolved)')
+            return 'finished the move to %s (its destination was verified)' % old_destination
+        self._call(old_destination, 'rollback_destination', outcome='rolled back (resolved)')
+        self._call(old_source, 'rollback_source', force=True, outcome='rolled back (resolved)')
+        return 'rolled back to %s (its destination was not verified)' % old_source
+
+    # --- one attempt --------------------------------------------------------------------
+    def _move(self):
+        src, dst = self.source, self.destination
+        checksum = self.options.get('checksum') or 'sha1'
+        committing = False
+        try:
+            self._call(dst, 'prepare_destination', uri=self.options['uri'])
+            sent, checked = self._send_and_verify(checksum)
+            self.report['verification'] = {'source_checksums': sent['checksums'],
+                                           'destination_checksums': checked['checksums'],
+                                           'destination_ivposition': checked.get('ivposition'),
+                                           'source_checksum_s': sent.get('checksum_seconds'),
+                                           'destination_checksum_s': checked.get('checksum_seconds')}
+            if sent['checksums'] != checked['checksums']:
+                raise StepFailed('shared memory differs after the migration: source %s, destination %s' % (
+                    sent['checksums'], checked['checksums']))
+            self._call(src, 'mark', mark='committing')
+            committing = True
+            committed = self._call(dst, 'commit', expected_checksums=sent['checksums'])['record']
+        except (StepFailed, HostUnreachable) as exc:
+            self._recover(exc, committing)
+        self._call(src, 'finish_source')
+        self._call(dst, 'release', outcome='moved')
+        self._figures(sent, committed)
+
+    def _send_and_verify(self, checksum):
+        """The source sends while the destination waits to verify; progress while both run."""
+        src, dst = self.source, self.destination
+        results, errors = {}, {}
+
+        def run(key, host, step, **params):
+            try:
+                results[key] = self._call(host, step, **params)['record']
+            except Exception as exc:  # pylint: disable=broad-except  # re-raised in the caller's thread
+                errors[key] = exc
+
+        common = dict(checksum=checksum, timeout=self.timeout + self.checksum_timeout)
+        threads = [threading.Thread(target=run, args=('sent', src, 'send'), kwargs=dict(
+                       common, uri=self.options['uri'], max_bandwidth=self.options.get('max_bandwidth'),
+                       downtime_limit=self.options.get('downtime_limit'), timeout=self.timeout)),
+                   threading.Thread(target=run, args=('checked', dst, 'verify'), kwargs=common)]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        interval = self.options.get('progress_interval') or 2.0
+        while threads[0].is_alive():
+            threads[0].join(interval)
+            if threads[0].is_alive() and self.progress is not None:
+                self._report_progress()
+        if 'sent' in errors:
+            # The destination never gets the stream: discard it so its verify step ends too.
+            self._discard_destination()
+            threads[1].join(30)
+            raise errors['sent']
+        threads[1].join(self.checksum_timeout + 60)
+        if 'checked' in errors:
+            raise errors['checked']
+        if 'checked' not in results:
+            raise StepFailed('the destination did not finish verifying within %d s' % (self.checksum_timeout + 60))
+        return results['sent']['sent'], results['checked']['verification']
+
+    def _report_progress(self):
+        try:
+            progress = self._call(self.source, 'progress').get('progress')
+        except (HostUnreachable, StepFailed):
+            return
+        if progress and progress.get('mbps'):
+            remaining = progress.get('remaining_bytes') or 0
+            progress['eta_s'] = round(remaining * 8 / (progress['mbps'] * 1e6), 1)
+        if progress:
+            self.progress(dict(progress, group=self.name))
+
+    def _discard_destination(self):
+        try:
+            self._call(self.destination, 'rollback_destination', outcome='discarded')
+        except (HostUnreachable, StepFailed):
+            pass
+
+    def _recover(self, exc, committing):
+        """After a failed step: forward when the destination was verified, else roll back."""
+        dst_step = None
+        try:
+            dst_step = (self._call(self.destination, 'inspect')['record'] or {}).get('step')
+        except (HostUnreachable, StepFailed):
+            if committing:
+                raise MoveFailed('%s; %s cannot be reached and may already run group %s, so %s keeps it paused: '
+                                 'run the same command again to resolve' % (exc, self.destination, self.name,
+                                                                            self.source), self.report)
+        if dst_step in ('verified', 'running'):
+            try:
+                self._call(self.destination, 'commit')
+                return
+            except (HostUnreachable, StepFailed) as again:
+                raise MoveFailed('%s; the verified destination could not be finished (%s): run the same '
+                                 'command again to resolve' % (exc, again), self.report)
+        self._discard_destination()
+        try:
+            self._call(self.source, 'rollback_source', force=True, outcome='rolled back: %s' % exc)
+        except (HostUnreachable, StepFailed) as again:
+            raise MoveFailed('%s; resuming the group on %s failed too (%s): run the same command again' % (
+                exc, self.source, again), self.report)
+        raise MoveFailed('%s; group %s runs on %s again, its memory untouched' % (exc, self.name, self.source),
+                         dict(self.report, rolled_back=True))
+
+    def _figures(self, sent, committed):
+        src, dst = self.source, self.destination
+        stopped = self._local_time(src, sent.get('stopped_at'))
+        resumed = self._local_time(dst, committed.get('resumed_at'))
+        peers_stopped = self._local_time(src, sent.get('peers_stopped_at'))
+        peers_running = self._local_time(dst, committed.get('peers_running_at'))
+        figures = {
+            'total_time_ms': sent.get('total_time_ms'), 'downtime_ms': sent.get('downtime_ms'),
+            'master_outage_ms': _ms(resumed, stopped),
+            'peer_outage_ms': _ms(peers_running, peers_stopped) if self.group.get('peers') else None,
+            'clock_uncertainty_ms': round(sum(self.offsets.get(h, (0, 0))[1] for h in (src, dst)) * 500.0, 1),
+            'transferred_bytes': (sent.get('ram') or {}).get('transferred'),
+        }
+        self.report.update(figures)
+
+
+def _ms(end, start):
+    if end is None or start is None:
+        return None
+    return int(round((end - start) * 1000))
+
+
+class LocalHost:
+    """A host handle for a runtime directory on this machine (tests, benchmarks, one-host moves)."""
+
+    def __init__(self, layout, server_overrides=None):
+        self.layout = layout
+        self.server_overrides = server_overrides or {}
+
+    def call(self, params):
+        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step
+        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError
+        from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL
+        params = dict(params, server_overrides=self.server_overrides)
+        try:
+            return run_step(params, self.layout)
+        except (ValidationError, MoveError) as exc:
+            raise StepFailed(str(exc))
+        except OPERATIONAL as exc:
+            raise StepFailed('%s: %s' % (type(exc).__name__, exc))

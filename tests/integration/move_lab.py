@@ -1,0 +1,110 @@
+"""Two "hosts" on this machine for the group move engine: two runtime directories, two servers
+of the group, real QEMU and QMP. Used by test_group_move.py and bench/move_outage.py.
+
+Run as a script, it moves the group once and prints each step it starts (``STEP <name>``), so
+a test can kill it at any step as a controller would be killed:
+    python move_lab.py STATE_JSON SOURCE DESTINATION
+"""
+import json
+import os
+import socket
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache', 'collections'))
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import read_journal  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import GroupMove, LocalHost  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+class TwoHosts:
+    """Hosts 'a' and 'b' under ``root``; the group's memory file is distinct per host."""
+
+    def __init__(self, root, tag, size='4M', peers=2, memory='64M'):
+        self.root, self.tag = root, tag
+        self.layouts = dict((h, Layout(os.path.join(root, h))) for h in ('a', 'b'))
+        group = {'name': 'g', 'host': 'a', 'size': size, 'vectors': 2,
+                 'master': {'name': 'g-master', 'memory': memory, 'accel': 'tcg'},
+                 'peers': [{'name': 'g-peer%d' % i, 'memory': memory, 'accel': 'tcg'} for i in range(1, peers + 1)]}
+        self.group = normalize_group(0, group, ['a', 'b'], self.layouts['a'])
+        self.port = free_port()
+
+    def state(self):
+        return {'root': self.root, 'tag': self.tag, 'group': self.group, 'port': self.port}
+
+    @classmethod
+    def from_state(cls, state):
+        hosts = cls.__new__(cls)
+        hosts.root, hosts.tag, hosts.group, hosts.port = state['root'], state['tag'], state['group'], state['port']
+        hosts.layouts = dict((h, Layout(os.path.join(hosts.root, h))) for h in ('a', 'b'))
+        return hosts
+
+    def overrides(self, host):
+        return {'shm_name': 't-%s-%s-g' % (self.tag, host), 'program_dir': os.path.join(self.root, 'program')}
+
+    def handles(self):
+        return dict((h, LocalHost(self.layouts[h], self.overrides(h))) for h in ('a', 'b'))
+
+    def deploy(self, host='a'):
+        layout = self.layouts[host]
+        ServerManager(dict(self.group['server'], timeout=20, **self.overrides(host)), layout, False).run('started')
+        for guest in [self.group['master']] + self.group['peers']:
+            GuestManager(dict(guest, timeout=60), layout, False).run('running')
+
+    def engine(self, source, destination, **options):
+        options = dict(dict(uri='tcp:127.0.0.1:%d' % self.port, start_timeout=60, attempts=1, backoff=0,
+                            progress_interval=0.5), **options)
+        return GroupMove(self.group, source, destination, self.handles(), options,
+                         observer=options.pop('observer', None), progress=options.pop('progress', None))
+
+    def memory(self, host):
+        status = server_status(self.layouts[host], 'g')
+        return status and status['memory']
+
+    def where(self, host):
+        """{guest: state} of the group on ``host``."""
+        names = [self.group['master']['name']] + [p['name'] for p in self.group['peers']]
+        found = {}
+        for name in names:
+            status = guest_status(self.layouts[host], name)
+            found[name] = 'absent' if status is None else status['state']
+            if status is not None and status['pid'] is not None:
+                found[name + ':id'] = status['ivshmem'][0].get('server_id')
+                found[name + ':ivposition'] = status['ivshmem'][0].get('ivposition')
+        return found
+
+    def journal(self, host):
+        return read_journal(self.layouts[host], 'g')
+
+    def teardown(self):
+        for layout in self.layouts.values():
+            for name in layout.names('guests'):
+                GuestManager(dict(name=name, timeout=10), layout, False).run('absent')
+            for name in layout.names('servers'):
+                ServerManager(dict(name=name, implementation='builtin', timeout=10), layout, False).run('absent')
+
+
+def main():
+    with open(sys.argv[1]) as handle:
+        hosts = TwoHosts.from_state(json.load(handle))
+
+    def observer(step):
+        print('STEP %s' % step, flush=True)
+
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    report = hosts.engine(sys.argv[2], sys.argv[3], observer=observer, **options).run()
+    print('REPORT %s' % json.dumps(report), flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,225 @@
+"""The group move engine's failure matrix on real QEMU: two "hosts" (runtime directories, each
+with its own server of the group) on this machine. After every case the group runs whole on
+exactly one host, master ID 0 and peers 1..n, its memory as it was, and no move left open."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
+    HostUnreachable, LockHeld, MoveFailed)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+
+from conftest import lab_root
+from move_lab import TwoHosts
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SLOW = 2 << 20  # bytes/s: a 4 MiB region then takes about 2 s, long enough to strike mid-send
+
+
+@pytest.fixture
+def hosts():
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6])
+    hosts.deploy('a')
+    with open(hosts.memory('a'), 'r+b') as handle:
+        handle.write(os.urandom(4 << 20))
+    hosts.digest = sha1_of(hosts.memory('a'))
+    yield hosts
+    hosts.teardown()
+
+
+def sha1_of(path):
+    with open(path, 'rb') as handle:
+        return hashlib.sha1(handle.read()).hexdigest()
+
+
+def assert_whole_on(hosts, host):
+    other = 'b' if host == 'a' else 'a'
+    here = hosts.where(host)
+    assert [here[n] for n in ('g-master', 'g-peer1', 'g-peer2')] == ['running'] * 3, here
+    assert [here['g-master:id'], here['g-peer1:id'], here['g-peer2:id']] == [0, 1, 2], here
+    assert here['g-master:ivposition'] == 0, here
+    assert sha1_of(hosts.memory(host)) == hosts.digest
+    assert set(hosts.where(other).values()) == {'absent'}, hosts.where(other)
+    assert hosts.memory(other) is None
+    for name in ('a', 'b'):
+        assert (hosts.journal(name) or {}).get('step') in (None, 'done'), hosts.journal(name)
+
+
+class Faulty:
+    """A host handle that fails or acts before chosen steps."""
+
+    def __init__(self, handle, unreachable_from=None, before=None):
+        self.handle, self.unreachable_from, self.before = handle, unreachable_from, before or {}
+        self.down = False
+
+    def call(self, params):
+        if params['step'] == self.unreachable_from:
+            self.down = True
+        if self.down:
+            raise HostUnreachable('no route to host (test)')
+        if params['step'] in self.before:
+            self.before.pop(params['step'])()
+        return self.handle.call(params)
+
+
+def engine_with(hosts, source, destination, wrap=None, **options):
+    move = hosts.engine(source, destination, **options)
+    for name, wrapper in (wrap or {}).items():
+        move.hosts[name] = wrapper(move.hosts[name])
+    return move
+
+
+def test_a_move_is_verified_reports_the_real_outage_and_a_rerun_changes_nothing(hosts):
+    report = hosts.engine('a', 'b').run()
+    assert report['changed'] and report['outcome'] == 'moved'
+    assert_whole_on(hosts, 'b')
+    checks = report['verification']
+    assert checks['source_checksums'] == checks['destination_checksums']
+    assert checks['source_checksums'][0].startswith('chunked-sha1-32MiB:')
+    # The real outage includes QEMU's downtime and everything after it until the guest runs.
+    assert report['master_outage_ms'] >= report['downtime_ms'] > 0
+    assert report['peer_outage_ms'] >= report['master_outage_ms']
+    again = hosts.engine('a', 'b').run()
+    assert not again['changed'] and again['outcome'] == 'already moved'
+    assert_whole_on(hosts, 'b')
+
+
+def test_source_equal_to_destination_is_refused_before_anything(hosts):
+    with pytest.raises(ValidationError) as info:
+        hosts.engine('a', 'a')
+    assert info.value.field == 'destination'
+    assert hosts.journal('a') is None
+
+
+def test_settings_that_corrupt_shared_memory_are_refused(hosts):
+    with QMPClient(os.path.join(hosts.layouts['a'].guest_qmp('g-master'))) as qmp:
+        qmp.command('migrate-set-capabilities', {'capabilities': [{'capability': 'x-ignore-shared', 'state': True}]})
+    with pytest.raises(MoveFailed) as info:
+        hosts.engine('a', 'b').run()
+    assert 'x-ignore-shared' in str(info.value) and 'shared memory would not reach' in str(info.value)
+    assert_whole_on(hosts, 'a')
+
+
+def test_a_destination_with_altered_memory_is_discarded_and_the_group_resumes(hosts):
+    def alter():
+        def loaded():
+            with QMPClient(hosts.layouts['b'].guest_qmp('g-master')) as qmp:
+                return qmp.command('query-status')['status'] != 'inmigrate'
+        wait_for('the destination to load', loaded, 30, retry_on=(Exception,))
+        with open(hosts.memory('b'), 'r+b') as handle:
+            handle.write(b'\xff' * 4096)
+
+    move = engine_with(hosts, 'a', 'b', wrap={'b': lambda h: Faulty(h, before={'verify': alter})})
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    assert 'differs' in str(info.value) and 'runs on a again' in str(info.value)
+    assert_whole_on(hosts, 'a')
+    hosts.engine('a', 'b').run()
+    assert_whole_on(hosts, 'b')
+
+
+def test_destination_qemu_killed_mid_migration_rolls_back_then_the_same_command_moves(hosts):
+    def kill_soon():
+        def strike():
+            time.sleep(0.8)
+            subprocess.run(['pkill', '-KILL', '-f', hosts.layouts['b'].guest_qmp('g-master')], check=False)
+        threading.Thread(target=strike, daemon=True).start()
+
+    move = engine_with(hosts, 'a', 'b', max_bandwidth=SLOW, wrap={'b': lambda h: Faulty(h, before={'verify': kill_soon})})
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    assert 'runs on a again' in str(info.value)
+    assert_whole_on(hosts, 'a')
+    hosts.engine('a', 'b').run()
+    assert_whole_on(hosts, 'b')
+
+
+@pytest.mark.parametrize('step', ['prepare_destination:b', 'commit:b'])
+def test_destination_unreachable_then_reachable_again(hosts, step):
+    """Unreachable from the start of a step: the group resumes on the source when the destination
+    was never asked to run; once the source journal says committing, it stays paused until the
+    destination answers, and the same command then resolves it."""
+    name = step.split(':')[0]
+    move = engine_with(hosts, 'a', 'b', wrap={'b': lambda h: Faulty(h, unreachable_from=name)})
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    if name == 'commit':
+        assert 'keeps it paused' in str(info.value)
+        assert hosts.journal('a')['step'] == 'committing'
+        assert hosts.where('a')['g-master'] == 'migrated'
+        report = hosts.engine('a', 'b').run()
+        assert 'rolled back' in report['resolved']
+        # Resolved to the source (the destination was never verified); moved on this same run.
+        assert report['outcome'] == 'moved'
+        assert_whole_on(hosts, 'b')
+    else:
+        assert hosts.journal('b')['step'] == 'claimed'  # a stale claim the next run takes over
+        assert set(hosts.where('a').values()) - {0, 1, 2} == {'running'}
+        report = hosts.engine('a', 'b').run()
+        assert report['resolved'] and report['outcome'] == 'moved'
+        assert_whole_on(hosts, 'b')
+
+
+def run_killed_at(hosts, step, delay, options=None):
+    """Run a move in a separate process (the controller) and SIGKILL it ``delay`` s after ``step``."""
+    state = os.path.join(hosts.root, 'state.json')
+    with open(state, 'w') as handle:
+        json.dump(hosts.state(), handle)
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, 'move_lab.py'), state, 'a', 'b',
+                                json.dumps(options or {})], stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line.strip())
+        if line.strip() == 'STEP %s' % step:
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(30)
+    assert process.returncode == -signal.SIGKILL, seen
+    return seen
+
+
+@pytest.mark.parametrize('step, delay, lands_on', [
+    ('send:a', 0.0, 'b'),        # killed as the send starts
+    ('verify:b', 1.0, 'b'),      # killed mid-migration: the source is stuck at the switchover gate
+    ('mark:a', 0.0, 'b'),        # after verification, before the destination continues
+    ('commit:b', 0.3, 'b'),      # while the destination continues and starts its peers
+    ('finish_source:a', 0.0, 'b'),  # after the destination runs, before the source is cleaned
+])
+def test_controller_killed_then_the_same_command_resolves(hosts, step, delay, lands_on):
+    run_killed_at(hosts, step, delay, {'max_bandwidth': SLOW})
+    states = (hosts.where('a'), hosts.where('b'))
+    assert any(v == 'paused' or v == 'migrated' or v == 'incoming' for s in states for v in s.values()) or \
+        step == 'finish_source:a', states  # the kill really left the group in between
+    report = hosts.engine('a', 'b').run()
+    assert report.get('resolved'), report
+    assert_whole_on(hosts, lands_on)
+
+
+def test_two_runs_at_once_the_second_fails_at_once_naming_the_holder(hosts):
+    state = os.path.join(hosts.root, 'state.json')
+    with open(state, 'w') as handle:
+        json.dump(hosts.state(), handle)
+    first = subprocess.Popen([sys.executable, os.path.join(HERE, 'move_lab.py'), state, 'a', 'b',
+                              json.dumps({'max_bandwidth': SLOW})], stdout=subprocess.PIPE, text=True)
+    for line in first.stdout:
+        if line.startswith('STEP send'):
+            break
+    with pytest.raises(LockHeld) as info:
+        hosts.engine('a', 'b').run()
+    assert first.poll() is None  # refused at once, not after waiting for the first run
+    assert 'pid %d' % first.pid in str(info.value)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 0, output
+    assert '"outcome": "moved"' in output
+    assert_whole_on(hosts, 'b')
