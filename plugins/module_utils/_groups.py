@@ -91,11 +91,13 @@ class GroupPlan(StateMachine):
         super(GroupPlan, self).__init__(check_mode)
         self.groups = params.get('groups') or []
         self.hosts = params.get('hosts') or []
-        self.running = {}
+        self.running, self.moves = {}, {}
         for host, facts in (params.get('facts') or {}).items():
             guests = (facts or {}).get('guests') or {}
-            self.running[host] = [name for name, guest in guests.items()
-                                  if guest.get('state') in ('running', 'paused', 'incoming')]
+            # Only a running master serves: paused, incoming or migrated ones are a move in between.
+            self.running[host] = [name for name, guest in guests.items() if guest.get('state') == 'running']
+            for group, record in ((facts or {}).get('moves') or {}).items():
+                self.moves.setdefault(group, {})[host] = record
         self.layout = layout
 
     def state_planned(self):
@@ -112,13 +114,26 @@ class GroupPlan(StateMachine):
                 if guest_name in seen_guests:
                     raise ValidationError(where, 'guest %s is also in group %s' % (guest_name, seen_guests[guest_name]))
                 seen_guests[guest_name] = normalized['name']
+            normalized['in_transition'] = self._transition(normalized['name'])
             normalized['current_host'] = self._current_host(normalized)
             plan.append(normalized)
         by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
         self.result.update(groups=plan, by_host=by_host)
 
+    def _transition(self, group):
+        """A move of the group left open (journal steps per host), or None."""
+        records = self.moves.get(group)
+        if not records:
+            return None
+        first = records[sorted(records)[0]]
+        return {'source': first.get('source'), 'destination': first.get('destination'),
+                'steps': dict((host, record.get('step')) for host, record in records.items())}
+
     def _current_host(self, group):
-        """Where the group serves from now: the host whose running guests include its master."""
+        """Where the group serves from: the source of a move left open (its engine resolves it
+        first), else the host whose running guests include its master, else the inventory's."""
+        if group['in_transition'] and group['in_transition']['source']:
+            return group['in_transition']['source']
         master = group['master']['name']
         serving = sorted(host for host, guests in self.running.items() if master in (guests or []))
         return serving[0] if serving else group['host']

@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -32,5 +33,9 @@ class HostInfo(StateMachine):
                 spec = status.pop('record')['spec']
                 status.update(memory_mib=spec['memory'], cpus=spec['cpus'])
                 guests[name] = status
+        moves = dict((group, {'step': record.get('step'), 'role': record.get('role'), 'source': record.get('source'),
+                              'destination': record.get('destination'), 'run_id': record.get('run_id'),
+                              'holder': record.get('holder'), 'history': record.get('history')})
+                     for group, record in transitions(self.layout).items())
         self.result['ansible_facts'] = {'ivshmem_fleet': {
-            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests}}
+            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests, 'moves': moves}}

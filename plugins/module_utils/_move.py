@@ -23,10 +23,11 @@ __metaclass__ = type
 
 import fcntl
 import os
+import threading
 import time
 from contextlib import contextmanager
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
@@ -35,6 +36,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._verify_channel import ChannelError, Listener, exchange
 
 STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'send', 'verify', 'commit',
          'finish_source', 'rollback_source', 'rollback_destination', 'release')
@@ -118,8 +121,8 @@ class HostMove:
     def _write_locked(self, step, data, takeover=False):
         record = self._record() or {}
         if not takeover and record.get('run_id') not in (None, self.run_id) and record.get('step') not in FINISHED:
-            raise MoveError('group %s is now held by run %s (%s)' % (self.name, record.get('run_id'),
-                                                                    _holder_text(record.get('holder'))))
+            raise MoveError('group %s is now held by run %s (%s)' % (
+                self.name, record.get('run_id'), _holder_text(record.get('holder'))))
         now = time.time()
         history = list(record.get('history') or []) if record.get('run_id') == self.run_id else []
         if record.get('step') != step or not history:
@@ -219,10 +222,35 @@ class HostMove:
         return {'record': self._write('prepared', uri=uri), 'master_id': master_id}
 
     def _step_verify(self):
-        """Wait until the stream is loaded; IVPOSITION 0 and the memory's checksum, still paused."""
+        """Wait until the stream is loaded; IVPOSITION 0 and the memory's checksum, still paused.
+
+        With a channel key, the destination also takes the source's checksums straight from the
+        source and, when they match, continues at once (see _verify_channel.py).
+        """
         record = self._record() or {}
-        if record.get('step') in ('loaded', 'verified', 'running') and record.get('run_id') == self.run_id:
-            return {'record': record}
+        key = self.params.get('channel_key')
+        if record.get('run_id') == self.run_id and record.get('step') in ('verified', 'running'):
+            return {'record': self._commit(None) if key else record}
+        listener = Listener(self.params['uri'], key, self.run_id) if key else None
+        try:
+            if not (record.get('run_id') == self.run_id and record.get('step') == 'loaded'):
+                record = self._load_and_check()
+            if listener is None:
+                return {'record': record}
+            message = listener.receive(self.params.get('checksum_timeout') or 60)
+            mine = record['verification']['checksums']
+            if message.get('checksums') != mine:
+                listener.answer({'ok': False, 'why': 'destination has %s' % mine})
+                raise MoveError('shared memory differs after the migration: source %s, destination %s' % (
+                    message.get('checksums'), mine))
+            return {'record': self._commit(mine, answer=listener.answer)}
+        except ChannelError as exc:
+            raise MoveError('verification channel: %s' % exc)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _load_and_check(self):
         status = guest_status(self.layout, self.master, registers=False)
         if status is None or status['pid'] is None:
             raise MoveError('the destination master %s is not running' % self.master)
@@ -233,18 +261,20 @@ class HostMove:
         if not check['ok']:
             raise MoveError('destination check failed: %s' % check['problem'])
         check['load_wait_s'] = round(waited, 3)
-        return {'record': self._write('loaded', verification=check)}
+        return self._write('loaded', verification=check)
 
     def _step_commit(self):
         """Run the verified destination: checksums equal to the source's, then cont, then the peers."""
+        return {'record': self._commit(self.params.get('expected_checksums'))}
+
+    def _commit(self, expected, answer=None):
         record = self._record() or {}
         mine = record.get('run_id') == self.run_id
         if not mine or record.get('step') not in ('loaded', 'verified', 'running'):
             raise MoveError('the destination was not verified by this run (step %s)' % record.get('step'))
         if record['step'] == 'loaded':
             got = record['verification']['checksums']
-            expected = self.params.get('expected_checksums') or []
-            if got != expected:
+            if got != (expected or []):
                 raise MoveError('shared memory differs: destination %s, source %s' % (got, expected))
             record = self._write('verified')
         resumed_at = record.get('resumed_at')
@@ -256,20 +286,44 @@ class HostMove:
                 dq.command('cont')
                 resumed_at = _event_time(dq, 'RESUME')
             record = self._write('verified', resumed_at=resumed_at)
+        if answer is not None:
+            answer({'ok': True, 'resumed_at': resumed_at})
         if self._builtin():
             self._server_manager().run('started')  # admission opens for the peers
-        started = {}
-        for peer in self.group.get('peers') or []:
-            result = self._guest(peer, 'running')
+        started = self._start_peers()
+        peers_running_at = max(started.values()) if started else record.get('peers_running_at')
+        return self._write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)
+
+    def _start_peers(self):
+        """The peers on this host, with their pinned IDs: all at once when pinned, else in order."""
+        peers = self.group.get('peers') or []
+        ids = self.group.get('ids') or {}
+        started, errors = {}, []
+
+        def start(peer):
+            try:
+                result = self._guest(peer, 'running')
+            except Exception as exc:  # pylint: disable=broad-except  # reported below, per peer
+                errors.append('%s: %s' % (peer['name'], exc))
+                return
             if result['changed']:
                 started[peer['name']] = time.time()
-            have = result['guest']['ivshmem'][0].get('server_id')
-            want = (self.group.get('ids') or {}).get(peer['name'])
+            have, want = result['guest']['ivshmem'][0].get('server_id'), ids.get(peer['name'])
             if want is not None and have != want:
-                raise MoveError('peer %s has ID %s on the destination, not its pinned %s' % (peer['name'], have, want))
-        peers_running_at = max(started.values()) if started else record.get('peers_running_at')
-        record = self._write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)
-        return {'record': record}
+                errors.append('peer %s has ID %s on the destination, not its pinned %s' % (peer['name'], have, want))
+
+        if ids and self._builtin():
+            threads = [threading.Thread(target=start, args=(peer,)) for peer in peers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        else:
+            for peer in peers:
+                start(peer)
+        if errors:
+            raise MoveError('; '.join(errors))
+        return started
 
     def _step_rollback_destination(self):
         """Nothing of the group left here (the destination never ran: ``verified`` not reached)."""
@@ -297,7 +351,7 @@ class HostMove:
         """Pause the peers, migrate the master, hash the paused source. Fails back to running."""
         record = self._record() or {}
         status = guest_status(self.layout, self.master, registers=False)
-        if record.get('run_id') == self.run_id and record.get('step') == 'sent' and \
+        if record.get('run_id') == self.run_id and record.get('step') in ('sent', 'committing') and \
                 status is not None and status['state'] == 'migrated':
             return {'record': record}
         if status is None or status['state'] != 'running':
@@ -329,7 +383,26 @@ class HostMove:
         report['checksums'] = [sums[path]['checksum'] for path in memories]
         report['peers_stopped_at'] = peers_stopped_at
         report['checksum_seconds'] = round(seconds, 3)
-        return {'record': self._write('sent', sent=report, peers_stopped_at=peers_stopped_at)}
+        key = self.params.get('channel_key')
+        if not key:
+            return {'record': self._write('sent', sent=report)}
+        # From here on the destination may run: journal that before the checksums leave.
+        self._write('committing', sent=report)
+        try:
+            verdict = exchange(self.params['uri'], key, self.run_id,
+                               {'checksums': report['checksums'], 'stopped_at': report.get('stopped_at')},
+                               self.params.get('checksum_timeout') or 60)
+        except ChannelError as exc:
+            report['channel'] = 'no verdict: %s' % exc
+            return {'record': self._write('committing', sent=report)}
+        if not verdict.get('ok'):
+            # The destination refused and never ran: resume here at once.
+            self._resume_source()
+            self._write('done', outcome='rolled back: the destination refused: %s' % verdict.get('why'))
+            raise MoveError('shared memory differs after the migration (%s); the group runs here again' % verdict.get('why'))
+        report['channel'] = 'verified by the destination'
+        return {'record': self._write('committing', sent=report)}
+
 
     def _resume_source(self):
         """Master and peers running here again, whatever the migration left."""
@@ -344,7 +417,7 @@ class HostMove:
 
     def _step_rollback_source(self):
         record = self._record() or {}
-        if record.get('step') in ('committing',) and not self.params.get('force'):
+        if record.get('step') == 'committing' and not self.params.get('force'):
             raise MoveError('the destination may already run the group (journal step committing); '
                             'the source stays paused until the destination is resolved')
         self._write('resuming')
@@ -389,5 +462,17 @@ def _holder_text(holder):
 
 
 def run_step(params, layout):
-    """Entry point for ivshmem.fleet.move_host."""
+    """One step, in-process (the engine's local host handle)."""
     return HostMove(params, layout).run()
+
+
+class MoveStep(StateMachine):
+    """ivshmem.fleet.move_host: one step; only inspect and progress change nothing."""
+
+    def __init__(self, params, layout, check_mode):
+        super(MoveStep, self).__init__(check_mode)
+        self.move = HostMove(params, layout)
+
+    def state_done(self):
+        self.result.update(self.move.run())
+        self.changed = self.move.step not in ('inspect', 'progress')

@@ -123,6 +123,8 @@ class GroupMove:
             self.options.get('checksum_timeout'))
         self.holder = holder or this_holder()
         self.run_id = run_id or uuid.uuid4().hex[:12]
+        # The verification channel's secret, for this run only (see _verify_channel.py).
+        self.channel_key = None if self.options.get('relay_checksums') else os.urandom(32).hex()
         self.progress = progress
         self.observer = observer
         self.offsets = {}
@@ -185,6 +187,27 @@ class GroupMove:
                 time.sleep((self.options.get('backoff') or 0) * attempt)
         raise MoveFailed('unreachable')  # pragma: no cover
 
+    def predict(self):
+        """Check mode: what run() would do, from a look at both hosts; nothing changes."""
+        views = {}
+        for host in (self.source, self.destination):
+            try:
+                views[host] = self._call(host, 'inspect')
+            except HostUnreachable as exc:
+                raise MoveFailed('%s is unreachable (%s)' % (host, exc), self.report)
+        records = [view['record'] for view in views.values() if view['record'] and view['record'].get('step') != 'done']
+        if any(holder_alive(record) for record in records):
+            raise LockHeld('group %s is being moved by run %s' % (self.name, records[0].get('run_id')))
+        if records:
+            return dict(self.report, changed=True, outcome='would resolve the move left at step %s, then move' % (
+                records[0].get('step')))
+        if self._whole(views[self.destination]['state']) and not self._any(views[self.source]['state']):
+            return dict(self.report, changed=False, outcome='already moved')
+        if not self._whole(views[self.source]['state']):
+            raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
+                self.name, self.source, views[self.source]['state']['guests']), self.report)
+        return dict(self.report, changed=True, outcome='would move')
+
     def _claim(self):
         views = {}
         for host in (self.source, self.destination):
@@ -212,7 +235,7 @@ class GroupMove:
 
     @staticmethod
     def _unfinished(views):
-        return any(view['record'].get('taken_over') for view in views.values())
+        return any((view['record'] or {}).get('taken_over') for view in views.values())
 
     @staticmethod
     def _whole(state):
@@ -251,28 +274,24 @@ class GroupMove:
 
     # --- one attempt --------------------------------------------------------------------
     def _move(self):
+        """One attempt. The source hands its checksums to the destination over the verification
+        channel, and the destination continues the moment they match: no controller round trip
+        while the master is out. Without a verdict, the controller compares and commits."""
         src, dst = self.source, self.destination
-        checksum = self.options.get('checksum') or 'sha1'
-        committing = False
         try:
             self._call(dst, 'prepare_destination', uri=self.options['uri'])
-            sent, checked = self._send_and_verify(checksum)
-            self.report['verification'] = {'source_checksums': sent['checksums'],
-                                           'destination_checksums': checked['checksums'],
-                                           'destination_ivposition': checked.get('ivposition'),
-                                           'source_checksum_s': sent.get('checksum_seconds'),
-                                           'destination_checksum_s': checked.get('checksum_seconds')}
-            if sent['checksums'] != checked['checksums']:
-                raise StepFailed('shared memory differs after the migration: source %s, destination %s' % (
-                    sent['checksums'], checked['checksums']))
-            self._call(src, 'mark', mark='committing')
-            committing = True
-            committed = self._call(dst, 'commit', expected_checksums=sent['checksums'])['record']
+            sent, checked = self._send_and_verify(self.options.get('checksum') or 'sha1')
+            if checked.get('step') != 'running':
+                if sent['sent']['checksums'] != checked['verification']['checksums']:
+                    raise StepFailed('shared memory differs after the migration: source %s, destination %s' % (
+                        sent['sent']['checksums'], checked['verification']['checksums']))
+                self._call(src, 'mark', mark='committing')
+                self._call(dst, 'commit', expected_checksums=sent['sent']['checksums'])
         except (StepFailed, HostUnreachable) as exc:
-            self._recover(exc, committing)
+            self._recover(exc)
         self._call(src, 'finish_source')
         self._call(dst, 'release', outcome='moved')
-        self._figures(sent, committed)
+        self._figures(self._call(src, 'inspect')['record'], self._call(dst, 'inspect')['record'])
 
     def _send_and_verify(self, checksum):
         """The source sends while the destination waits to verify; progress while both run."""
@@ -285,10 +304,11 @@ class GroupMove:
             except Exception as exc:  # pylint: disable=broad-except  # re-raised in the caller's thread
                 errors[key] = exc
 
-        common = dict(checksum=checksum, timeout=self.timeout + self.checksum_timeout)
-        threads = [threading.Thread(target=run, args=('sent', src, 'send'), kwargs=dict(
-                       common, uri=self.options['uri'], max_bandwidth=self.options.get('max_bandwidth'),
-                       downtime_limit=self.options.get('downtime_limit'), timeout=self.timeout)),
+        common = dict(checksum=checksum, timeout=self.timeout + self.checksum_timeout, uri=self.options['uri'],
+                      checksum_timeout=self.checksum_timeout, channel_key=self.channel_key)
+        send = dict(common, max_bandwidth=self.options.get('max_bandwidth'),
+                    downtime_limit=self.options.get('downtime_limit'), timeout=self.timeout)
+        threads = [threading.Thread(target=run, args=('sent', src, 'send'), kwargs=send),
                    threading.Thread(target=run, args=('checked', dst, 'verify'), kwargs=common)]
         for thread in threads:
             thread.daemon = True
@@ -308,7 +328,7 @@ class GroupMove:
             raise errors['checked']
         if 'checked' not in results:
             raise StepFailed('the destination did not finish verifying within %d s' % (self.checksum_timeout + 60))
-        return results['sent']['sent'], results['checked']['verification']
+        return results['sent'], results['checked']
 
     def _report_progress(self):
         try:
@@ -327,12 +347,28 @@ class GroupMove:
         except (HostUnreachable, StepFailed):
             pass
 
-    def _recover(self, exc, committing):
-        """After a failed step: forward when the destination was verified, else roll back."""
+    def _recover(self, exc):
+        """After a failed step: forward when the destination was verified, else roll back.
+
+        The journals decide: ``verified`` on the destination means it may run (finish the move);
+        ``committing`` on the source with the destination out of reach means nobody can tell
+        (the source stays paused); anything else is rolled back to the source.
+        """
+        try:
+            source_record = self._call(self.source, 'inspect')['record'] or {}
+        except (HostUnreachable, StepFailed):
+            source_record = {'step': 'committing'}  # unknown: never resume a source that may have handed over
+        committing = source_record.get('step') == 'committing'
         dst_step = None
         try:
             dst_step = (self._call(self.destination, 'inspect')['record'] or {}).get('step')
         except (HostUnreachable, StepFailed):
+            if committing and (source_record.get('sent') or {}).get('channel') == 'verified by the destination':
+                # The destination told the source it runs the group: the source must never resume.
+                self._call(self.source, 'finish_source')
+                raise MoveFailed('%s; %s verified and runs group %s but cannot be reached now; nothing of it '
+                                 'is left on %s: run the same command again to confirm' % (
+                                     exc, self.destination, self.name, self.source), self.report)
             if committing:
                 raise MoveFailed('%s; %s cannot be reached and may already run group %s, so %s keeps it paused: '
                                  'run the same command again to resolve' % (exc, self.destination, self.name,
@@ -353,20 +389,26 @@ class GroupMove:
         raise MoveFailed('%s; group %s runs on %s again, its memory untouched' % (exc, self.name, self.source),
                          dict(self.report, rolled_back=True))
 
-    def _figures(self, sent, committed):
+    def _figures(self, source_record, destination_record):
         src, dst = self.source, self.destination
+        sent = source_record.get('sent') or {}
+        checks = destination_record.get('verification') or {}
+        self.report['verification'] = {
+            'source_checksums': sent.get('checksums'), 'destination_checksums': checks.get('checksums'),
+            'destination_ivposition': checks.get('ivposition'), 'source_checksum_s': sent.get('checksum_seconds'),
+            'destination_checksum_s': checks.get('checksum_seconds'),
+            'channel': sent.get('channel') or 'checksums relayed by the controller'}
         stopped = self._local_time(src, sent.get('stopped_at'))
-        resumed = self._local_time(dst, committed.get('resumed_at'))
+        resumed = self._local_time(dst, destination_record.get('resumed_at'))
         peers_stopped = self._local_time(src, sent.get('peers_stopped_at'))
-        peers_running = self._local_time(dst, committed.get('peers_running_at'))
-        figures = {
+        peers_running = self._local_time(dst, destination_record.get('peers_running_at'))
+        self.report.update({
             'total_time_ms': sent.get('total_time_ms'), 'downtime_ms': sent.get('downtime_ms'),
             'master_outage_ms': _ms(resumed, stopped),
             'peer_outage_ms': _ms(peers_running, peers_stopped) if self.group.get('peers') else None,
             'clock_uncertainty_ms': round(sum(self.offsets.get(h, (0, 0))[1] for h in (src, dst)) * 500.0, 1),
             'transferred_bytes': (sent.get('ram') or {}).get('transferred'),
-        }
-        self.report.update(figures)
+        })
 
 
 def _ms(end, start):

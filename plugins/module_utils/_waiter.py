@@ -29,11 +29,11 @@ class WaitTimeout(Exception):
         self.last_error = last_error
 
 
-def wait_for(what, condition, timeout, interval=0.1, retry_on=(), clock=time.monotonic, sleep=time.sleep):
+def wait_for(what, condition, timeout, interval=0.1, retry_on=(), clock=time.monotonic, sleep=time.sleep, max_interval=1.0):
     """Poll ``condition()`` until it returns a truthy value.
 
     Returns (value, seconds waited). Exceptions in ``retry_on`` count as "not yet" and the
-    last one is reported on timeout. Polls back off up to 1 s between tries.
+    last one is reported on timeout. Polls back off up to ``max_interval`` seconds between tries.
     """
     start = clock()
     last_error = None
@@ -49,4 +49,4 @@ def wait_for(what, condition, timeout, interval=0.1, retry_on=(), clock=time.mon
         if waited >= timeout:
             raise WaitTimeout(what, waited, last_error)
         sleep(min(delay, max(0.0, timeout - waited)))
-        delay = min(delay * 1.5, 1.0)
+        delay = min(delay * 1.5, max_interval)

@@ -14,7 +14,7 @@ short_description: Gather the ivshmem servers, guests, IDs, roles and migration 
 version_added: 1.0.0
 description:
   - Reads every server and guest the collection manages under O(runtime_dir) and returns them as
-    the fact C(ivshmem_fleet).
+    the fact C(ivshmem_fleet), with the groups whose move is in transition on this host.
   - Guests are asked over QMP for their run state, migration state and blockers, and each ivshmem
     device's role and IVPOSITION; builtin servers are asked for their clients and admission hold.
 author:
@@ -75,6 +75,13 @@ ansible_facts:
           description: Each guest with state, run state, pid, ivshmem devices (role, IVPOSITION) and migration state.
           type: dict
           sample: {"db-master": {"state": "running", "ivshmem": [{"id": "ivshmem0", "role": "master", "ivposition": 0}]}}
+        moves:
+          description:
+            - Groups in transition on this host, by group name. A move of M(ivshmem.fleet.group_migrate) that
+              did not finish, with the journal step it reached here, the run and controller process holding
+              its lock, and the steps so far. Running the same move again resolves it.
+          type: dict
+          sample: {"g1": {"step": "sent", "role": "source", "source": "hv1", "destination": "hv2", "run_id": "3f2a9c0d11aa"}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -179,7 +179,9 @@ migration:
         ok: true
         destination_ivposition: {"ivshmem0": 0}
         checksum_seconds: 0.004
-        memories: [{"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "chunked-sha1-32MiB:c2d4", "destination_checksum": "chunked-sha1-32MiB:c2d4"}]
+        memories:
+          - {"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "chunked-sha1-32MiB:c2d4",
+             "destination_checksum": "chunked-sha1-32MiB:c2d4"}
     source_checksums:
       description: Checksums of the paused source's shared memories (O(phase=send)).
       type: list

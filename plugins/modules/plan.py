@@ -17,8 +17,10 @@ description:
     unique group and guest names, hosts that exist, sizes and vectors that fit, and every guest
     option as M(ivshmem.fleet.guest) would check it. Each error names the group and the field.
   - Returns each group with the parameters of its M(ivshmem.fleet.server) and
-    M(ivshmem.fleet.guest) tasks, and the host it serves from now. That is the host whose running
-    guests include its master (after a migration), else the host the inventory names.
+    M(ivshmem.fleet.guest) tasks, and the host it serves from now. That is the source of a move left
+    in transition (see C(in_transition); M(ivshmem.fleet.group_migrate) resolves it before anything
+    else), else the host whose I(running) guests include its master (a paused, incoming or migrated
+    master does not count), else the host the inventory names.
   - Pure logic; runs anywhere, usually once on the controller.
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
@@ -80,6 +82,7 @@ groups:
     - name: g1
       host: hv1
       current_host: hv1
+      in_transition: null
       size: 67108864
       vectors: 2
       migration_port: 4444

@@ -56,10 +56,12 @@ def assert_whole_on(hosts, host):
 
 
 class Faulty:
-    """A host handle that fails or acts before chosen steps."""
+    """A host handle that fails or acts before chosen steps. ``answer_lost`` runs the step on the
+    host but loses its answer, and the host stays out of reach after that."""
 
-    def __init__(self, handle, unreachable_from=None, before=None):
+    def __init__(self, handle, unreachable_from=None, before=None, answer_lost=None):
         self.handle, self.unreachable_from, self.before = handle, unreachable_from, before or {}
+        self.answer_lost = answer_lost
         self.down = False
 
     def call(self, params):
@@ -69,7 +71,11 @@ class Faulty:
             raise HostUnreachable('no route to host (test)')
         if params['step'] in self.before:
             self.before.pop(params['step'])()
-        return self.handle.call(params)
+        result = self.handle.call(params)
+        if params['step'] == self.answer_lost:
+            self.down = True
+            raise HostUnreachable('connection lost (test)')
+        return result
 
 
 def engine_with(hosts, source, destination, wrap=None, **options):
@@ -144,16 +150,16 @@ def test_destination_qemu_killed_mid_migration_rolls_back_then_the_same_command_
     assert_whole_on(hosts, 'b')
 
 
-@pytest.mark.parametrize('step', ['prepare_destination:b', 'commit:b'])
+@pytest.mark.parametrize('step', ['prepare_destination', 'commit'])
 def test_destination_unreachable_then_reachable_again(hosts, step):
     """Unreachable from the start of a step: the group resumes on the source when the destination
     was never asked to run; once the source journal says committing, it stays paused until the
-    destination answers, and the same command then resolves it."""
-    name = step.split(':')[0]
-    move = engine_with(hosts, 'a', 'b', wrap={'b': lambda h: Faulty(h, unreachable_from=name)})
+    destination answers, and the same command then resolves it. (commit is a step of the path
+    where the controller relays the checksums.)"""
+    move = engine_with(hosts, 'a', 'b', relay_checksums=True, wrap={'b': lambda h: Faulty(h, unreachable_from=step)})
     with pytest.raises(MoveFailed) as info:
         move.run()
-    if name == 'commit':
+    if step == 'commit':
         assert 'keeps it paused' in str(info.value)
         assert hosts.journal('a')['step'] == 'committing'
         assert hosts.where('a')['g-master'] == 'migrated'
@@ -161,49 +167,80 @@ def test_destination_unreachable_then_reachable_again(hosts, step):
         assert 'rolled back' in report['resolved']
         # Resolved to the source (the destination was never verified); moved on this same run.
         assert report['outcome'] == 'moved'
-        assert_whole_on(hosts, 'b')
     else:
         assert hosts.journal('b')['step'] == 'claimed'  # a stale claim the next run takes over
         assert set(hosts.where('a').values()) - {0, 1, 2} == {'running'}
         report = hosts.engine('a', 'b').run()
         assert report['resolved'] and report['outcome'] == 'moved'
-        assert_whole_on(hosts, 'b')
+    assert_whole_on(hosts, 'b')
 
 
-def run_killed_at(hosts, step, delay, options=None):
-    """Run a move in a separate process (the controller) and SIGKILL it ``delay`` s after ``step``."""
+def test_destination_lost_after_it_verified_over_the_channel(hosts):
+    """The destination verified and continued (it told the source over the channel), then the
+    controller lost it: the source is cleaned, never resumed; the same command confirms."""
+    move = engine_with(hosts, 'a', 'b', wrap={'b': lambda h: Faulty(h, answer_lost='verify')})
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    assert 'verified and runs group g' in str(info.value)
+    assert set(hosts.where('a').values()) == {'absent'}
+    report = hosts.engine('a', 'b').run()
+    assert 'finished the move' in report['resolved']
+    assert_whole_on(hosts, 'b')
+
+
+def run_killed_at(hosts, step=None, delay=0.0, options=None, when=None):
+    """Run a move in a separate process (the controller) and SIGKILL it ``delay`` s after it
+    starts ``step``, or as soon as ``when()`` holds (polled)."""
     state = os.path.join(hosts.root, 'state.json')
     with open(state, 'w') as handle:
         json.dump(hosts.state(), handle)
     process = subprocess.Popen([sys.executable, os.path.join(HERE, 'move_lab.py'), state, 'a', 'b',
                                 json.dumps(options or {})], stdout=subprocess.PIPE, text=True)
     seen = []
-    for line in process.stdout:
-        seen.append(line.strip())
-        if line.strip() == 'STEP %s' % step:
-            time.sleep(delay)
-            process.send_signal(signal.SIGKILL)
-            break
+    if when is not None:
+        wait_for('the kill condition', when, 120, interval=0.005, max_interval=0.005, retry_on=(Exception,))
+        process.send_signal(signal.SIGKILL)
+    else:
+        for line in process.stdout:
+            seen.append(line.strip())
+            if line.strip() == 'STEP %s' % step:
+                time.sleep(delay)
+                process.send_signal(signal.SIGKILL)
+                break
     process.wait(30)
     assert process.returncode == -signal.SIGKILL, seen
     return seen
 
 
-@pytest.mark.parametrize('step, delay, lands_on', [
-    ('send:a', 0.0, 'b'),        # killed as the send starts
-    ('verify:b', 1.0, 'b'),      # killed mid-migration: the source is stuck at the switchover gate
-    ('mark:a', 0.0, 'b'),        # after verification, before the destination continues
-    ('commit:b', 0.3, 'b'),      # while the destination continues and starts its peers
-    ('finish_source:a', 0.0, 'b'),  # after the destination runs, before the source is cleaned
+def journal_step(hosts, host, step):
+    return lambda: (hosts.journal(host) or {}).get('step') == step
+
+
+@pytest.mark.parametrize('case', [
+    'send starts',                    # killed as the send starts
+    'mid-migration',                  # the source waits at the switchover gate, nobody follows
+    'relayed: verified, before cont',  # the controller relays checksums: killed before commit
+    'relayed: during commit',         # ... while the destination continues and starts its peers
+    'channel: during peer start',     # the destination continued on the channel's verdict
+    'before the source is cleaned',
 ])
-def test_controller_killed_then_the_same_command_resolves(hosts, step, delay, lands_on):
-    run_killed_at(hosts, step, delay, {'max_bandwidth': SLOW})
-    states = (hosts.where('a'), hosts.where('b'))
-    assert any(v == 'paused' or v == 'migrated' or v == 'incoming' for s in states for v in s.values()) or \
-        step == 'finish_source:a', states  # the kill really left the group in between
+def test_controller_killed_then_the_same_command_resolves(hosts, case):
+    slow = {'max_bandwidth': SLOW}
+    relayed = dict(slow, relay_checksums=True)
+    kill = {
+        'send starts': dict(step='send:a', options=slow),
+        'mid-migration': dict(step='verify:b', delay=1.0, options=slow),
+        'relayed: verified, before cont': dict(step='mark:a', options=relayed),
+        'relayed: during commit': dict(step='commit:b', delay=0.3, options=relayed),
+        'channel: during peer start': dict(when=journal_step(hosts, 'b', 'verified'), options=slow),
+        'before the source is cleaned': dict(step='finish_source:a', options=slow),
+    }[case]
+    run_killed_at(hosts, **kill)
+    states = list(hosts.where('a').values()) + list(hosts.where('b').values())
+    assert set(states) & {'paused', 'migrated', 'incoming'}, states  # really left in between
     report = hosts.engine('a', 'b').run()
     assert report.get('resolved'), report
-    assert_whole_on(hosts, lands_on)
+    assert_whole_on(hosts, 'b')
 
 
 def test_two_runs_at_once_the_second_fails_at_once_naming_the_holder(hosts):

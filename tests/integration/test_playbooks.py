@@ -1,5 +1,6 @@
 """The modules driven through ansible-playbook against localhost (tests/playbooks/*.yml assert
 check mode, a real run and an unchanged second run)."""
+import json
 import os
 import re
 import subprocess
@@ -67,3 +68,62 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
         for guest in ('pbg-master', 'pbg-peer1'):
             subprocess.run(['pkill', '-f', os.path.join(root, 'guests', guest, 'qmp.sock')], check=False)
         subprocess.run(['pkill', '-f', os.path.join(root, 'servers', 'pbg', 'ivshmem.sock')], check=False)
+
+
+def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):
+    """Two inventory hosts on this machine (local connections, own runtime directories and memory
+    files). A move killed after verification leaves the group in between; the migrate playbook,
+    run as an operator would, resolves and moves it; then it reports no change, and check mode
+    predicts a move back without making it."""
+    import uuid
+    from move_lab import TwoHosts
+    from test_group_move import assert_whole_on, run_killed_at, sha1_of
+
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6])
+    try:
+        hosts.deploy('a')
+        with open(hosts.memory('a'), 'r+b') as handle:
+            handle.write(os.urandom(4 << 20))
+        hosts.digest = sha1_of(hosts.memory('a'))
+        run_killed_at(hosts, 'mark:a', 0.0, {'relay_checksums': True})
+        assert hosts.where('a')['g-master'] == 'migrated' and hosts.journal('a')['step'] in ('sent', 'committing')
+        inventory = tmp_path / 'inventory.yml'
+        lines = ['all:', '  children:', '    hypervisors:', '      hosts:']
+        for name in ('a', 'b'):
+            lines += ['        %s:' % name, '          ansible_connection: local',
+                      '          ansible_python_interpreter: %s' % sys.executable,
+                      '          ivshmem_fleet_runtime_dir: %s' % hosts.layouts[name].runtime_dir,
+                      '          ivshmem_fleet_migration_address: 127.0.0.1',
+                      '          ivshmem_fleet_server_overrides: %s' % json.dumps(hosts.overrides(name))]
+        inventory.write_text('\n'.join(lines) + '\n')
+        group = dict((k, hosts.group[k]) for k in ('name', 'host', 'size', 'vectors', 'master', 'peers', 'migration_port'))
+        group['master'] = dict((k, v) for k, v in group['master'].items() if k != 'ivshmem')
+        group['peers'] = [dict((k, v) for k, v in p.items() if k != 'ivshmem') for p in group['peers']]
+        groups = tmp_path / 'groups.json'
+        groups.write_text(json.dumps({'ivshmem_fleet_groups': [group]}))
+        args = ['-i', str(inventory), '-e', '@%s' % groups, '-e', 'group=g', '-e', 'to=b',
+                os.path.join(REPO, 'playbooks', 'migrate.yml')]
+        output = run_playbook_output(args)
+        assert 'rolled back to a' in output and 'master out' in output, output[-3000:]
+        assert_whole_on(hosts, 'b')
+        assert recap_changed(run_playbook_output(args)) == 0
+        back = [a if a != 'to=b' else 'to=a' for a in args]
+        assert recap_changed(run_playbook_output(back + ['--check'])) > 0
+        assert_whole_on(hosts, 'b')
+    finally:
+        hosts.teardown()
+
+
+def run_playbook_output(args):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+               ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
+    bin_dir = os.path.dirname(sys.executable)
+    result = subprocess.run([os.path.join(bin_dir, 'ansible-playbook')] + args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=600, check=False)
+    output = result.stdout.decode('utf-8', 'replace')
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def recap_changed(output):
+    return sum(int(n) for n in re.findall(r'^\S+\s+: ok=\d+\s+changed=(\d+)', output, re.M))

@@ -51,3 +51,20 @@ def test_current_host_follows_the_running_master():
 ])
 def test_plan_errors_name_group_and_field(groups, field):
     assert field_of(groups) == field
+
+
+def test_a_paused_or_migrated_master_does_not_serve():
+    """The first version counted paused and incoming masters as serving, so an interrupted move
+    looked finished and a rerun said ok while the group stayed frozen."""
+    facts = {'hv1': {'guests': {'g1-m': {'state': 'migrated'}}}, 'hv2': {'guests': {'g1-m': {'state': 'paused'}}}}
+    g1 = plan([group()], facts=facts)['groups'][0]
+    assert g1['current_host'] == 'hv1' and g1['in_transition'] is None
+
+
+def test_a_move_in_transition_is_planned_from_its_source():
+    moves = {'g1': {'step': 'sent', 'source': 'hv2', 'destination': 'hv1'}}
+    facts = {'hv1': {'guests': {'g1-m': {'state': 'incoming'}}, 'moves': {'g1': dict(moves['g1'], step='loaded')}},
+             'hv2': {'guests': {'g1-m': {'state': 'migrated'}}, 'moves': moves}}
+    g1 = plan([group()], facts=facts)['groups'][0]
+    assert g1['current_host'] == 'hv2'
+    assert g1['in_transition'] == {'source': 'hv2', 'destination': 'hv1', 'steps': {'hv1': 'loaded', 'hv2': 'sent'}}

@@ -1,0 +1,109 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""ivshmem.fleet.group_migrate: the move engine on the controller, driving both hosts."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
+    GroupMove, HostUnreachable, LockHeld, MoveFailed, StepFailed)
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts import InventoryHost
+
+display = Display()
+
+CHECKSUMS = ['crc32', 'sha1', 'sha256', 'blake2b']
+ARGUMENT_SPEC = dict(
+    group=dict(type='dict', required=True),
+    destination=dict(type='str', required=True),
+    source=dict(type='str'),
+    max_bandwidth=dict(type='int', default=10 << 30),
+    downtime_limit=dict(type='int', default=300),
+    timeout=dict(type='int'),
+    checksum_timeout=dict(type='int'),
+    checksum=dict(type='str', default='sha1', choices=CHECKSUMS),
+    start_timeout=dict(type='int', default=120),
+    attempts=dict(type='int', default=3),
+    backoff=dict(type='int', default=5),
+    lease=dict(type='int', default=120),
+    progress_interval=dict(type='float', default=5.0),
+    verify_channel=dict(type='bool', default=True),
+)
+
+
+def _mib(value):
+    return '%.1f MiB' % ((value or 0) / 1048576.0)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        group = args['group']
+        destination = args['destination']
+        source = args['source'] or group.get('current_host') or group.get('host')
+        transition = group.get('in_transition') or {}
+        if not args['source'] and source == destination and transition.get('destination') not in (None, destination):
+            # A move away from the destination was left open: resolving it runs between those hosts.
+            source = transition['destination']
+        hosts = {}
+        try:
+            for name in sorted(set((source, destination))):
+                hosts[name] = InventoryHost(self, name, task_vars, 'ivshmem.fleet.move_host')
+            for name, host in hosts.items():
+                host._fixed_args = {'runtime_dir': host.var('ivshmem_fleet_runtime_dir') or DEFAULT_RUNTIME_DIR,
+                                    'server_overrides': host.var('ivshmem_fleet_server_overrides') or {}}
+            address = hosts[destination].var('ivshmem_fleet_migration_address') or \
+                hosts[destination].var('ansible_host') or destination
+            options = dict((k, args[k]) for k in (
+                'max_bandwidth', 'downtime_limit', 'timeout', 'checksum_timeout', 'checksum', 'start_timeout',
+                'attempts', 'backoff', 'lease', 'progress_interval'))
+            options['uri'] = 'tcp:%s:%d' % (address, group.get('migration_port') or 4444)
+            options['relay_checksums'] = not args['verify_channel']
+            move = GroupMove(group, source, destination, hosts, options, progress=self._show_progress)
+            if self._task.check_mode:
+                report = move.predict()
+            else:
+                report = move.run()
+        except ValidationError as exc:
+            return dict(result, failed=True, msg=str(exc), field=exc.field)
+        except (MoveFailed, LockHeld) as exc:
+            return dict(result, failed=True, msg=str(exc), move=getattr(exc, 'report', {}))
+        except (HostUnreachable, StepFailed, AnsibleError) as exc:
+            return dict(result, failed=True, msg='%s; run the same command again to resolve the move' % exc)
+        finally:
+            for host in hosts.values():
+                host.close()
+        result.update(changed=report.pop('changed'), move=report, msg=self._summary(report))
+        if self._task.diff:
+            result['diff'] = {'before': {'group': group['name'], 'host': report.get('was_on', source)},
+                              'after': {'group': group['name'], 'host': destination}}
+        return result
+
+    @staticmethod
+    def _show_progress(progress):
+        eta = progress.get('eta_s')
+        display.display('%s: %s %% sent, %s left at %s Mbit/s%s' % (
+            progress['group'], progress.get('percent'), _mib(progress.get('remaining_bytes')),
+            round(progress.get('mbps') or 0, 1), ', about %s s to go' % eta if eta is not None else ''))
+
+    @staticmethod
+    def _summary(report):
+        first = 'first %s; ' % report['resolved'] if report.get('resolved') else ''
+        if report.get('outcome') != 'moved':
+            return 'group %s: %s%s' % (report['group'], first, report.get('outcome'))
+        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)'
+                % (report['group'], first, report['from'], report['to'], report.get('master_outage_ms'),
+                   report.get('peer_outage_ms'), report.get('total_time_ms'), report.get('downtime_ms')))

@@ -1,0 +1,113 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Controller side: run a module on any inventory host from one action plugin.
+
+An action plugin gets a connection to its task's host only. Moving a group needs the source
+and the destination at once, so this builds a connection per host from the host's own
+variables, as ansible-core's task executor does for delegate_to, and wraps it as a *host
+handle* for the move engine (``call(params) -> dict``, raising HostUnreachable or StepFailed).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import threading
+
+from ansible import constants as C
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.loader import become_loader
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import HostUnreachable, StepFailed
+
+
+class InventoryHost:
+    """Runs ``module`` on inventory host ``name``; concurrent calls get their own connections."""
+
+    def __init__(self, action, name, task_vars, module, fixed_args=None):
+        self._action = action
+        self.name = name
+        self._module = module
+        self._fixed_args = dict(fixed_args or {})
+        hostvars = task_vars['hostvars']
+        if name not in hostvars:
+            raise AnsibleError('%s is not a host of the inventory' % name)
+        self.vars = dict(hostvars.raw_get(name))
+        self.vars.setdefault('inventory_hostname', name)
+        self._templar = action._templar.copy_with_new_env(available_variables=self.vars)
+        self._idle, self._lock = [], threading.Lock()
+
+    def var(self, key, default=None):
+        """One of the host's variables, templated."""
+        if key not in self.vars:
+            return default
+        return self._templar.template(self.vars[key])
+
+    def call(self, params):
+        runner = self._take()
+        try:
+            result = runner._execute_module(module_name=self._module, module_args=dict(self._fixed_args, **params),
+                                            task_vars=self.vars)
+        except AnsibleConnectionFailure as exc:
+            raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
+        finally:
+            try:
+                runner.cleanup()
+            except AnsibleError:
+                pass
+            with self._lock:
+                self._idle.append(runner)
+        if result.get('unreachable'):
+            raise HostUnreachable('%s: %s' % (self.name, result.get('msg')))
+        if result.get('failed'):
+            raise StepFailed('%s: %s' % (self.name, result.get('msg') or result.get('module_stderr') or result))
+        return result
+
+    def close(self):
+        for runner in self._idle:
+            try:
+                runner._connection.close()
+            except AnsibleError:
+                pass
+
+    def _take(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._runner()
+
+    def _runner(self):
+        """A fresh connection to the host and an action object to run modules over it."""
+        action, templar, cvars = self._action, self._templar, self.vars
+        task = action._task.copy(exclude_parent=True, exclude_tasks=True)
+        task.delegate_to = None
+        # The engine asks only read-only steps in check mode (ivshmem.fleet.move_host has no check mode).
+        task.check_mode = False
+        play_context = action._play_context.set_task_and_variable_override(task=task, variables=cvars, templar=templar)
+        connection_name = self.var('ansible_connection') or task.connection or C.DEFAULT_TRANSPORT
+        play_context.connection = connection_name
+        connection = action._shared_loader_obj.connection_loader.get(
+            connection_name, play_context, new_stdin=None, task_uuid=task._uuid, ansible_playbook_pid=to_text(os.getppid()))
+        if connection is None:
+            raise AnsibleError('connection plugin %r not found (host %s)' % (connection_name, self.name))
+        become = boolean(self.var('ansible_become', task.become), strict=False)
+        if become:
+            connection.set_become_plugin(become_loader.get(self.var('ansible_become_method') or task.become_method))
+        task_keys = task.dump_attrs()
+        task_keys['timeout'] = play_context.timeout
+        task_keys.pop('retries', None)
+        connection.set_options(task_keys=task_keys, var_options=connection._resolve_option_variables(cvars, templar))
+        for plugin_type, plugin in (('shell', connection._shell), ('become', connection.become)):
+            if plugin is None:
+                continue
+            names = C.config.get_plugin_vars(plugin_type, plugin._load_name)
+            plugin.set_options(task_keys=task_keys, var_options=dict((k, templar.template(cvars[k])) for k in names if k in cvars))
+        return action._shared_loader_obj.action_loader.get(
+            'ansible.legacy.normal', task=task, connection=connection, play_context=play_context,
+            loader=action._loader, templar=templar, shared_loader_obj=action._shared_loader_obj)

@@ -1,0 +1,133 @@
+"""The move engine's decisions with scripted hosts (pure logic; the real-QEMU matrix is in
+tests/integration/test_group_move.py)."""
+import os
+import socket
+import subprocess
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
+    GroupMove, HostUnreachable, LockHeld, MoveFailed, derived_timeouts, holder_alive, this_holder)
+
+GROUP = {'name': 'g', 'size': 4 << 20, 'master': {'name': 'm', 'memory': '1G'}, 'peers': [{'name': 'p'}],
+         'migration_port': 4444}
+
+
+class Scripted:
+    """A host that answers from a table of step -> result (or exception) and logs the steps."""
+
+    def __init__(self, answers, log, name):
+        self.answers, self.log, self.name = answers, log, name
+
+    def call(self, params):
+        self.log.append('%s:%s' % (params['step'], self.name))
+        answer = self.answers.get(params['step'], {})
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer, host_time=0.0)
+
+
+def view(step=None, guests='running', run_id='old', holder=None, **record):
+    rec = dict(record, step=step, run_id=run_id, holder=holder or {'controller': 'elsewhere', 'pid': 1},
+               lease_expired=True) if step else None
+    states = guests if isinstance(guests, dict) else {'m': guests, 'p': guests}
+    return {'record': rec, 'state': {'guests': states, 'server': 'started'}}
+
+
+def engine(a, b, log):
+    hosts = {'a': Scripted(a, log, 'a'), 'b': Scripted(b, log, 'b')}
+    return GroupMove(GROUP, 'a', 'b', hosts, {'uri': 'tcp:x:1', 'relay_checksums': True}, run_id='new')
+
+
+def test_timeouts_grow_with_the_sizes_and_a_slow_link():
+    fast, checksum = derived_timeouts(GROUP, 10 << 30)
+    slow, _c = derived_timeouts(GROUP, 1 << 20)
+    assert 175 < fast < 190 and checksum == 30
+    assert slow > fast + 2000  # 1 GiB at 1 MiB/s, twice
+    assert derived_timeouts(GROUP, 1 << 20, timeout=50, checksum_timeout=9) == (50, 9)
+
+
+def test_source_equal_to_destination_is_a_field_error():
+    with pytest.raises(ValidationError) as info:
+        GroupMove(GROUP, 'a', 'a', {'a': None}, {'uri': 'tcp:x:1'})
+    assert info.value.field == 'destination'
+
+
+def test_a_live_holder_on_this_controller_is_detected_by_pid():
+    alive = {'holder': this_holder(), 'run_id': 'r1'}
+    assert not holder_alive(alive)  # this process, but not one of its active runs
+    child = subprocess.Popen(['sleep', '5'])
+    try:
+        holder = dict(this_holder(), pid=child.pid)
+        from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import _start_ticks
+        holder['start_ticks'] = _start_ticks(child.pid)
+        assert holder_alive({'holder': holder})
+    finally:
+        child.kill()
+        child.wait()
+    assert not holder_alive({'holder': holder})
+    other = {'controller': socket.gethostname() + '-other', 'pid': os.getpid()}
+    assert holder_alive({'holder': other, 'lease_expired': False})
+    assert not holder_alive({'holder': other, 'lease_expired': True})
+
+
+def test_a_live_run_elsewhere_makes_a_second_run_fail_before_any_change():
+    log = []
+    held = view('sending', lease_expired=False)
+    held['record']['lease_expired'] = False
+    with pytest.raises(LockHeld) as info:
+        engine({'inspect': held}, {'inspect': view()}, log).run()
+    assert 'old' in str(info.value) and log == ['inspect:a', 'inspect:b']
+
+
+@pytest.mark.parametrize('dest_step, expected', [
+    ('verified', ['commit:b', 'finish_source:a']),
+    ('running', ['commit:b', 'finish_source:a']),
+    ('loaded', ['rollback_destination:b', 'rollback_source:a']),
+    (None, ['rollback_destination:b', 'rollback_source:a']),
+])
+def test_a_dead_runs_move_is_finished_only_when_the_destination_was_verified(dest_step, expected):
+    log = []
+    source = view('committing', guests={'m': 'migrated', 'p': 'paused'}, source='a', destination='b')
+    source_claimed = dict(source, record=dict(source['record'], taken_over={'run_id': 'old'}))
+    dest = view(dest_step, guests='incoming', source='a', destination='b') if dest_step else view(guests='absent')
+    dest_claimed = dict(dest, record=dict(dest['record'] or {}, step=dest_step, taken_over={'run_id': 'old'}))
+    a = {'inspect': source, 'claim': source_claimed}
+    b = {'inspect': dest, 'claim': dest_claimed}
+    with pytest.raises(MoveFailed):
+        # After resolving, the scripted hosts still show the old state: the engine stops there.
+        engine(a, b, log).run()
+    steps = [s for s in log if not s.startswith(('inspect', 'claim', 'release'))]
+    assert steps[:2] == expected
+
+
+def test_destination_unreachable_after_committing_keeps_the_source_paused():
+    log = []
+    claimed = {'record': {'run_id': 'new', 'step': 'claimed'}}
+    a = {'inspect': view(), 'claim': dict(view(), **claimed)}
+    b = {'inspect': view(guests='absent'), 'claim': dict(view(guests='absent'), **claimed),
+         'prepare_destination': {}, 'verify': {'record': {'verification': {'checksums': ['x']}}}}
+    a['send'] = {'record': {'sent': {'checksums': ['x']}}}
+    move = engine(a, b, log)
+
+    class Down(Scripted):
+        def call(self, params):
+            if params['step'] in ('commit', 'inspect') and 'mark:a' in self.log:
+                self.log.append('%s:b (down)' % params['step'])
+                raise HostUnreachable('gone')
+            return Scripted.call(self, params)
+
+    class Source(Scripted):
+        def call(self, params):
+            if params['step'] == 'inspect' and 'mark:a' in self.log:
+                self.log.append('inspect:a')
+                return {'record': {'run_id': 'new', 'step': 'committing'}, 'host_time': 0.0}
+            return Scripted.call(self, params)
+
+    move.hosts['a'] = Source(a, log, 'a')
+    move.hosts['b'] = Down(b, log, 'b')
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    assert 'keeps it paused' in str(info.value)
+    assert 'rollback_source:a' not in log
