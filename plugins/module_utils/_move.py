@@ -156,7 +156,7 @@ class HostMove:
         with self._locked():
             record = self._record() or {}
             held = record.get('run_id') not in (None, self.run_id) and record.get('step') not in FINISHED
-            if held and record.get('run_id') != expect:
+            if held and record.get('run_id') != expect and not self.params.get('force'):
                 raise MoveError('group %s is held by run %s (%s), step %s' % (
                     self.name, record.get('run_id'), _holder_text(record.get('holder')), record.get('step')))
             if held:
@@ -369,17 +369,21 @@ class HostMove:
                         at = _event_time(pq, 'STOP')
                     peers_stopped_at = min(at, peers_stopped_at or at)
             self._write('sending', peers_stopped_at=peers_stopped_at)
+            hashing = _Background(checksum_files, memories, self.params.get('checksum') or 'sha1')
             with QMPClient(status['qmp'], timeout=30) as sq:
                 start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
                                 self.params.get('downtime_limit') or 300)
+                # At the switchover gate the master and its peers are stopped: the memory is final,
+                # so it is hashed while the last pass runs, not after it.
                 report = follow_migration(sq, self.params.get('timeout') or 300,
-                                          lambda info: self._write('sending', progress=_progress(info)))
+                                          lambda info: self._write('sending', progress=_progress(info)),
+                                          gate=hashing.start)
                 settle_source(sq)
         except (MigrationError, QMPError) as exc:
             self._resume_source()
             self._write('done', outcome='rolled back: %s' % exc)
             raise MoveError('migration failed and the group runs here again: %s' % exc)
-        sums, seconds = checksum_files(memories, self.params.get('checksum') or 'sha1')
+        sums, seconds = hashing.result()
         report['checksums'] = [sums[path]['checksum'] for path in memories]
         report['peers_stopped_at'] = peers_stopped_at
         report['checksum_seconds'] = round(seconds, 3)
@@ -402,7 +406,6 @@ class HostMove:
             raise MoveError('shared memory differs after the migration (%s); the group runs here again' % verdict.get('why'))
         report['channel'] = 'verified by the destination'
         return {'record': self._write('committing', sent=report)}
-
 
     def _resume_source(self):
         """Master and peers running here again, whatever the migration left."""
@@ -433,6 +436,32 @@ class HostMove:
         self._server_manager().run('absent')
         self._write('done', outcome='moved')
         return {}
+
+
+class _Background:
+    """A call started later in a thread (``start``); ``result`` waits for it, or runs it now."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+        self.thread, self.value, self.error = None, None, None
+
+    def start(self):
+        def run():
+            try:
+                self.value = self.function(*self.args)
+            except Exception as exc:  # pylint: disable=broad-except  # re-raised by result()
+                self.error = exc
+        self.thread = threading.Thread(target=run)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def result(self):
+        if self.thread is None:
+            return self.function(*self.args)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def _event_time(qmp, name, timeout=5.0):

@@ -31,7 +31,7 @@ description:
     controller and process that hold it, with nothing touched. A lock left by a dead run (its
     process gone on this controller, or its lease expired) is taken over and resolved."
   - "The source hands its checksums straight to the destination over an authenticated channel
-    (TCP to the destination's migration address on the group's O(group.migration_port) + 1,
+    (TCP to the destination's migration address on the group's C(migration_port) + 1,
     HMAC-SHA256 with a secret made for this run only), so the destination continues the moment they
     match, with no controller round trip while the master is out of service."
 
@@ -121,8 +121,8 @@ options:
   verify_channel:
     description:
       - The source hands its checksums straight to the destination, which continues the moment
-        they match. V(false) relays them through the controller instead (slower: two module calls
-        while the master is out; for networks where the port after O(group.migration_port) is closed).
+        they match. V(false) relays them through the controller instead, which is slower (two module
+        calls while the master is out); for networks where the port after C(migration_port) of O(group) is closed.
     type: bool
     default: true
   progress_interval:
@@ -130,7 +130,7 @@ options:
     type: float
     default: 5.0
 notes:
-  - The hosts need no access to each other except to the destination's O(group.migration_port)
+  - The hosts need no access to each other except to the destination's C(migration_port) of O(group)
     (the migration stream) and the port after it (the verification channel).
 seealso:
   - module: ivshmem.fleet.plan

@@ -106,7 +106,9 @@ options:
     type: list
     elements: str
   force:
-    description: Roll back even past the journal step that normally forbids it (the engine knows the other side).
+    description:
+      - Roll back even past the journal step that normally forbids it (the engine knows the other side).
+      - With O(step=claim), take the group whatever run holds it (only to show in tests what the lock prevents).
     type: bool
     default: false
   outcome:

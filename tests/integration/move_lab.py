@@ -64,6 +64,10 @@ class TwoHosts:
     def engine(self, source, destination, **options):
         options = dict(dict(uri='tcp:127.0.0.1:%d' % self.port, start_timeout=60, attempts=1, backoff=0,
                             progress_interval=0.5), **options)
+        # IVSHMEM_FLEET_TEST_DISABLE=journal or =lock: run the matrix without them (it must fail).
+        disabled = os.environ.get('IVSHMEM_FLEET_TEST_DISABLE')
+        if disabled:
+            options['disable_for_tests'] = disabled.split(',')
         return GroupMove(self.group, source, destination, self.handles(), options,
                          observer=options.pop('observer', None), progress=options.pop('progress', None))
 

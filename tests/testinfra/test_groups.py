@@ -60,3 +60,8 @@ def test_rollout_reached_every_host(host):
     if not rollout:
         pytest.skip('no rollout expected in this inventory')
     assert host.file('/var/lib/ivshmem-fleet/rollout/%s' % rollout['id']).exists
+
+
+def test_no_move_left_in_transition(host, facts):
+    """No group paused between two hosts: every move finished or rolled back (issue 8)."""
+    assert facts.get('moves', {}) == {}, 'moves left open here: %s' % facts.get('moves')
