@@ -167,7 +167,7 @@ class GroupMove:
         resolved = self._resolve(views) if self._unfinished(views) else None
         if resolved:
             self.report['resolved'] = resolved
-            views = dict((host, self._call(host, 'inspect')) for host in (self.source, self.destination))
+            views = self._inspect_both()
         if self._whole(views[self.destination]['state']) and not self._any(views[self.source]['state']):
             self._release_all('already there')
             return dict(self.report, changed=bool(resolved), outcome='resolved: ' + resolved if resolved else 'already moved')
@@ -191,14 +191,18 @@ class GroupMove:
                 time.sleep((self.options.get('backoff') or 0) * attempt)
         raise MoveFailed('unreachable')  # pragma: no cover
 
-    def predict(self):
-        """Check mode: what run() would do, from a look at both hosts; nothing changes."""
+    def _inspect_both(self):
         views = {}
         for host in (self.source, self.destination):
             try:
                 views[host] = self._call(host, 'inspect')
             except HostUnreachable as exc:
-                raise MoveFailed('%s is unreachable (%s)' % (host, exc), self.report)
+                raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
+        return views
+
+    def predict(self):
+        """Check mode: what run() would do, from a look at both hosts; nothing changes."""
+        views = self._inspect_both()
         records = [view['record'] for view in views.values() if view['record'] and view['record'].get('step') != 'done']
         if any(holder_alive(record) for record in records):
             raise LockHeld('group %s is being moved by run %s' % (self.name, records[0].get('run_id')))
@@ -213,12 +217,7 @@ class GroupMove:
         return dict(self.report, changed=True, outcome='would move')
 
     def _claim(self):
-        views = {}
-        for host in (self.source, self.destination):
-            try:
-                views[host] = self._call(host, 'inspect')
-            except HostUnreachable as exc:
-                raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
+        views = self._inspect_both()
         for host, view in views.items():
             record = view['record']
             if self._held_by_other(record) and holder_alive(record) and 'lock' not in self.disabled:

@@ -30,15 +30,7 @@ def test_playbook(playbook):
 
 
 def run_playbook(args, root):
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
-               ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
-    bin_dir = os.path.dirname(sys.executable)
-    result = subprocess.run([os.path.join(bin_dir, 'ansible-playbook')] + args, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, timeout=600, check=False)
-    output = result.stdout.decode('utf-8', 'replace')
-    assert result.returncode == 0, output[-6000:]
-    recap = re.search(r'localhost\s+: ok=\d+\s+changed=(\d+)', output)
-    return int(recap.group(1))
+    return recap_changed(run_playbook_output(args))
 
 
 def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
