@@ -83,6 +83,9 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, msg=str(exc), move=getattr(exc, 'report', {}))
         except (HostUnreachable, StepFailed, AnsibleError) as exc:
             return dict(result, failed=True, msg='%s; run the same command again to resolve the move' % exc)
+        except Exception as exc:  # pylint: disable=broad-except  # a message, never a traceback
+            return dict(result, failed=True, msg='group %s: unexpected %s: %s; run the same command again to '
+                                                 'resolve the move' % (group.get('name'), type(exc).__name__, exc))
         finally:
             for host in hosts.values():
                 host.close()

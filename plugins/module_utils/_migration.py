@@ -131,7 +131,8 @@ def settle_source(sq, timeout=10):
     """After ``completed`` QEMU passes through finish-migrate before postmigrate: wait for it."""
     try:
         wait_for('the source to settle in postmigrate',
-                 lambda: sq.command('query-status')['status'] not in ('finish-migrate',), timeout)
+                 lambda: sq.command('query-status')['status'] not in ('finish-migrate',), timeout,
+                 interval=0.01, max_interval=0.05)
     except WaitTimeout as exc:
         raise MigrationError(str(exc))
     state = sq.command('query-status')['status']
@@ -141,8 +142,10 @@ def settle_source(sq, timeout=10):
 
 def wait_loaded(dq, timeout):
     """The destination has loaded the whole stream (the source's completed can come first)."""
+    # Polled every 50 ms at most: this wait ends while the master is out of service.
     _value, waited = wait_for('the destination to finish loading',
-                              lambda: dq.command('query-status')['status'] != 'inmigrate', timeout)
+                              lambda: dq.command('query-status')['status'] != 'inmigrate', timeout,
+                              interval=0.02, max_interval=0.05)
     return waited
 
 

@@ -39,6 +39,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._server import Serve
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._verify_channel import ChannelError, Listener, exchange
 
+# Journal steps from which a destination may be discarded, and a source resumed.
+DISCARDABLE = ('preparing', 'prepared', 'loaded', 'discarding')
+RESUMABLE = ('sending', 'sent', 'committing', 'resuming')
 STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'send', 'verify', 'commit',
          'finish_source', 'rollback_source', 'rollback_destination', 'release')
 # A record whose step is one of these holds no lock.
@@ -94,7 +97,14 @@ class HostMove:
         self.path = journal_path(layout, self.name)
 
     def run(self):
-        result = getattr(self, '_step_' + self.step)() or {}
+        beat = None
+        if self.step in ('send', 'verify'):
+            beat = _Heartbeat(self.renew, 10.0)
+        try:
+            result = getattr(self, '_step_' + self.step)() or {}
+        finally:
+            if beat is not None:
+                beat.stop()
         result['host_time'] = time.time()
         return result
 
@@ -113,16 +123,25 @@ class HostMove:
     def _record(self):
         return read_journal(self.layout, self.name)
 
-    def _write(self, step, **data):
-        """Journal ``step`` for this run (renews the lease). Refuses if another run took the group."""
+    def _write(self, step, allowed_from=None, **data):
+        """Journal ``step`` for this run (renews the lease). Refuses if another run took the group,
+        or, with ``allowed_from``, if the journal moved on to another step meanwhile (the
+        compare-and-swap that lets only one of a commit and a discard win)."""
         with self._locked():
-            return self._write_locked(step, data)
+            return self._write_locked(step, data, allowed_from=allowed_from)
 
-    def _write_locked(self, step, data, takeover=False):
+    def _my_step(self):
+        record = self._record() or {}
+        return record.get('step') if record.get('run_id') == self.run_id else None
+
+    def _write_locked(self, step, data, takeover=False, allowed_from=None):
         record = self._record() or {}
         if not takeover and record.get('run_id') not in (None, self.run_id) and record.get('step') not in FINISHED:
             raise MoveError('group %s is now held by run %s (%s)' % (
                 self.name, record.get('run_id'), _holder_text(record.get('holder'))))
+        if allowed_from is not None and record.get('step') not in allowed_from:
+            raise MoveError('group %s: the journal here is at step %s, so %s is refused' % (
+                self.name, record.get('step'), step))
         now = time.time()
         history = list(record.get('history') or []) if record.get('run_id') == self.run_id else []
         if record.get('step') != step or not history:
@@ -130,10 +149,18 @@ class HostMove:
         record.update(data, run_id=self.run_id, step=step, history=history, updated=now,
                       lease_until=now + (self.params.get('lease') or DEFAULT_LEASE))
         for key in ('holder', 'role', 'source', 'destination'):
-            if self.params.get(key) is not None:
+            if self.params.get(key) is not None and not (takeover and record.get('taken_over')):
                 record[key] = self.params[key]
         _host.write_json(self.path, record, 0o600)
         return record
+
+    def renew(self):
+        """Renew this run's lease without changing the step (long steps call it every few seconds)."""
+        with self._locked():
+            record = self._record() or {}
+            if record.get('run_id') == self.run_id and record.get('step') not in FINISHED:
+                record['lease_until'] = time.time() + (self.params.get('lease') or DEFAULT_LEASE)
+                _host.write_json(self.path, record, 0o600)
 
     # --- what runs here ---------------------------------------------------------------
     def _state(self):
@@ -162,8 +189,9 @@ class HostMove:
             if held:
                 # Taken over from a dead run: keep its step and data for the engine to resolve.
                 data = dict((k, v) for k, v in record.items() if k not in ('run_id', 'history', 'holder', 'step'))
-                data['taken_over'] = {'run_id': record.get('run_id'), 'step': record.get('step'),
-                                      'holder': record.get('holder')}
+                # Its hosts and roles stay as they were: the move is resolved between them.
+                data['taken_over'] = dict((k, record.get(k)) for k in (
+                    'run_id', 'step', 'holder', 'source', 'destination', 'role'))
                 step = record.get('step')
             elif record.get('run_id') == self.run_id:
                 data, step = {}, record.get('step')
@@ -261,7 +289,7 @@ class HostMove:
         if not check['ok']:
             raise MoveError('destination check failed: %s' % check['problem'])
         check['load_wait_s'] = round(waited, 3)
-        return self._write('loaded', verification=check)
+        return self._write('loaded', allowed_from=('prepared', 'loaded'), verification=check)
 
     def _step_commit(self):
         """Run the verified destination: checksums equal to the source's, then cont, then the peers."""
@@ -272,15 +300,16 @@ class HostMove:
         mine = record.get('run_id') == self.run_id
         if not mine or record.get('step') not in ('loaded', 'verified', 'running'):
             raise MoveError('the destination was not verified by this run (step %s)' % record.get('step'))
+        status = guest_status(self.layout, self.master, registers=False)
+        if status is None or status['pid'] is None:
+            raise MoveError('the destination master %s is gone' % self.master)
         if record['step'] == 'loaded':
             got = record['verification']['checksums']
             if got != (expected or []):
                 raise MoveError('shared memory differs: destination %s, source %s' % (got, expected))
-            record = self._write('verified')
+            # Only one of this and a discard can win (both swap from loaded under the lock).
+            record = self._write('verified', allowed_from=('loaded',))
         resumed_at = record.get('resumed_at')
-        status = guest_status(self.layout, self.master, registers=False)
-        if status is None or status['pid'] is None:
-            raise MoveError('the verified destination master %s is gone' % self.master)
         if status['state'] != 'running':
             with QMPClient(status['qmp'], timeout=30) as dq:
                 dq.command('cont')
@@ -326,19 +355,22 @@ class HostMove:
         return started
 
     def _step_rollback_destination(self):
-        """Nothing of the group left here (the destination never ran: ``verified`` not reached)."""
-        record = self._record() or {}
-        if record.get('run_id') == self.run_id and record.get('step') in ('verified', 'running') and \
-                not self.params.get('force'):
+        """Nothing of this move left here. Only what this move prepared here is discarded: a host
+        whose journal never reached ``preparing`` in this move keeps whatever runs on it."""
+        step = self._my_step()
+        force = self.params.get('force')
+        if step in ('verified', 'running') and not force:
             raise MoveError('the destination was verified and may run; it is not discarded')
-        if record:
-            self._write('discarding')
+        if step not in DISCARDABLE and not force:
+            if step is not None:
+                self._write('done', outcome=self.params.get('outcome') or 'nothing to discard')
+            return {'discarded': False}
+        self._write('discarding', allowed_from=None if force else DISCARDABLE)
         for name in self.peers + [self.master]:
             GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
         self._server_manager().run('absent')
-        if record:
-            self._write('done', outcome=self.params.get('outcome') or 'rolled back')
-        return {}
+        self._write('done', outcome=self.params.get('outcome') or 'rolled back')
+        return {'discarded': True}
 
     # --- the source ---------------------------------------------------------------------
     def _memories(self):
@@ -367,7 +399,8 @@ class HostMove:
                     with QMPClient(peer['qmp'], timeout=30) as pq:
                         pq.command('stop')
                         at = _event_time(pq, 'STOP')
-                    peers_stopped_at = min(at, peers_stopped_at or at)
+                    if at is not None:
+                        peers_stopped_at = min(at, peers_stopped_at or at)
             self._write('sending', peers_stopped_at=peers_stopped_at)
             hashing = _Background(checksum_files, memories, self.params.get('checksum') or 'sha1')
             with QMPClient(status['qmp'], timeout=30) as sq:
@@ -419,14 +452,19 @@ class HostMove:
             self._guest(peer, 'running')
 
     def _step_rollback_source(self):
-        record = self._record() or {}
-        if record.get('step') == 'committing' and not self.params.get('force'):
+        """The group running here again. Only a host that began sending in this move is touched."""
+        step = self._my_step()
+        if step == 'committing' and not self.params.get('force'):
             raise MoveError('the destination may already run the group (journal step committing); '
                             'the source stays paused until the destination is resolved')
+        if step not in RESUMABLE:
+            if step is not None:
+                self._write('done', outcome=self.params.get('outcome') or 'nothing to resume')
+            return {'state': self._state(), 'resumed': False}
         self._write('resuming')
         self._resume_source()
         self._write('done', outcome=self.params.get('outcome') or 'rolled back')
-        return {'state': self._state()}
+        return {'state': self._state(), 'resumed': True}
 
     def _step_finish_source(self):
         """The group runs on the destination: nothing of it left here."""
@@ -436,6 +474,26 @@ class HostMove:
         self._server_manager().run('absent')
         self._write('done', outcome='moved')
         return {}
+
+
+class _Heartbeat:
+    """Calls ``beat`` every ``interval`` seconds in a thread until stopped."""
+
+    def __init__(self, beat, interval):
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.wait(interval):
+                try:
+                    beat()
+                except Exception:  # pylint: disable=broad-except  # a missed renewal is retried
+                    pass
+        self._thread = threading.Thread(target=run)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
 
 
 class _Background:
@@ -465,13 +523,14 @@ class _Background:
 
 
 def _event_time(qmp, name, timeout=5.0):
-    """The host wall-clock time QEMU stamped on event ``name`` (seconds, float)."""
+    """The host wall-clock time QEMU stamped on event ``name`` (seconds, float); None when the
+    event did not come (the outage is then reported unknown, never guessed)."""
     try:
         event = qmp.wait_event((name,), timeout)
     except QMPError:
-        return time.time()
+        return None
     stamp = event.get('timestamp') or {}
-    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else time.time()
+    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else None
 
 
 def _progress(info):

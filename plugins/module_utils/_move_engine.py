@@ -144,8 +144,6 @@ class GroupMove:
         before = time.time()
         result = self.hosts[host].call(params)
         after = time.time()
-        if 'journal' in self.disabled and step in ('inspect', 'claim'):
-            result = dict(result, record=None if step == 'inspect' else dict(result['record'], taken_over=None))
         if 'host_time' in result and after - before < self.offsets.get(host, (None, 1e9))[1]:
             # The shortest round trip gives the best estimate of the host clock's offset.
             self.offsets[host] = (result['host_time'] - (before + after) / 2.0, after - before)
@@ -230,14 +228,17 @@ class GroupMove:
             try:
                 views[host] = self._call(host, 'claim', expect_run=expect, force='journal' in self.disabled)
             except StepFailed as exc:
+                if host == self.destination:
+                    self._release(self.source, 'not moved: %s' % exc)  # nothing was done under it
                 raise LockHeld(str(exc))
         return views
 
     def _held_by_other(self, record):
         return bool(record) and record.get('step') != 'done' and record.get('run_id') != self.run_id
 
-    @staticmethod
-    def _unfinished(views):
+    def _unfinished(self, views):
+        if 'journal' in self.disabled:
+            return False
         return any((view['record'] or {}).get('taken_over') for view in views.values())
 
     @staticmethod
@@ -250,30 +251,48 @@ class GroupMove:
 
     def _release_all(self, outcome):
         for host in (self.source, self.destination):
-            try:
-                self._call(host, 'release', outcome=outcome)
-            except (HostUnreachable, StepFailed):
-                pass
+            self._release(host, outcome)
+
+    def _release(self, host, outcome):
+        """Best effort: a claim left behind is harmless (the next run resolves it to nothing)."""
+        try:
+            self._call(host, 'release', outcome=outcome)
+        except (HostUnreachable, StepFailed):
+            pass
 
     # --- resolving an interrupted move ----------------------------------------------------
     def _resolve(self, views):
         """Finish or roll back the move a dead run left; returns what was done."""
-        taken = [view['record'] for view in views.values() if view['record'].get('taken_over')]
+        taken = [view['record']['taken_over'] for view in views.values() if (view['record'] or {}).get('taken_over')]
         old_source = taken[0].get('source') or self.source
         old_destination = taken[0].get('destination') or self.destination
         for host in (old_source, old_destination):
             if host not in views:
+                self._release_all('not moved: another move is open')
                 raise MoveFailed('group %s is in a move from %s to %s left by another run; move it between '
                                  'those hosts to resolve it' % (self.name, old_source, old_destination), self.report)
-        destination_step = (views[old_destination]['record'] or {}).get('step')
-        if destination_step in ('verified', 'running'):
+        if self._destination_may_run(views[old_destination]):
             self._call(old_destination, 'commit')
             self._call(old_source, 'finish_source')
             self._call(old_destination, 'release', outcome='moved (resolved)')
             return 'finished the move to %s (its destination was verified)' % old_destination
-        self._call(old_destination, 'rollback_destination', outcome='rolled back (resolved)')
-        self._call(old_source, 'rollback_source', force=True, outcome='rolled back (resolved)')
+        discarded = self._call(old_destination, 'rollback_destination', outcome='rolled back (resolved)',
+                               force=self._destination_dead_after_verifying(views[old_destination]))
+        resumed = self._call(old_source, 'rollback_source', force=True, outcome='rolled back (resolved)')
+        if not discarded.get('discarded') and not resumed.get('resumed'):
+            return 'released the lock of run %s, which had changed nothing' % taken[0].get('run_id')
         return 'rolled back to %s (its destination was not verified)' % old_source
+
+    def _destination_may_run(self, view):
+        """Verified by this move and its master alive: the group is finished there, never undone."""
+        step = (view['record'] or {}).get('step')
+        master = view['state']['guests'].get(self.group['master']['name'])
+        return step in ('verified', 'running') and master not in ('absent', 'stopped')
+
+    def _destination_dead_after_verifying(self, view):
+        """Verified but its master is gone: nothing runs the group there, so it is discarded."""
+        step = (view['record'] or {}).get('step')
+        return step in ('verified', 'running') and not self._destination_may_run(view)
 
     # --- one attempt --------------------------------------------------------------------
     def _move(self):
@@ -336,7 +355,7 @@ class GroupMove:
     def _report_progress(self):
         try:
             progress = self._call(self.source, 'progress').get('progress')
-        except (HostUnreachable, StepFailed):
+        except Exception:  # pylint: disable=broad-except  # progress is best effort, never fatal
             return
         if progress and progress.get('mbps'):
             remaining = progress.get('remaining_bytes') or 0
@@ -344,11 +363,13 @@ class GroupMove:
         if progress:
             self.progress(dict(progress, group=self.name))
 
-    def _discard_destination(self):
+    def _discard_destination(self, force=False):
+        """True when the destination confirmed that nothing of this move runs there."""
         try:
-            self._call(self.destination, 'rollback_destination', outcome='discarded')
+            self._call(self.destination, 'rollback_destination', outcome='discarded', force=force)
+            return True
         except (HostUnreachable, StepFailed):
-            pass
+            return False
 
     def _recover(self, exc):
         """After a failed step: forward when the destination was verified, else roll back.
@@ -361,11 +382,11 @@ class GroupMove:
             source_record = self._call(self.source, 'inspect')['record'] or {}
         except (HostUnreachable, StepFailed):
             source_record = {'step': 'committing'}  # unknown: never resume a source that may have handed over
-        committing = source_record.get('step') == 'committing'
-        dst_step = None
+        committing = source_record.get('step') == 'committing' and 'journal' not in self.disabled
         try:
-            dst_step = (self._call(self.destination, 'inspect')['record'] or {}).get('step')
+            view = self._call(self.destination, 'inspect')
         except (HostUnreachable, StepFailed):
+            view = None
             if committing and (source_record.get('sent') or {}).get('channel') == 'verified by the destination':
                 # The destination told the source it runs the group: the source must never resume.
                 self._call(self.source, 'finish_source')
@@ -376,14 +397,18 @@ class GroupMove:
                 raise MoveFailed('%s; %s cannot be reached and may already run group %s, so %s keeps it paused: '
                                  'run the same command again to resolve' % (exc, self.destination, self.name,
                                                                             self.source), self.report)
-        if dst_step in ('verified', 'running'):
+        if view is not None and self._destination_may_run(view) and 'journal' not in self.disabled:
             try:
                 self._call(self.destination, 'commit')
                 return
             except (HostUnreachable, StepFailed) as again:
                 raise MoveFailed('%s; the verified destination could not be finished (%s): run the same '
                                  'command again to resolve' % (exc, again), self.report)
-        self._discard_destination()
+        discarded = self._discard_destination(force=view is not None and self._destination_dead_after_verifying(view))
+        if committing and not discarded:
+            raise MoveFailed('%s; %s did not confirm it discarded group %s and may run it, so %s keeps it paused: '
+                             'run the same command again to resolve' % (exc, self.destination, self.name,
+                                                                        self.source), self.report)
         try:
             self._call(self.source, 'rollback_source', force=True, outcome='rolled back: %s' % exc)
         except (HostUnreachable, StepFailed) as again:

@@ -74,6 +74,8 @@ def _read_line(conn, deadline):
             chunk = conn.recv(4096)
         except socket.timeout:
             continue
+        except OSError as exc:
+            raise ChannelError(str(exc))
         if not chunk:
             raise ChannelError('connection closed')
         data += chunk
@@ -110,8 +112,8 @@ class Listener:
                 continue
             try:
                 message = _open(self.key, _read_line(conn, min(deadline, time.monotonic() + 10)), self.run_id)
-            except ChannelError:
-                conn.close()
+            except (ChannelError, OSError):
+                conn.close()  # not the source of this run, or it went away: keep listening
                 continue
             self.conn = conn
             return message

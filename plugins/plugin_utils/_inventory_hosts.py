@@ -41,7 +41,7 @@ class InventoryHost:
         self.vars = dict(hostvars.raw_get(name))
         self.vars.setdefault('inventory_hostname', name)
         self._templar = action._templar.copy_with_new_env(available_variables=self.vars)
-        self._idle, self._lock = [], threading.Lock()
+        self._idle, self._all, self._lock = [], [], threading.Lock()
 
     def var(self, key, default=None):
         """One of the host's variables, templated."""
@@ -56,6 +56,8 @@ class InventoryHost:
                                             task_vars=self.vars)
         except AnsibleConnectionFailure as exc:
             raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
+        except AnsibleError as exc:
+            raise StepFailed('%s: %s' % (self.name, to_text(exc)))
         finally:
             try:
                 runner.cleanup()
@@ -70,7 +72,9 @@ class InventoryHost:
         return result
 
     def close(self):
-        for runner in self._idle:
+        with self._lock:
+            runners = list(self._all)
+        for runner in runners:
             try:
                 runner._connection.close()
             except AnsibleError:
@@ -80,25 +84,34 @@ class InventoryHost:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self._runner()
+        runner = self._runner()
+        with self._lock:
+            self._all.append(runner)
+        return runner
 
     def _runner(self):
         """A fresh connection to the host and an action object to run modules over it."""
-        action, templar, cvars = self._action, self._templar, self.vars
+        # Each runner templates with its own copy: runners work from several threads at once.
+        action, cvars = self._action, self.vars
+        templar = action._templar.copy_with_new_env(available_variables=cvars)
         task = action._task.copy(exclude_parent=True, exclude_tasks=True)
         task.delegate_to = None
         # The engine asks only read-only steps in check mode (ivshmem.fleet.move_host has no check mode).
         task.check_mode = False
         play_context = action._play_context.set_task_and_variable_override(task=task, variables=cvars, templar=templar)
-        connection_name = self.var('ansible_connection') or task.connection or C.DEFAULT_TRANSPORT
+
+        def var(key, default=None):
+            return templar.template(cvars[key]) if key in cvars else default
+
+        connection_name = var('ansible_connection') or task.connection or C.DEFAULT_TRANSPORT
         play_context.connection = connection_name
         connection = action._shared_loader_obj.connection_loader.get(
             connection_name, play_context, new_stdin=None, task_uuid=task._uuid, ansible_playbook_pid=to_text(os.getppid()))
         if connection is None:
             raise AnsibleError('connection plugin %r not found (host %s)' % (connection_name, self.name))
-        become = boolean(self.var('ansible_become', task.become), strict=False)
+        become = boolean(var('ansible_become', task.become), strict=False)
         if become:
-            connection.set_become_plugin(become_loader.get(self.var('ansible_become_method') or task.become_method))
+            connection.set_become_plugin(become_loader.get(var('ansible_become_method') or task.become_method))
         task_keys = task.dump_attrs()
         task_keys['timeout'] = play_context.timeout
         task_keys.pop('retries', None)

@@ -131,3 +131,33 @@ def test_destination_unreachable_after_committing_keeps_the_source_paused():
         move.run()
     assert 'keeps it paused' in str(info.value)
     assert 'rollback_source:a' not in log
+
+
+def test_a_stale_claim_on_a_host_that_runs_the_group_is_only_released():
+    """A dead run claimed B (where the group runs) and did nothing else: resolving it must not
+    touch B's running guests; the group is already moved."""
+    log = []
+    stale = view('claimed', guests='running', source='a', destination='b')
+    taken = dict(stale, record=dict(stale['record'], taken_over={
+        'run_id': 'old', 'step': 'claimed', 'source': 'a', 'destination': 'b'}))
+    a = {'inspect': view(guests='absent'), 'claim': dict(view(guests='absent'), record={'run_id': 'new', 'step': 'claimed'}),
+         'rollback_source': {'resumed': False}}
+    b = {'inspect': stale, 'claim': taken, 'rollback_destination': {'discarded': False}}
+    report = engine(a, b, log).run()
+    assert report['outcome'].startswith('resolved: released the lock of run old')
+    assert 'commit:b' not in log and 'finish_source:a' not in log
+
+
+def test_an_open_move_is_resolved_between_the_hosts_it_named():
+    """Asked to move to c while a move a -> b is open: nothing is decided with the wrong hosts."""
+    log = []
+    hosts = {name: Scripted({'inspect': view(guests='absent')}, log, name) for name in ('a', 'c')}
+    held = view('sent', guests={'m': 'migrated', 'p': 'paused'}, source='a', destination='b')
+    hosts['a'].answers = {'inspect': held, 'claim': dict(held, record=dict(held['record'], taken_over={
+        'run_id': 'old', 'step': 'sent', 'source': 'a', 'destination': 'b'}))}
+    hosts['c'].answers['claim'] = dict(view(guests='absent'), record={'run_id': 'new', 'step': 'claimed'})
+    move = GroupMove(GROUP, 'a', 'c', hosts, {'uri': 'tcp:x:1'}, run_id='new')
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    assert 'from a to b' in str(info.value)
+    assert not [s for s in log if s.split(':')[0] in ('rollback_source', 'rollback_destination', 'commit')]
