@@ -47,7 +47,7 @@ def main():
                 'name': 'gb', 'host': 'hv1', 'size': '%dM' % shm_mib, 'vectors': 2,
                 'master': {'name': 'gb-master', 'memory': '32M', 'accel': 'tcg'}, 'peers': peers}]}, handle)
         playbook(inventory, extra, os.path.join(REPO, 'playbooks', 'deploy.yml'))
-        subprocess.run(['ansible', '-i', inventory, 'hv1', '-m', 'ansible.builtin.shell', '-a',
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible'), '-i', inventory, 'hv1', '-m', 'ansible.builtin.shell', '-a',
                         'dd if=/dev/urandom of=/dev/shm/ivshmem-fleet-gb bs=1M count=%d conv=notrunc,nocreat '
                         'status=none' % shm_mib], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections')))
