@@ -116,6 +116,16 @@ def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):
             raise MigrationError(info.get('error-desc') or 'migration %s' % status)
 
 
+def progress_of(info):
+    """A migration's progress from ``query-migrate``: percent, bytes, throughput, QEMU's time."""
+    ram = info.get('ram') or {}
+    total, remaining = ram.get('total') or 0, ram.get('remaining') or 0
+    return {'status': info.get('status'), 'total_bytes': total, 'remaining_bytes': remaining,
+            'transferred_bytes': ram.get('transferred'), 'mbps': ram.get('mbps'),
+            'percent': round(100.0 * (total - remaining) / total, 1) if total else None,
+            'total_time_ms': info.get('total-time'), 'at': time.time()}
+
+
 def cancel_and_resume(sq):
     """Cancel whatever migration runs and resume the source. Returns its run state."""
     status = sq.command('query-migrate').get('status') or 'none'
@@ -379,12 +389,7 @@ class Migration(StateMachine):
             raise MigrationError('destination %s is no longer waiting for the migration' % self.destination)
 
     def _write_progress(self, info):
-        ram = info.get('ram', {})
-        total = ram.get('total') or 0
-        _host.write_json(self._record_path(self.source), {
-            'status': info.get('status'), 'total_time_ms': info.get('total-time'),
-            'remaining_bytes': ram.get('remaining'), 'transferred_bytes': ram.get('transferred'),
-            'percent': round(100.0 * (total - (ram.get('remaining') or 0)) / total, 1) if total else None})
+        _host.write_json(self._record_path(self.source), progress_of(info))
 
     def _roll_back(self, sq, report, discard_destination=False):
         """Cancel whatever runs, resume the source, discard a local destination."""

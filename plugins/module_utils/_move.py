@@ -31,7 +31,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
-    MigrationError, cancel_and_resume, follow_migration, settle_source, start_migration, verify_destination,
+    MigrationError, cancel_and_resume, follow_migration, progress_of, settle_source, start_migration, verify_destination,
     wait_loaded)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
@@ -366,9 +366,7 @@ class HostMove:
                 self._write('done', outcome=self.params.get('outcome') or 'nothing to discard')
             return {'discarded': False}
         self._write('discarding', allowed_from=None if force else DISCARDABLE)
-        for name in self.peers + [self.master]:
-            GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
-        self._server_manager().run('absent')
+        self._remove_group_here()
         self._write('done', outcome=self.params.get('outcome') or 'rolled back')
         return {'discarded': True}
 
@@ -409,7 +407,7 @@ class HostMove:
                 # At the switchover gate the master and its peers are stopped: the memory is final,
                 # so it is hashed while the last pass runs, not after it.
                 report = follow_migration(sq, self.params.get('timeout') or 300,
-                                          lambda info: self._write('sending', progress=_progress(info)),
+                                          lambda info: self._write('sending', progress=progress_of(info)),
                                           gate=hashing.start)
                 settle_source(sq)
         except (MigrationError, QMPError) as exc:
@@ -466,12 +464,15 @@ class HostMove:
         self._write('done', outcome=self.params.get('outcome') or 'rolled back')
         return {'state': self._state(), 'resumed': True}
 
-    def _step_finish_source(self):
-        """The group runs on the destination: nothing of it left here."""
-        self._write('finishing')
+    def _remove_group_here(self):
         for name in self.peers + [self.master]:
             GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
         self._server_manager().run('absent')
+
+    def _step_finish_source(self):
+        """The group runs on the destination: nothing of it left here."""
+        self._write('finishing')
+        self._remove_group_here()
         self._write('done', outcome='moved')
         return {}
 
@@ -531,15 +532,6 @@ def _event_time(qmp, name, timeout=5.0):
         return None
     stamp = event.get('timestamp') or {}
     return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else None
-
-
-def _progress(info):
-    ram = info.get('ram') or {}
-    total, remaining = ram.get('total') or 0, ram.get('remaining') or 0
-    return {'status': info.get('status'), 'total_bytes': total, 'remaining_bytes': remaining,
-            'transferred_bytes': ram.get('transferred'), 'mbps': ram.get('mbps'),
-            'percent': round(100.0 * (total - remaining) / total, 1) if total else None,
-            'total_time_ms': info.get('total-time'), 'at': time.time()}
 
 
 def _holder_text(holder):
