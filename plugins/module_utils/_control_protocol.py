@@ -24,15 +24,15 @@ class ControlError(Exception):
 def read_request(data):
     try:
         request = json.loads(data.split(b'\n', 1)[0].decode('utf-8'))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a request nested thousands deep
         raise ControlError('request is not one JSON line')
     if not isinstance(request, dict):
         raise ControlError('request is not a JSON object')
     return request
 
 
-def write_response(sock, response):
-    sock.sendall(json.dumps(response, sort_keys=True).encode('utf-8') + b'\n')
+def encode_response(response):
+    return json.dumps(response, sort_keys=True).encode('utf-8') + b'\n'
 
 
 def control_request(path, command, timeout=5.0, **arguments):

@@ -25,6 +25,7 @@ SHM_MARKER = -1
 MAX_VECTORS = 64
 MAX_PEER_ID = 65535
 _MSG = struct.Struct('<q')
+_FD = struct.Struct('i')
 
 
 class ProtocolError(Exception):
@@ -37,7 +38,7 @@ def send_message(sock, value, fd=None, flags=0):
     if fd is None:
         sent = sock.send(data, flags)
     else:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [fd]))]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))]
         sent = sock.sendmsg([data], ancillary, flags)
     if sent != _MSG.size:
         raise ProtocolError('short send (%d of %d bytes)' % (sent, _MSG.size))

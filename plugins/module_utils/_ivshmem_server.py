@@ -6,11 +6,13 @@
 """ivshmem.fleet's ivshmem server: a production replacement for QEMU's contrib ivshmem-server.
 
 Wire-compatible with ivshmem-doorbell and a drop-in for the upstream options
-(-S -M -m -l -n -F -p -v). On top of upstream it allocates the first free ID,
-pins IDs to guest names (learnt from SO_PEERCRED and /proc/PID/cmdline), answers
-status queries and holds admission for a named master on a control socket,
-caps clients, recovers from a stale socket and never lets one client's
-misbehaviour take the others down.
+(-S -M -m -l -n -F -p -v). On top of upstream it never refuses or drops a healthy
+client: messages a client's socket cannot take yet wait in a per-client queue, and
+only a client that stops reading (a backlog beyond --max-backlog) is dropped. It
+serves as many clients as the fd limit allows, hands out IDs never-used first then
+least recently freed, pins IDs to guest names (learnt from SO_PEERCRED and
+/proc/PID/cmdline), answers status queries and holds admission for a named master
+on a control socket, and recovers from a stale socket.
 
 Standard library only (Python >= 3.10 for os.eventfd): the modules ship this
 file to managed hosts inside a zipapp, and the tests run it directly.
@@ -21,6 +23,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import argparse
+import collections
+import errno
 import os
 import re
 import resource
@@ -37,19 +41,28 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     MAX_VECTORS,
     PROTOCOL_VERSION,
     SHM_MARKER,
+    ProtocolError,
     send_message,
 )
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import (
     ControlError,
+    encode_response,
     read_request,
-    write_response,
 )
 
 VERSION = '1.0.0'
 DEFAULT_SOCKET = '/tmp/ivshmem_socket'
 DEFAULT_SHM_NAME = 'ivshmem'
 DEFAULT_SIZE = 4 << 20
-DEFAULT_MAX_CLIENTS = 256
+_RESERVED_FDS = 128  # listeners, control connections, the memory, the log
+_BACKLOG_FLOOR = 65536  # messages: see --max-backlog
+_RETRY_INTERVAL = 0.02
+_ACCEPT_PAUSE = 0.2
+_MAX_CONTROLS = 64
+_ACCEPT_BATCH = 8  # connections admitted per loop round
+_CLIENT_QUANTUM = 64  # messages sent to one client per turn
+_HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
+_SEND_BUDGET = 1024  # messages sent per loop round
 _SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)\s*$', re.IGNORECASE)
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _SUFFIX_SHIFT = {'': 0, 'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
@@ -102,24 +115,92 @@ class ServerError(Exception):
 
 
 class Client:
+    """One connected guest: its ID, its eventfds and the messages it has yet to read.
+
+    The server never waits for a client: what the client's socket cannot take now waits in
+    ``outbox`` and goes out as the socket becomes writable. A queued message that carries
+    another client's eventfd holds that eventfd open (``refs``), even after its owner left,
+    until the message is sent or discarded.
+    """
+
     def __init__(self, sock, peer_id, pid, uid, name, eventfds):
         self.sock = sock
+        self.fileno = sock.fileno()
         self.peer_id = peer_id
         self.pid = pid
         self.uid = uid
         self.name = name
         self.eventfds = eventfds
+        self.outbox = collections.deque()  # (value, fd or None, owner of fd or None)
+        self.refs = 0
+        self.gone = False
+        self.watching_writes = False
+        self.handshake_left = 0
         self.connected_at = time.time()
 
     def status(self):
         return {'id': self.peer_id, 'pid': self.pid, 'uid': self.uid, 'name': self.name,
-                'connected_at': round(self.connected_at, 3)}
+                'connected_at': round(self.connected_at, 3), 'backlog': len(self.outbox),
+                'handshake_done': self.handshake_left == 0}
 
-    def close(self):
-        self.sock.close()
+    def close_eventfds(self):
         for fd in self.eventfds:
             os.close(fd)
         self.eventfds = []
+
+
+class IdAllocator:
+    """Peer IDs: a pinned name gets its ID; others get a never-used ID, else the least recently freed.
+
+    A departed peer's ID comes back last, so a doorbell still aimed at it (from a guest that
+    has not processed the departure yet) rings nobody rather than the next newcomer.
+    """
+
+    def __init__(self, pins, highest=MAX_PEER_ID):
+        self.pins = dict(pins)
+        self._highest = highest
+        self._pinned = set(self.pins.values())
+        self._in_use = set()
+        self._next_fresh = 0
+        self._freed = collections.OrderedDict()  # oldest first
+
+    def take(self, name):
+        """An ID for a guest of this name (None for an unnamed one), or None if there is none."""
+        if name in self.pins:
+            peer_id = self.pins[name]
+            if peer_id in self._in_use:
+                return None
+        else:
+            peer_id = self._fresh()
+            if peer_id is None:
+                if not self._freed:
+                    return None
+                peer_id = self._freed.popitem(last=False)[0]
+        self._in_use.add(peer_id)
+        return peer_id
+
+    def _fresh(self):
+        while self._next_fresh <= self._highest:
+            peer_id = self._next_fresh
+            self._next_fresh += 1
+            if peer_id not in self._pinned:
+                return peer_id
+        return None
+
+    def free(self, peer_id):
+        self._in_use.discard(peer_id)
+        if peer_id not in self._pinned:
+            self._freed.pop(peer_id, None)
+            self._freed[peer_id] = None
+
+
+class _Control:
+    """One control connection: the request read so far, then the response being written."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.request = bytearray()
+        self.response = None
 
 
 class Config:
@@ -137,6 +218,7 @@ class Config:
         self.pins = dict(args.pin or [])
         self.hold = args.hold
         self.max_clients = args.max_clients
+        self.max_backlog = args.max_backlog
         self.uid = args.owner
         self.gid = args.group
         self.socket_mode = args.socket_mode
@@ -160,20 +242,38 @@ class IvshmemServer:
         self.config = config
         self.log = log
         self.clients = {}  # socket fd -> Client
+        self.ids = IdAllocator(config.pins)
         self.hold = config.hold
         self.refused = 0
+        self.dropped = 0
         self.started_at = time.time()
         self.selector = selectors.DefaultSelector()
         self.listener = None
         self.control = None
         self.shm_fd = None
+        self.fd_limit = None
+        self.max_clients = config.max_clients
+        self.max_backlog = config.max_backlog
         self._wake_r = self._wake_w = None
         self._stopping = False
-        self._controls = {}  # socket fd -> (socket, bytearray)
+        self._controls = {}  # socket fd -> _Control
+        self._dirty = collections.OrderedDict()  # clients with messages to try now, in turn
+        self._held_back = set()  # clients the kernel's limit on fds in flight held back
+        self._retry_at = None
+        self._paused = {}  # listener -> (callback, monotonic time to listen again)
 
     # --- setup -------------------------------------------------------------------------
     def setup(self):
-        _raise_fd_limit()
+        self.fd_limit = _raise_fd_limit()
+        capacity = max(1, (self.fd_limit - _RESERVED_FDS) // (self.config.vectors + 1))
+        if self.max_clients is None:
+            self.max_clients = min(capacity, MAX_PEER_ID + 1)
+        elif self.max_clients > capacity:
+            self.log('warning: --max-clients %d is above the %d clients the fd limit %d allows' % (
+                self.max_clients, capacity, self.fd_limit))
+        if self.max_backlog is None:
+            longest_handshake = 3 + self.max_clients * max(self.config.vectors, 1)
+            self.max_backlog = _BACKLOG_FLOOR + 2 * longest_handshake
         self.shm_fd = self._open_memory()
         self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
         self.control = self._listen(self.config.control_path, 0o600)
@@ -186,9 +286,9 @@ class IvshmemServer:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
         if self.config.pidfile:
             _write_atomic(self.config.pidfile, '%d\n' % os.getpid(), 0o644)
-        self.log('listening on %s (memory %s, %d bytes, %d vectors%s)' % (
+        self.log('listening on %s (memory %s, %d bytes, %d vectors, up to %d clients%s)' % (
             self.config.socket_path, self.config.memory_path, self.config.size, self.config.vectors,
-            ', held for %s' % self.hold if self.hold else ''))
+            self.max_clients, ', held for %s' % self.hold if self.hold else ''))
 
     def _open_memory(self):
         path = self.config.memory_path
@@ -228,21 +328,55 @@ class IvshmemServer:
             os.umask(old_umask)
         os.chmod(path, mode)
         self._chown(path=path)
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)
         return sock
 
     # --- main loop ---------------------------------------------------------------------
     def serve(self):
         while not self._stopping:
-            for key, _events in self.selector.select():
-                key.data(key.fileobj)
+            for key, mask in self.selector.select(self._next_timeout()):
+                key.data(key.fileobj, mask)
+            self._on_time()
+            self._settle()
         self.shutdown()
+
+    def _next_timeout(self):
+        if self._dirty:
+            return 0.0
+        deadlines = [until for _callback, until in self._paused.values()]
+        if self._held_back:
+            deadlines.append(self._retry_at)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _on_time(self):
+        now = time.monotonic()
+        if self._held_back and now >= self._retry_at:
+            for client in self._held_back:
+                self._dirty[client] = None
+            self._held_back.clear()
+        for listener, (callback, until) in list(self._paused.items()):
+            if now >= until:
+                del self._paused[listener]
+                self.selector.register(listener, selectors.EVENT_READ, callback)
+
+    def _settle(self):
+        # Sending is done here, never from inside an event handler: a client that fails
+        # while others are being told about a departure is dropped without recursion.
+        # Each client sends a quantum in turn, and a round ends after a budget: a burst of
+        # long handshakes never keeps the loop from others (a status request, a newcomer).
+        budget = _SEND_BUDGET
+        while self._dirty and budget > 0:
+            client = self._dirty.popitem(last=False)[0]
+            # A newcomer's handshake goes first, in large turns: its QEMU waits on it.
+            budget -= self._flush(client, _HANDSHAKE_QUANTUM if client.handshake_left else _CLIENT_QUANTUM)
 
     def _on_signal(self, signum, _frame):
         self.log('signal %d: shutting down' % signum)
         self._stopping = True
 
-    def _drain_wakeup(self, fd):
+    def _drain_wakeup(self, fd, _mask):
         try:
             while os.read(fd, 512):
                 pass
@@ -253,8 +387,8 @@ class IvshmemServer:
         _sd_notify('STOPPING=1')
         for client in list(self.clients.values()):
             self._drop(client, 'server shutdown', announce=False)
-        for sock, _buf in list(self._controls.values()):
-            sock.close()
+        for control in list(self._controls.values()):
+            control.sock.close()
         for sock, path in ((self.listener, self.config.socket_path), (self.control, self.config.control_path)):
             if sock is not None:
                 sock.close()
@@ -267,18 +401,27 @@ class IvshmemServer:
             _unlink_quietly(self.config.pidfile)
         self.log('stopped')
 
+    def _accept(self, listener, callback):
+        """The next connection, or None; at the fd limit, stop listening briefly instead of spinning."""
+        try:
+            sock, _addr = listener.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.log('accept failed: %s; not accepting for %d ms' % (exc.strerror, _ACCEPT_PAUSE * 1000))
+                self.selector.unregister(listener)
+                self._paused[listener] = (callback, time.monotonic() + _ACCEPT_PAUSE)
+            return None
+        sock.setblocking(False)
+        return sock
+
     # --- clients -----------------------------------------------------------------------
-    def _accept_client(self, listener):
-        while True:
-            try:
-                sock, _addr = listener.accept()
-            except BlockingIOError:
+    def _accept_client(self, listener, _mask):
+        for _turn in range(_ACCEPT_BATCH):  # the rest next round: a burst of joins takes turns too
+            sock = self._accept(listener, self._accept_client)
+            if sock is None:
                 return
-            except OSError as exc:
-                # EMFILE and friends: refuse this round rather than spin or die.
-                self.log('accept failed: %s' % exc.strerror)
-                return
-            sock.setblocking(False)
             self._admit(sock)
 
     def _admit(self, sock):
@@ -288,9 +431,6 @@ class IvshmemServer:
             pid, uid = 0, -1
         name = guest_name_of(pid) if pid > 0 else None
         reason = self._refusal(name)
-        peer_id = None if reason else self._allocate_id(name)
-        if peer_id is None:
-            reason = reason or 'no free ID'
         eventfds = []
         if not reason:
             try:
@@ -298,6 +438,9 @@ class IvshmemServer:
                     eventfds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
             except OSError as exc:
                 reason = 'cannot create eventfds: %s' % exc.strerror
+        peer_id = None if reason else self.ids.take(name)
+        if peer_id is None and not reason:
+            reason = 'ID %d is taken' % self.config.pins[name] if name in self.config.pins else 'no free ID'
         if reason:
             for fd in eventfds:
                 os.close(fd)
@@ -306,121 +449,179 @@ class IvshmemServer:
             sock.close()
             return
         client = Client(sock, peer_id, pid, uid, name, eventfds)
-        try:
-            self._send_handshake(client)
-        except OSError as exc:
-            self.log('client pid %d left during the handshake: %s' % (pid, exc))
-            client.close()
-            return
-        self.clients[sock.fileno()] = client
-        self.selector.register(sock, selectors.EVENT_READ, self._client_readable)
-        failed = []
-        for other in list(self.clients.values()):
-            if other is client:
-                continue
-            try:
-                for fd in client.eventfds:
-                    send_message(other.sock, client.peer_id, fd, socket.MSG_DONTWAIT)
-            except OSError:
-                failed.append(other)
-        for other in failed:
-            self._drop(other, 'not reading its socket')
+        others = list(self.clients.values())
+        self.clients[client.fileno] = client
+        self.selector.register(sock, selectors.EVENT_READ, self._client_event)
+        # The handshake (spec order): version, own ID, the memory, every peer's vectors,
+        # then the client's own vectors. Then every peer learns the newcomer's vectors.
+        self._queue(client, PROTOCOL_VERSION)
+        self._queue(client, peer_id)
+        self._queue(client, SHM_MARKER, self.shm_fd)
+        for other in others:
+            for fd in other.eventfds:
+                self._queue(client, other.peer_id, fd, other)
+        for fd in eventfds:
+            self._queue(client, peer_id, fd, client)
+        client.handshake_left = len(client.outbox)
+        for other in others:
+            for fd in eventfds:
+                self._queue(other, peer_id, fd, client)
         self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, name or 'unnamed'), verbose=True)
 
     def _refusal(self, name):
-        if len(self.clients) >= self.config.max_clients:
-            return 'client limit %d reached' % self.config.max_clients
+        if len(self.clients) >= self.max_clients:
+            return 'client limit %d reached' % self.max_clients
         if self.hold and name != self.hold:
             return 'admission held for master %s' % self.hold
         return None
 
-    def _allocate_id(self, name):
-        in_use = set(client.peer_id for client in self.clients.values())
-        if name in self.config.pins:
-            wanted = self.config.pins[name]
-            return None if wanted in in_use else wanted
-        reserved = in_use | set(self.config.pins.values())
-        for peer_id in range(MAX_PEER_ID + 1):
-            if peer_id not in reserved:
-                return peer_id
-        return None
+    def _queue(self, client, value, fd=None, owner=None):
+        client.outbox.append((value, fd, owner))
+        if owner is not None:
+            owner.refs += 1
+        self._dirty[client] = None
 
-    def _send_handshake(self, client):
-        flags = socket.MSG_DONTWAIT
-        send_message(client.sock, PROTOCOL_VERSION, None, flags)
-        send_message(client.sock, client.peer_id, None, flags)
-        send_message(client.sock, SHM_MARKER, self.shm_fd, flags)
-        for other in self.clients.values():
-            for fd in other.eventfds:
-                send_message(client.sock, other.peer_id, fd, flags)
-        for fd in client.eventfds:
-            send_message(client.sock, client.peer_id, fd, flags)
+    def _release(self, owner):
+        if owner is not None:
+            owner.refs -= 1
+            if owner.gone and not owner.refs:
+                owner.close_eventfds()
 
-    def _client_readable(self, sock):
+    def _flush(self, client, quantum):
+        """Send up to ``quantum`` messages the socket takes now; returns how many were sent.
+
+        The rest waits for its next turn, or for the socket to become writable.
+        """
+        outbox = client.outbox
+        sent = 0
+        while outbox:
+            if sent == quantum:
+                self._dirty[client] = None
+                return sent
+            value, fd, owner = outbox[0]
+            try:
+                send_message(client.sock, value, fd, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ETOOMANYREFS:
+                    # The server's user has too many fds in flight (unread by any client):
+                    # a momentary state while clients catch up, retried shortly.
+                    if not self._held_back:
+                        self._retry_at = time.monotonic() + _RETRY_INTERVAL
+                    self._held_back.add(client)
+                    break
+                self._drop(client, 'left: %s' % (exc.strerror or exc))
+                return sent
+            except ProtocolError as exc:
+                self._drop(client, 'left: %s' % exc)
+                return sent
+            sent += 1
+            outbox.popleft()
+            self._release(owner)
+            if client.handshake_left:
+                client.handshake_left -= 1
+                if not client.handshake_left:
+                    self.log('peer %d has its handshake' % client.peer_id, verbose=True)
+        # A handshake waiting is bounded by the client count; what counts is what came after it.
+        if len(outbox) - client.handshake_left > self.max_backlog:
+            self._drop(client, 'stopped reading: %d messages waiting' % len(outbox), fault=True)
+            return sent
+        self._watch_writes(client, bool(outbox) and client not in self._held_back)
+        return sent
+
+    def _watch_writes(self, client, watch):
+        if client.watching_writes != watch:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if watch else 0)
+            self.selector.modify(client.sock, events, self._client_event)
+            client.watching_writes = watch
+
+    def _client_event(self, sock, mask):
         client = self.clients.get(sock.fileno())
         if client is None:
             return
-        try:
-            data = sock.recv(4096)
-        except OSError:
-            data = b''
-        # The protocol is one-way: bytes from a client are a violation, EOF a departure.
-        self._drop(client, 'sent data' if data else 'disconnected')
+        if mask & selectors.EVENT_READ:
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                data = None
+            except OSError:
+                data = b''
+            if data is not None:
+                # The protocol is one-way: bytes from a client are a violation, EOF a departure.
+                self._drop(client, 'sent data' if data else 'disconnected', fault=bool(data))
+                return
+        if mask & selectors.EVENT_WRITE:
+            self._dirty[client] = None
 
-    def _drop(self, client, why, announce=True):
-        fileno = client.sock.fileno()
-        self.clients.pop(fileno, None)
-        try:
-            self.selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
-        client.close()
-        self.log('free peer %d (%s)' % (client.peer_id, why), verbose=why == 'disconnected')
+    def _drop(self, client, why, announce=True, fault=False):
+        """Forget a client; ``fault``: the server ends it (counted in ``dropped``), it did not just leave."""
+        if client.gone:
+            return
+        client.gone = True
+        del self.clients[client.fileno]
+        self._dirty.pop(client, None)
+        self._held_back.discard(client)
+        self.selector.unregister(client.sock)
+        client.sock.close()
+        while client.outbox:
+            self._release(client.outbox.popleft()[2])
+        if not client.refs:
+            client.close_eventfds()
+        self.ids.free(client.peer_id)
+        self.dropped += fault
+        self.log('free peer %d (%s)' % (client.peer_id, why), verbose=not fault)
         if announce:
-            failed = []
             for other in self.clients.values():
-                try:
-                    send_message(other.sock, client.peer_id, None, socket.MSG_DONTWAIT)
-                except OSError:
-                    failed.append(other)
-            for other in failed:
-                self._drop(other, 'not reading its socket')
+                self._queue(other, client.peer_id)
 
     # --- control socket ----------------------------------------------------------------
-    def _accept_control(self, listener):
+    def _accept_control(self, listener, _mask):
         while True:
-            try:
-                sock, _addr = listener.accept()
-            except (BlockingIOError, OSError):
+            sock = self._accept(listener, self._accept_control)
+            if sock is None:
                 return
-            sock.setblocking(False)
-            self._controls[sock.fileno()] = (sock, bytearray())
-            self.selector.register(sock, selectors.EVENT_READ, self._control_readable)
+            if len(self._controls) >= _MAX_CONTROLS:
+                sock.close()
+                continue
+            self._controls[sock.fileno()] = _Control(sock)
+            self.selector.register(sock, selectors.EVENT_READ, self._control_event)
 
-    def _control_readable(self, sock):
-        _sock, buf = self._controls[sock.fileno()]
+    def _control_event(self, sock, _mask):
+        control = self._controls[sock.fileno()]
+        if control.response is None:
+            try:
+                data = sock.recv(_CONTROL_LIMIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b''
+            control.request.extend(data)
+            if not data:
+                self._close_control(control)
+                return
+            if b'\n' not in control.request and len(control.request) < _CONTROL_LIMIT:
+                return
+            try:
+                response = {'return': self._control(read_request(bytes(control.request)))}
+            except ControlError as exc:
+                response = {'error': str(exc)}
+            control.response = encode_response(response)
+            self.selector.modify(sock, selectors.EVENT_WRITE, self._control_event)
         try:
-            data = sock.recv(_CONTROL_LIMIT)
-        except OSError:
-            data = b''
-        buf.extend(data)
-        if data and b'\n' not in buf and len(buf) < _CONTROL_LIMIT:
+            sent = sock.send(control.response)
+        except BlockingIOError:
             return
-        self.selector.unregister(sock)
-        del self._controls[sock.fileno()]
-        try:
-            if data:
-                try:
-                    response = {'return': self._control(read_request(bytes(buf)))}
-                except ControlError as exc:
-                    response = {'error': str(exc)}
-                sock.setblocking(True)
-                sock.settimeout(1.0)
-                write_response(sock, response)
         except OSError:
-            pass
-        finally:
-            sock.close()
+            sent = len(control.response)
+        control.response = control.response[sent:]
+        if not control.response:
+            self._close_control(control)
+
+    def _close_control(self, control):
+        self.selector.unregister(control.sock)
+        del self._controls[control.sock.fileno()]
+        control.sock.close()
 
     def _control(self, request):
         command = request.get('command')
@@ -441,13 +642,14 @@ class IvshmemServer:
 
     def status(self):
         cfg = self.config
+        clients = sorted((c.status() for c in self.clients.values()), key=lambda c: c['id'])
         return {
             'implementation': 'builtin', 'version': VERSION, 'pid': os.getpid(),
             'socket': cfg.socket_path, 'control': cfg.control_path, 'memory': cfg.memory_path,
             'size': cfg.size, 'vectors': cfg.vectors, 'hold': self.hold, 'pins': cfg.pins,
-            'max_clients': cfg.max_clients, 'refused': self.refused,
-            'started_at': round(self.started_at, 3),
-            'clients': sorted((c.status() for c in self.clients.values()), key=lambda c: c['id']),
+            'max_clients': self.max_clients, 'max_backlog': self.max_backlog, 'fd_limit': self.fd_limit,
+            'refused': self.refused, 'dropped': self.dropped, 'queued': sum(c['backlog'] for c in clients),
+            'started_at': round(self.started_at, 3), 'clients': clients,
         }
 
 
@@ -475,9 +677,15 @@ def _remove_stale_socket(path):
 
 
 def _raise_fd_limit():
+    """Raise the soft fd limit to the hard one (each client costs 1 + vectors fds); returns it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _write_atomic(path, text, mode):
@@ -539,6 +747,13 @@ def _size(text):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError('must be a positive number')
+    return value
+
+
 def _mode(text):
     return int(text, 8)
 
@@ -572,7 +787,12 @@ def build_parser():
                         help='give the guest named NAME (QEMU -name) always ID; repeatable')
     parser.add_argument('--hold', type=_name, metavar='MASTER',
                         help='start with admission held: admit only this guest until released')
-    parser.add_argument('--max-clients', type=int, default=DEFAULT_MAX_CLIENTS, help='cap on connected clients')
+    parser.add_argument('--max-clients', type=_positive, help='cap on connected clients '
+                        '(default: as many as the fd limit allows, each client costing 1 + vectors fds)')
+    parser.add_argument('--max-backlog', type=_positive,
+                        help='messages beyond its handshake that may wait for one client before it counts as '
+                        'not reading and is dropped (default: 65536 + twice the longest handshake, '
+                        'max clients x vectors + 3)')
     parser.add_argument('--owner', type=_uid, help='owner of the socket and memory')
     parser.add_argument('--group', type=_gid, help='group of the socket and memory')
     parser.add_argument('--socket-mode', type=_mode, default=0o660, help='socket mode (octal)')

@@ -143,7 +143,9 @@ class ServerSpec:
             if peer_id in self.pins.values():
                 raise ValidationError('pins.%s' % guest, 'ID %d is pinned twice' % peer_id)
             self.pins[guest] = peer_id
-        self.max_clients = check_int('max_clients', params.get('max_clients', 256), 1, 4096)
+        self.max_clients = params.get('max_clients')
+        if self.max_clients is not None:  # None: as many as the server's fd limit allows
+            self.max_clients = check_int('max_clients', self.max_clients, 1, MAX_PEER_ID + 1)
         self.socket_mode = check_mode('socket_mode', params.get('socket_mode', '0660'))
         self.memory_mode = check_mode('memory_mode', params.get('memory_mode', '0600'))
         self.user = check_name('user', params.get('user') or 'ivshmem')
@@ -182,8 +184,10 @@ class ServerSpec:
         if self.implementation == 'qemu':
             return [self.binary] + common
         argv = [python, program] + common + [
-            '--control', layout.server_control(self.name), '--max-clients', str(self.max_clients),
+            '--control', layout.server_control(self.name),
             '--socket-mode', '%04o' % self.socket_mode, '--memory-mode', '%04o' % self.memory_mode]
+        if self.max_clients is not None:
+            argv += ['--max-clients', str(self.max_clients)]
         for guest, peer_id in sorted(self.pins.items()):
             argv += ['--pin', '%s=%d' % (guest, peer_id)]
         if self.hold:

@@ -85,9 +85,12 @@ options:
     description: The master guest admitted while O(admission=held).
     type: str
   max_clients:
-    description: Maximum number of connected clients (builtin only).
+    description:
+      - Maximum number of connected clients (builtin only).
+      - By default as many as the server's fd limit allows (it raises its soft limit to the hard one
+        at start; each client costs one socket and one eventfd per vector). The server reports the
+        limit and the resulting cap as C(fd_limit) and C(max_clients) in its status.
     type: int
-    default: 256
   socket_mode:
     description: Mode of the server socket; guests connect as O(group).
     type: str
@@ -246,7 +249,7 @@ def main():
             pins=dict(type='dict'),
             admission=dict(type='str', default='open', choices=['open', 'held']),
             hold_for=dict(type='str'),
-            max_clients=dict(type='int', default=256),
+            max_clients=dict(type='int'),
             socket_mode=dict(type='str', default='0660'),
             memory_mode=dict(type='str', default='0600'),
             user=dict(type='str', default='ivshmem'),

@@ -41,8 +41,8 @@ class Lab:
     def memory_of(self, server):
         return server_status(self.layout, server)['memory']
 
-    def guest(self, name, server, role='peer', state='running', **params):
-        devices = [dict(type='doorbell', server=server, role=role, vectors=2)]
+    def guest(self, name, server, role='peer', state='running', vectors=2, **params):
+        devices = [dict(type='doorbell', server=server, role=role, vectors=vectors)]
         params = dict(dict(name=name, memory='64M', accel='tcg', ivshmem=devices, timeout=60), **params)
         if name not in self.guests:
             self.guests.append(name)

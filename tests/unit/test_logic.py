@@ -4,7 +4,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import (
-    Config, IvshmemServer, build_parser, guest_name_of)
+    Config, IdAllocator, IvshmemServer, build_parser, guest_name_of)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
 
@@ -45,17 +45,18 @@ def server_with(args, clients=()):
     return server
 
 
-def test_ids_first_free_and_pinned():
-    server = server_with(['--pin', 'db=5'], clients=[(0, 'a'), (2, 'b')])
-    assert server._allocate_id('new') == 1
-    assert server._allocate_id('db') == 5
-    server = server_with(['--pin', 'db=1'], clients=[(0, 'a')])
-    assert server._allocate_id('other') == 2  # 1 is reserved for db
-
-
-def test_pinned_id_in_use_is_refused():
-    server = server_with(['--pin', 'db=0'], clients=[(0, 'db')])
-    assert server._allocate_id('db') is None
+def test_ids_never_used_first_then_least_recently_freed_and_pins_kept():
+    ids = IdAllocator({'m': 0, 'p': 2}, highest=5)
+    assert [ids.take(None), ids.take('m'), ids.take(None)] == [1, 0, 3]
+    ids.free(1)
+    ids.free(3)
+    assert [ids.take(None), ids.take(None)] == [4, 5]  # fresh IDs while any are left
+    ids.free(4)
+    assert [ids.take(None), ids.take(None), ids.take(None)] == [1, 3, 4]  # then the oldest freed
+    assert ids.take(None) is None and ids.take('m') is None  # none left; 0 is m's and in use
+    assert ids.take('p') == 2  # a pin is never handed to anyone else
+    ids.free(0)
+    assert ids.take(None) is None and ids.take('m') == 0
 
 
 def test_hold_admits_only_the_master_and_cap_refuses():

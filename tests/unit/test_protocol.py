@@ -59,3 +59,8 @@ def test_control_requests_must_be_json_objects():
     for bad in (b'nonsense\n', b'[1]\n'):
         with pytest.raises(ControlError):
             read_request(bad)
+
+
+def test_a_request_nested_thousands_deep_is_a_clear_error():
+    with pytest.raises(ControlError):
+        read_request(b'[' * 100000 + b'\n')

@@ -1,0 +1,155 @@
+"""Our server under load: long handshakes, slow readers, ID reuse, the fd limit, 64-vector guests.
+
+A UNIX socket holds only about 278 messages that carry an fd. Each case here needs far more
+messages in flight for one client than that, which a server that drops a client on a full
+socket buffer fails (the server before the per-client queue did, every time).
+"""
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+
+from conftest import REPO, Lab, lab_root
+from ivshmem_probe import Probe
+from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
+
+COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
+
+
+@pytest.fixture
+def serve():
+    """Start our server in the foreground with extra options; returns (process, socket path)."""
+    started = []
+
+    def start(*options):
+        root = lab_root()
+        sock = os.path.join(root, 's.sock')
+        name = 'scale-%d-%d' % (os.getpid(), len(started))
+        argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
+                '_ivshmem_server import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M']
+        process = subprocess.Popen(argv + list(options), env=dict(os.environ, PYTHONPATH=COLLECTIONS))
+        started.append(process)
+        wait_for('server', lambda: os.path.exists(sock + '.ctl'), 10)
+        return process, sock
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(10)
+
+
+def status(sock):
+    return control_request(sock + '.ctl', 'status')
+
+
+def join(probe, count):
+    clients = [probe.connect() for _client in range(count)]
+    assert probe.until(lambda: all(probe.settled(c) for c in clients), 30), 'handshakes not done in 30 s'
+    return clients
+
+
+def test_handshakes_far_longer_than_a_socket_buffer_are_all_delivered(serve):
+    _process, sock = serve('-n', '64')
+    probe = Probe(sock, 64)
+    try:
+        clients = [join(probe, 1)[0] for _client in range(40)]  # the 40th handshake: 2,563 messages
+        assert [c.closed for c in clients] == [None] * 40
+        assert probe.until(lambda: all(probe.knows_everyone(c) for c in clients), 30)
+        info = status(sock)
+        assert (len(info['clients']), info['refused'], info['dropped']) == (40, 0, 0)
+    finally:
+        probe.close()
+
+
+def test_a_client_that_pauses_reading_is_kept_and_catches_up(serve):
+    _process, sock = serve('-n', '64')
+    probe = Probe(sock, 64)
+    try:
+        sleeper = join(probe, 1)[0]
+        probe.stop_reading(sleeper)
+        later = join(probe, 12)  # 768 announcements wait for the sleeper, about three socket buffers
+        waiting = [c['backlog'] for c in status(sock)['clients'] if c['id'] == sleeper.peer_id]
+        assert waiting and waiting[0] > 0
+        probe.resume_reading(sleeper)
+        assert probe.until(lambda: probe.knows_everyone(sleeper), 30)
+        assert sleeper.closed is None and all(c.closed is None for c in later)
+        assert status(sock)['dropped'] == 0
+    finally:
+        probe.close()
+
+
+def test_only_a_client_that_stopped_reading_is_dropped_past_its_backlog_bound(serve):
+    _process, sock = serve('-n', '64', '--max-backlog', '500')
+    probe = Probe(sock, 64)
+    try:
+        stuck = join(probe, 1)[0]
+        probe.stop_reading(stuck)
+        others = [join(probe, 1)[0] for _client in range(16)]  # 1,024 announcements wait for it
+        info = status(sock)
+        assert stuck.peer_id not in [c['id'] for c in info['clients']]
+        assert (info['dropped'], len(info['clients'])) == (1, 16)
+        told = [c for c in others if stuck.peer_id in c.known]  # those who joined before the drop
+        assert told and probe.until(lambda: all(stuck.peer_id in c.departures for c in told), 10)
+        probe.resume_reading(stuck)
+        assert probe.until(lambda: stuck.closed, 10) and stuck.closed == 'closed by the server'
+        assert probe.until(lambda: all(c.closed is None and probe.knows_everyone(c) for c in others), 10)
+    finally:
+        probe.close()
+
+
+def test_a_departed_id_is_not_handed_out_again_while_others_are_free(serve):
+    _process, sock = serve('-n', '1', '--pin', 'nobody-connects=3')
+    probe = Probe(sock, 1)
+    try:
+        first, second, third = join(probe, 3)
+        assert [first.peer_id, second.peer_id, third.peer_id] == [0, 1, 2]
+        probe.close(second)
+        wait_for('the departure', lambda: len(status(sock)['clients']) == 2, 5)
+        assert [c.peer_id for c in join(probe, 2)] == [4, 5]  # 3 stays pinned, 1 is reused last
+    finally:
+        probe.close()
+
+
+def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(serve):
+    process, sock = serve('-n', '16')
+    info = status(sock)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the server inherits ours
+    with open('/proc/%d/limits' % process.pid) as limits:
+        line = [row for row in limits if row.startswith('Max open files')][0].split()
+    assert int(line[3]) == hard == info['fd_limit']
+    assert info['max_clients'] == min((hard - 128) // 17, 65536)
+
+
+def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back():
+    """Real QEMU: the sixth guest's handshake alone (5 x 64 + 64 fds) overflows a socket buffer."""
+    lab = Lab(lab_root(), 'builtin')
+    qtests = {}
+    try:
+        lab.server('s', vectors=64)
+        names = ['g%d' % index for index in range(6)]
+        pba, bar0 = {}, {}
+        for index, name in enumerate(names):
+            qtests[name], bar0[name] = guest_driven_by_qtest(lab, name, 's', 'master' if index == 0 else 'peer', 64)
+            with QMPClient(lab.layout.guest_qmp(name)) as qmp:
+                pba[name] = msix_pending_bits_address(qtests[name], qmp)
+        ids = dict((c['name'], c['id']) for c in control_request(lab.layout.server_control('s'), 'status')['clients'])
+        assert [ids[name] for name in names] == [0, 1, 2, 3, 4, 5]
+        for ringer, target, vector in (('g5', 'g0', 63), ('g0', 'g5', 63), ('g0', 'g5', 0)):
+            assert not pending(qtests[target], pba[target], vector)
+
+            def rung(ringer=ringer, target=target, vector=vector):
+                # A guest learns a newcomer's vectors asynchronously: ring until the doorbell lands.
+                ring(qtests[ringer], bar0[ringer], ids[target], vector)
+                return pending(qtests[target], pba[target], vector)
+            wait_for('%s to receive the doorbell of %s on vector %d' % (target, ringer, vector), rung, 20)
+        assert control_request(lab.layout.server_control('s'), 'status')['dropped'] == 0
+    finally:
+        for qtest in qtests.values():
+            qtest.close()
+        lab.teardown()
