@@ -65,29 +65,31 @@ def percentile(values, share):
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
+def join(probe, target):
+    """Clients one at a time until ``target``; returns their latencies and why it stopped."""
+    latencies, reason = [], 'reached %d' % target
+    for _index in range(target):
+        try:
+            client = probe.connect()
+        except OSError as exc:
+            return latencies, 'connect failed: %s' % exc
+        if not probe.until(lambda client=client: probe.settled(client), JOIN_TIMEOUT):
+            return latencies, 'handshake not done in %.0f s' % JOIN_TIMEOUT
+        if client.closed:
+            return latencies, 'client %d refused' % len(probe.clients)
+        latencies.append(client.latency)
+        probe.pump(0)
+        if len(probe.alive()) != len(probe.clients):
+            return latencies, 'an existing client was dropped at client %d' % len(probe.clients)
+    return latencies, reason
+
+
 def fill(kind, directory, vectors, target):
     """Clients one at a time; returns admitted, latencies (s), stop reason, RSS MiB, fds."""
     process, sock = start_server(kind, directory, vectors)
     probe = Probe(sock, vectors)
-    latencies, reason = [], 'reached %d' % target
     try:
-        for _index in range(target):
-            try:
-                client = probe.connect()
-            except OSError as exc:
-                reason = 'connect failed: %s' % exc
-                break
-            if not probe.until(lambda client=client: probe.settled(client), JOIN_TIMEOUT):
-                reason = 'handshake not done in %.0f s' % JOIN_TIMEOUT
-                break
-            if client.closed:
-                reason = 'client %d refused' % len(probe.clients)
-                break
-            latencies.append(client.latency)
-            probe.pump(0)
-            if len(probe.alive()) != len(probe.clients):
-                reason = 'an existing client was dropped at client %d' % len(probe.clients)
-                break
+        latencies, reason = join(probe, target)
         probe.until(lambda: False, 0.2)  # let announcements land before counting
         admitted = len([c for c in probe.alive() if c.joined is not None])
         rss, fds = resources(process.pid)
@@ -96,6 +98,22 @@ def fill(kind, directory, vectors, target):
         process.terminate()
         process.wait(10)
     return admitted, latencies, reason, rss, fds
+
+
+def small_groups(kind, directory, vectors, count, rounds):
+    """Handshake latencies of groups of ``count`` clients, joined ``rounds`` times on one server."""
+    process, sock = start_server(kind, directory, vectors)
+    pooled = []
+    try:
+        for _round in range(rounds):
+            probe = Probe(sock, vectors)
+            pooled += join(probe, count)[0]
+            probe.close()
+            time.sleep(0.05)  # the server sees the group leave
+    finally:
+        process.terminate()
+        process.wait(10)
+    return pooled
 
 
 def ping(control, seconds):
@@ -159,28 +177,29 @@ def main():
               os.cpu_count(), hard, time.strftime('%Y-%m-%d'), args.clients, args.runs))
     print()
     print('| vectors | server | clients admitted | stopped because | handshake p50 | p99 | '
-          'p50 / p99 over the first N (N: fewer admitted) | RSS | fds |')
+          'p50 / p99 in groups of upstream\'s size (rounds x clients) | RSS | fds |')
     print('|---:|---|---:|---|---:|---:|---:|---:|---:|')
     try:
         for vectors in [int(v) for v in args.vectors.split(',')]:
             rows = dict((kind, []) for kind in KINDS)
             for _run in range(args.runs):
-                results = dict((kind, fill(kind, directory, vectors, args.clients)) for kind in KINDS)
-                common = min(result[0] for result in results.values())
-                for kind, (admitted, latencies, reason, rss, fds) in results.items():
-                    head = latencies[:common]
-                    rows[kind].append((admitted, reason, percentile(latencies, 0.5), percentile(latencies, 0.99),
-                                       percentile(head, 0.5), percentile(head, 0.99), common, rss, fds))
+                for kind in KINDS:
+                    rows[kind].append(fill(kind, directory, vectors, args.clients))
+            # Latency where both servers work: groups as large as upstream took, many times over
+            # (a few handshakes per run would be noise).
+            count = min(run[0] for run in rows['upstream'])
+            rounds = max(10, 300 // max(count, 1))
+            small = dict((kind, small_groups(kind, directory, vectors, count, rounds)) for kind in KINDS)
             for kind in KINDS:
                 runs = rows[kind]
-
-                def med(column, runs=runs):
-                    return statistics.median(run[column] for run in runs)
                 admitted = sorted(run[0] for run in runs)
-                print('| %d | %s | %s | %s | %s | %s | %s / %s (N = %s) | %.1f MiB | %d |' % (
+                print('| %d | %s | %s | %s | %s | %s | %s / %s (%d x %d) | %.1f MiB | %d |' % (
                     vectors, kind, '%d' % admitted[0] if admitted[0] == admitted[-1] else '%d to %d' % (
-                        admitted[0], admitted[-1]), runs[-1][1], ms(med(2)), ms(med(3)), ms(med(4)), ms(med(5)),
-                    '/'.join(str(run[6]) for run in runs), med(7), med(8)))
+                        admitted[0], admitted[-1]), runs[-1][2],
+                    ms(statistics.median(percentile(run[1], 0.5) for run in runs)),
+                    ms(statistics.median(percentile(run[1], 0.99) for run in runs)),
+                    ms(percentile(small[kind], 0.5)), ms(percentile(small[kind], 0.99)), rounds, count,
+                    statistics.median(run[3] for run in runs), statistics.median(run[4] for run in runs)))
             sys.stdout.flush()
         print()
         for vectors, resident, burst in ((2, 200, 200), (64, 50, 50)):

@@ -32,14 +32,18 @@ class ProtocolError(Exception):
     """The peer broke the protocol or went away mid-message."""
 
 
+def encode_message(value, fd=None):
+    """One message as (buffers, ancillary), ready for ``sock.sendmsg(buffers, ancillary, flags)``.
+
+    The server encodes each message once and sends it to every client that needs it.
+    """
+    return [_MSG.pack(value)], ([] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))])
+
+
 def send_message(sock, value, fd=None, flags=0):
-    """Send one message; ``flags`` lets the server send without blocking."""
-    data = _MSG.pack(value)
-    if fd is None:
-        sent = sock.send(data, flags)
-    else:
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))]
-        sent = sock.sendmsg([data], ancillary, flags)
+    """Send one message; ``flags`` lets a sender send without blocking."""
+    buffers, ancillary = encode_message(value, fd)
+    sent = sock.sendmsg(buffers, ancillary, flags)
     if sent != _MSG.size:
         raise ProtocolError('short send (%d of %d bytes)' % (sent, _MSG.size))
 

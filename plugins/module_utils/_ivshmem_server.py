@@ -41,8 +41,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     MAX_VECTORS,
     PROTOCOL_VERSION,
     SHM_MARKER,
-    ProtocolError,
-    send_message,
+    encode_message,
 )
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import (
     ControlError,
@@ -59,6 +58,7 @@ _BACKLOG_FLOOR = 65536  # messages: see --max-backlog
 _RETRY_INTERVAL = 0.02
 _ACCEPT_PAUSE = 0.2
 _MAX_CONTROLS = 64
+_CONTROL_IDLE = 2.0  # seconds a control connection may take to send its request and read the reply
 _ACCEPT_BATCH = 8  # connections admitted per loop round
 _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
@@ -131,7 +131,10 @@ class Client:
         self.uid = uid
         self.name = name
         self.eventfds = eventfds
-        self.outbox = collections.deque()  # (value, fd or None, owner of fd or None)
+        # Encoded once, sent to every peer: the client's vectors and its departure.
+        self.vectors = [encode_message(peer_id, fd) for fd in eventfds]
+        self.departure = encode_message(peer_id)
+        self.outbox = collections.deque()  # (encoded message, owner of the fd it carries or None)
         self.refs = 0
         self.gone = False
         self.watching_writes = False
@@ -142,6 +145,12 @@ class Client:
         return {'id': self.peer_id, 'pid': self.pid, 'uid': self.uid, 'name': self.name,
                 'connected_at': round(self.connected_at, 3), 'backlog': len(self.outbox),
                 'handshake_done': self.handshake_left == 0}
+
+    def release(self):
+        """A queued message carrying this client's eventfds is gone (sent or discarded)."""
+        self.refs -= 1
+        if self.gone and not self.refs:
+            self.close_eventfds()
 
     def close_eventfds(self):
         for fd in self.eventfds:
@@ -199,6 +208,7 @@ class _Control:
 
     def __init__(self, sock):
         self.sock = sock
+        self.opened = time.monotonic()
         self.request = bytearray()
         self.response = None
 
@@ -275,6 +285,7 @@ class IvshmemServer:
             longest_handshake = 3 + self.max_clients * max(self.config.vectors, 1)
             self.max_backlog = _BACKLOG_FLOOR + 2 * longest_handshake
         self.shm_fd = self._open_memory()
+        self._memory_message = encode_message(SHM_MARKER, self.shm_fd)
         self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
         self.control = self._listen(self.config.control_path, 0o600)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept_client)
@@ -344,6 +355,8 @@ class IvshmemServer:
         if self._dirty:
             return 0.0
         deadlines = [until for _callback, until in self._paused.values()]
+        if self._controls:
+            deadlines.append(min(c.opened for c in self._controls.values()) + _CONTROL_IDLE)
         if self._held_back:
             deadlines.append(self._retry_at)
         if not deadlines:
@@ -356,6 +369,8 @@ class IvshmemServer:
             for client in self._held_back:
                 self._dirty[client] = None
             self._held_back.clear()
+        for control in [c for c in self._controls.values() if now >= c.opened + _CONTROL_IDLE]:
+            self._close_control(control)
         for listener, (callback, until) in list(self._paused.items()):
             if now >= until:
                 del self._paused[listener]
@@ -454,18 +469,19 @@ class IvshmemServer:
         self.selector.register(sock, selectors.EVENT_READ, self._client_event)
         # The handshake (spec order): version, own ID, the memory, every peer's vectors,
         # then the client's own vectors. Then every peer learns the newcomer's vectors.
-        self._queue(client, PROTOCOL_VERSION)
-        self._queue(client, peer_id)
-        self._queue(client, SHM_MARKER, self.shm_fd)
-        for other in others:
-            for fd in other.eventfds:
-                self._queue(client, other.peer_id, fd, other)
-        for fd in eventfds:
-            self._queue(client, peer_id, fd, client)
+        # Queued in bulk (a join queues peers x vectors messages twice): see _queue for one.
+        self._queue(client, encode_message(PROTOCOL_VERSION))
+        self._queue(client, encode_message(peer_id))
+        self._queue(client, self._memory_message)
+        for owner in others + [client]:
+            client.outbox.extend([(message, owner) for message in owner.vectors])
+            owner.refs += len(owner.vectors)
         client.handshake_left = len(client.outbox)
+        announcement = [(message, client) for message in client.vectors]
         for other in others:
-            for fd in eventfds:
-                self._queue(other, peer_id, fd, client)
+            other.outbox.extend(announcement)
+            self._dirty[other] = None
+        client.refs += len(announcement) * len(others)
         self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, name or 'unnamed'), verbose=True)
 
     def _refusal(self, name):
@@ -475,54 +491,53 @@ class IvshmemServer:
             return 'admission held for master %s' % self.hold
         return None
 
-    def _queue(self, client, value, fd=None, owner=None):
-        client.outbox.append((value, fd, owner))
+    def _queue(self, client, message, owner=None):
+        client.outbox.append((message, owner))
         if owner is not None:
             owner.refs += 1
         self._dirty[client] = None
 
-    def _release(self, owner):
-        if owner is not None:
-            owner.refs -= 1
-            if owner.gone and not owner.refs:
-                owner.close_eventfds()
-
     def _flush(self, client, quantum):
         """Send up to ``quantum`` messages the socket takes now; returns how many were sent.
 
-        The rest waits for its next turn, or for the socket to become writable.
+        The rest waits for its next turn, or for the socket to become writable. This is the
+        server's innermost loop (every message of every client passes here once), kept lean.
         """
         outbox = client.outbox
+        sendmsg = client.sock.sendmsg
+        popleft = outbox.popleft
+        failure = None
         sent = 0
-        while outbox:
-            if sent == quantum:
-                self._dirty[client] = None
-                return sent
-            value, fd, owner = outbox[0]
+        for _message in range(min(quantum, len(outbox))):
+            (buffers, ancillary), owner = outbox[0]
             try:
-                send_message(client.sock, value, fd, socket.MSG_DONTWAIT)
+                # A UNIX stream socket takes a message this small whole or not at all.
+                sendmsg(buffers, ancillary, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno == errno.ETOOMANYREFS:
-                    # The server's user has too many fds in flight (unread by any client):
-                    # a momentary state while clients catch up, retried shortly.
-                    if not self._held_back:
-                        self._retry_at = time.monotonic() + _RETRY_INTERVAL
-                    self._held_back.add(client)
-                    break
-                self._drop(client, 'left: %s' % (exc.strerror or exc))
-                return sent
-            except ProtocolError as exc:
-                self._drop(client, 'left: %s' % exc)
-                return sent
+                failure = exc
+                break
+            popleft()
             sent += 1
-            outbox.popleft()
-            self._release(owner)
-            if client.handshake_left:
-                client.handshake_left -= 1
-                if not client.handshake_left:
-                    self.log('peer %d has its handshake' % client.peer_id, verbose=True)
+            if owner is not None:  # owner.release(), inlined
+                owner.refs -= 1
+                if owner.gone and not owner.refs:
+                    owner.close_eventfds()
+        if client.handshake_left:
+            client.handshake_left = max(0, client.handshake_left - sent)
+        if failure is not None:
+            if failure.errno != errno.ETOOMANYREFS:
+                self._drop(client, 'left: %s' % (failure.strerror or failure))
+                return sent
+            # The server's user has too many fds in flight (unread by any client): a
+            # momentary state while clients catch up, retried shortly.
+            if not self._held_back:
+                self._retry_at = time.monotonic() + _RETRY_INTERVAL
+            self._held_back.add(client)
+        elif outbox and sent == quantum:
+            self._dirty[client] = None  # more to send: its next turn
+            return sent
         # A handshake waiting is bounded by the client count; what counts is what came after it.
         if len(outbox) - client.handshake_left > self.max_backlog:
             self._drop(client, 'stopped reading: %d messages waiting' % len(outbox), fault=True)
@@ -565,7 +580,9 @@ class IvshmemServer:
         self.selector.unregister(client.sock)
         client.sock.close()
         while client.outbox:
-            self._release(client.outbox.popleft()[2])
+            owner = client.outbox.popleft()[1]
+            if owner is not None:
+                owner.release()
         if not client.refs:
             client.close_eventfds()
         self.ids.free(client.peer_id)
@@ -573,7 +590,7 @@ class IvshmemServer:
         self.log('free peer %d (%s)' % (client.peer_id, why), verbose=not fault)
         if announce:
             for other in self.clients.values():
-                self._queue(other, client.peer_id)
+                self._queue(other, client.departure)
 
     # --- control socket ----------------------------------------------------------------
     def _accept_control(self, listener, _mask):
@@ -582,8 +599,8 @@ class IvshmemServer:
             if sock is None:
                 return
             if len(self._controls) >= _MAX_CONTROLS:
-                sock.close()
-                continue
+                # Make room by closing the oldest: connections held open cannot lock status out.
+                self._close_control(min(self._controls.values(), key=lambda c: c.opened))
             self._controls[sock.fileno()] = _Control(sock)
             self.selector.register(sock, selectors.EVENT_READ, self._control_event)
 

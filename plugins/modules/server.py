@@ -16,8 +16,10 @@ description:
   - Installs, starts, stops or removes a named ivshmem server that serves one shared memory and
     the doorbells of the QEMU guests (C(ivshmem-doorbell)) that attach to it.
   - The default implementation C(builtin) is the collection's own server, Python standard library
-    only. It gives the first free ID, IDs pinned to guest names, an admission hold for migration
-    destinations, a status query, a client cap, memory above 1 GiB and stale-socket recovery.
+    only. It never refuses or drops a client that reads its socket (a per-client queue holds what the
+    socket cannot take yet), serves as many clients as its fd limit allows, gives never-used IDs
+    before reusing one, pins IDs to guest names, holds admission for migration destinations,
+    answers status queries, and supports memory above 1 GiB and stale-socket recovery.
   - Implementation C(qemu) runs QEMU's upstream C(ivshmem-server) binary instead.
   - Supervised by a systemd unit (C(ivshmem-fleet-server-NAME.service)) where systemd runs,
     otherwise as a daemon with a pidfile.

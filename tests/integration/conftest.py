@@ -1,6 +1,9 @@
 """Real QEMU, real servers, real QMP: a small lab on this machine for the integration tests."""
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 
@@ -10,8 +13,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER',
                           os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
 
@@ -82,3 +87,37 @@ def lab(request):
     lab = Lab(lab_root(), request.param)
     yield lab
     lab.teardown()
+
+
+@pytest.fixture
+def start_server():
+    """Our server as a foreground process started directly, as an operator would.
+
+    ``start(*options, fd_limit=None)`` returns (process, socket path, log path). At the end each
+    server is stopped and must have removed its socket and memory.
+    """
+    started = []
+
+    def start(*options, fd_limit=None):
+        root = lab_root()
+        sock = os.path.join(root, 's.sock')
+        name = 'srv-%d-%d' % (os.getpid(), len(started))
+        argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
+                '_ivshmem_server import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M']
+        log = os.path.join(root, 'server.log')
+
+        def limit_fds():
+            if fd_limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+        with open(log, 'wb') as stderr:
+            process = subprocess.Popen(argv + list(options), env=dict(os.environ, PYTHONPATH=COLLECTIONS),
+                                       stderr=stderr, preexec_fn=limit_fds)
+        started.append((process, sock, name))
+        wait_for('server', lambda: os.path.exists(sock + '.ctl'), 10)
+        return process, sock, log
+
+    yield start
+    for process, sock, name in started:
+        process.terminate()
+        process.wait(10)
+        assert not os.path.exists(sock) and not os.path.exists('/dev/shm/' + name)

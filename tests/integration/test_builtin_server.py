@@ -14,10 +14,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestE
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import REPO, Lab, lab_root
-
-COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
-
+from conftest import Lab, lab_root
+from ivshmem_probe import Probe
 
 @pytest.fixture
 def lab():
@@ -27,21 +25,9 @@ def lab():
 
 
 @pytest.fixture
-def server():
-    """A foreground server process started directly, as an operator would."""
-    root = lab_root()
-    sock = os.path.join(root, 's.sock')
-    name = 'srv-%d' % os.getpid()
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
-            '_ivshmem_server import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M', '-n', '2',
-            '--max-clients', '8']
-    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
-    wait_for('server', lambda: os.path.exists(sock + '.ctl'), 10)
-    yield process, sock
-    process.terminate()
-    process.wait(10)
-    assert not os.path.exists(sock) and not os.path.exists('/dev/shm/' + name)
+def server(start_server):
+    process, sock, _log = start_server('-n', '2', '--max-clients', '8')
+    return process, sock
 
 
 def fd_count(pid):
@@ -50,27 +36,30 @@ def fd_count(pid):
 
 def test_misbehaving_clients_cost_only_their_own_connection(server):
     process, sock = server
-    keeper, state = connect_client(sock, 2, 5)
-    baseline = fd_count(process.pid)
-    for _round in range(200):  # connect and vanish at once, mid-handshake
-        flood = socket.socket(socket.AF_UNIX)
-        flood.connect(sock)
-        flood.close()
-    talker = socket.socket(socket.AF_UNIX)
-    talker.connect(sock)
-    talker.sendall(b'garbage bytes on a one-way protocol')
-    time.sleep(0.3)
-    talker.close()
-    status = control_request(sock + '.ctl', 'status')
-    assert process.poll() is None
-    assert [c['id'] for c in status['clients']] == [0]
-    wait_for('fds to settle', lambda: fd_count(process.pid) == baseline, 5)
-    newcomer, new_state = connect_client(sock, 2, 5)
-    assert new_state.peer_id > 0  # a fresh ID: the flood's IDs are not handed out again at once
-    newcomer.close()
-    new_state.close()
-    keeper.close()
-    state.close()
+    probe = Probe(sock, 2)  # the keeper reads every announcement, as QEMU does
+    try:
+        keeper = probe.connect()
+        assert probe.until(lambda: probe.settled(keeper), 5) and keeper.peer_id == 0
+        baseline = fd_count(process.pid)
+        for _round in range(200):  # connect and vanish at once, mid-handshake
+            flood = socket.socket(socket.AF_UNIX)
+            flood.connect(sock)
+            flood.close()
+        talker = socket.socket(socket.AF_UNIX)
+        talker.connect(sock)
+        talker.sendall(b'garbage bytes on a one-way protocol')
+        probe.until(lambda: False, 0.3)
+        talker.close()
+        status = control_request(sock + '.ctl', 'status')
+        assert process.poll() is None
+        assert [c['id'] for c in status['clients']] == [0]
+        assert probe.until(lambda: fd_count(process.pid) == baseline, 5), 'fds did not settle'
+        newcomer = probe.connect()
+        assert probe.until(lambda: probe.settled(newcomer), 5)
+        assert newcomer.peer_id > 0  # a fresh ID: the flood's IDs are not handed out again at once
+        assert probe.until(lambda: probe.knows_everyone(keeper), 5) and keeper.closed is None
+    finally:
+        probe.close()
 
 
 def test_client_cap_refuses_the_ninth(server):
@@ -129,3 +118,53 @@ def test_memory_above_1_gib_with_owner_and_modes(lab):
     owner = pwd.getpwnam('ivshmem').pw_uid
     assert memory.st_uid == owner and sock.st_uid == owner
     assert lab.guest('m', 'big', role='master')['guest']['ivshmem'][0]['ivposition'] == 0
+
+
+def control_connection(path):
+    conn = socket.socket(socket.AF_UNIX)
+    conn.settimeout(5)
+    conn.connect(path)
+    return conn
+
+
+def test_bad_control_requests_get_errors_and_idle_connections_cannot_lock_out_status(start_server):
+    process, sock, _log = start_server('-n', '1')
+    control = sock + '.ctl'
+    for bad in (b'[' * 100000 + b'\n', b'{"command": "status"' + b' ' * 5000, b'\xff\xfe\n', b'"status"\n',
+                b'{"command": "hold", "master": ["m"]}\n', b'{"command": "reboot"}\n'):
+        conn = control_connection(control)
+        conn.sendall(bad)
+        reply = b''
+        while not reply.endswith(b'\n'):
+            chunk = conn.recv(65536)
+            assert chunk, 'no reply to %r' % bad[:40]
+            reply += chunk
+        conn.close()
+        assert reply.startswith(b'{"error": ')
+    idle = [control_connection(control) for _conn in range(100)]  # more than the 64 served at once
+    start = time.monotonic()
+    assert control_request(control, 'status', timeout=5)['pid'] == process.pid
+    assert time.monotonic() - start < 1.0  # the oldest idle connection made room
+    start = time.monotonic()
+    assert idle[-1].recv(1) == b''  # and an idle one is closed after the idle timeout
+    assert time.monotonic() - start < 4.0
+    for conn in idle:
+        conn.close()
+
+
+def cpu_seconds(pid):
+    fields = open('/proc/%d/stat' % pid).read().rsplit(') ', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def test_at_the_fd_limit_the_server_backs_off_instead_of_spinning(start_server):
+    process, sock, log = start_server('-n', '1', fd_limit=40)
+    waiting = [control_connection(sock + '.ctl') for _conn in range(60)]  # more than 40 fds can hold
+    before = cpu_seconds(process.pid)
+    time.sleep(1.0)
+    assert cpu_seconds(process.pid) - before < 0.3
+    with open(log) as lines:
+        assert 0 < sum('accept failed' in line for line in lines) <= 10
+    for conn in waiting:
+        conn.close()
+    assert control_request(sock + '.ctl', 'status', timeout=5)['fd_limit'] == 40

@@ -6,8 +6,6 @@ socket buffer fails (the server before the per-client queue did, every time).
 """
 import os
 import resource
-import subprocess
-import sys
 
 import pytest
 
@@ -15,33 +13,13 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import REPO, Lab, lab_root
+from conftest import Lab, lab_root
 from ivshmem_probe import Probe
 from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
 
-COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
-
-
 @pytest.fixture
-def serve():
-    """Start our server in the foreground with extra options; returns (process, socket path)."""
-    started = []
-
-    def start(*options):
-        root = lab_root()
-        sock = os.path.join(root, 's.sock')
-        name = 'scale-%d-%d' % (os.getpid(), len(started))
-        argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
-                '_ivshmem_server import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M']
-        process = subprocess.Popen(argv + list(options), env=dict(os.environ, PYTHONPATH=COLLECTIONS))
-        started.append(process)
-        wait_for('server', lambda: os.path.exists(sock + '.ctl'), 10)
-        return process, sock
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(10)
+def serve(start_server):
+    return lambda *options: start_server(*options)[:2]
 
 
 def status(sock):
