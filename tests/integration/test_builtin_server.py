@@ -17,6 +17,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 from conftest import Lab, lab_root
 from ivshmem_probe import Probe
 
+
 @pytest.fixture
 def lab():
     lab = Lab(lab_root(), 'builtin')

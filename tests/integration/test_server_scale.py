@@ -4,7 +4,6 @@ A UNIX socket holds only about 278 messages that carry an fd. Each case here nee
 messages in flight for one client than that, which a server that drops a client on a full
 socket buffer fails (the server before the per-client queue did, every time).
 """
-import os
 import resource
 
 import pytest
@@ -16,6 +15,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 from conftest import Lab, lab_root
 from ivshmem_probe import Probe
 from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
+
 
 @pytest.fixture
 def serve(start_server):
