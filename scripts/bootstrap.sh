@@ -13,6 +13,7 @@ apt_packages=(
   gcc libc6-dev                       # static test programs
   dpkg-dev libglib2.0-dev meson ninja-build zlib1g-dev pkgconf   # upstream ivshmem-server build
   rsync git
+  systemd                             # systemd-analyze: the server unit's security score
 )
 missing=()
 for p in "${apt_packages[@]}"; do

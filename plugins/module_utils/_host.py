@@ -16,6 +16,7 @@ import pwd
 import signal
 import stat
 import subprocess
+import tempfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
@@ -145,32 +146,74 @@ def remove_stale_socket(path):
 
 
 # --- files ----------------------------------------------------------------------------------
+# Root writes and reads files inside directories the service account owns (a server's or a
+# guest's directory). Whatever that account planted there (a symlink to /etc/shadow, a hard
+# link, a FIFO) is replaced or ignored, never followed: files are opened with O_NOFOLLOW,
+# written to a fresh O_EXCL temporary file and renamed over, and modes set on descriptors.
+_NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _open_own_file(path):
+    """A descriptor of ``path`` if it is a regular file of ours (this uid, one link), else None."""
+    try:
+        fd = os.open(path, _NOFOLLOW_READ)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_fd(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b''.join(chunks)
+        chunks.append(chunk)
+
+
 def write_file(path, data, mode=0o644):
-    """Write atomically; returns True when the content changed."""
+    """Write atomically, never through a link; returns True when the content changed."""
     if isinstance(data, str):
         data = data.encode('utf-8')
-    try:
-        with open(path, 'rb') as handle:
-            if handle.read() == data:
-                if stat.S_IMODE(os.stat(path).st_mode) != mode:
-                    os.chmod(path, mode)
+    fd = _open_own_file(path)
+    if fd is not None:
+        try:
+            if _read_fd(fd) == data:
+                if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                    os.fchmod(fd, mode)
                 return False
-    except OSError:
-        pass
-    tmp = '%s.tmp.%d' % (path, os.getpid())
-    with open(tmp, 'wb') as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+        finally:
+            os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=os.path.dirname(path) or '.')
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), mode)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return True
 
 
 def read_json(path):
+    """A JSON record we wrote, or None (missing, unreadable, or not a plain file of ours)."""
+    fd = _open_own_file(path)
+    if fd is None:
+        return None
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        return json.loads(_read_fd(fd).decode('utf-8'))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def write_json(path, data, mode=0o644):
@@ -178,10 +221,41 @@ def write_json(path, data, mode=0o644):
 
 
 def ensure_dir(path, mode=0o755, user=None, group=None):
-    os.makedirs(path, exist_ok=True)
-    os.chmod(path, mode)
+    """Create a directory with this mode and owner; an existing one keeps its mode.
+
+    Never chmod a directory the collection did not create (``memory_dir: /dev/shm``, say),
+    and never follow a symlink in its place.
+    """
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise HostError('%s exists and is not a directory (a symlink is not followed)' % path)
+        created = False
+    except FileNotFoundError:
+        ensure_dir(os.path.dirname(path), 0o755)
+        return ensure_dir(path, mode, user, group)
+    else:
+        created = True
+        os.chmod(path, mode)  # mkdir applied the umask
     if user is not None and os.geteuid() == 0:
-        os.chown(path, pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid)
+        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group or user).gr_gid
+        info = os.lstat(path)
+        if created or (info.st_uid, info.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+    return created
+
+
+def remove_own_file(path, uid):
+    """Unlink ``path`` only if it is a regular file owned by ``uid`` (records are not trusted for paths)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+        raise HostError('%s is not a regular file owned by uid %d: not removed' % (path, uid))
+    os.unlink(path)
+    return True
 
 
 # --- the service account --------------------------------------------------------------------

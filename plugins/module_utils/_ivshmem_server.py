@@ -302,9 +302,26 @@ class IvshmemServer:
             self.max_clients, ', held for %s' % self.hold if self.hold else ''))
 
     def _open_memory(self):
+        """Create the memory file exclusively; reuse only a stale one of ours, never a squatted one.
+
+        A name another account created first (to read or write the group's memory) is refused,
+        and so is a link. A file left by a killed server of ours is reused, so that guests still
+        attached to it keep sharing memory with new ones.
+        """
         path = self.config.memory_path
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.config.memory_mode)
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, self.config.memory_mode)
+            except FileExistsError:
+                fd = os.open(path, flags)
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+                    os.close(fd)
+                    raise ServerError('shared memory %s already exists and is not a file of this server\'s '
+                                      'account (uid %d, %d links): refusing a squatted name' % (
+                                          path, info.st_uid, info.st_nlink))
+                self.log('reusing the memory file %s left by an earlier server' % path)
         except OSError as exc:
             raise ServerError('cannot open shared memory %s: %s' % (path, exc.strerror))
         try:

@@ -70,10 +70,24 @@ def check_path(field, value, required=True):
 
 
 def check_mode(field, value):
-    text = str(value)
-    if not re.match(r'^0?[0-7]{3,4}$', text):
-        raise ValidationError(field, '%r is not an octal mode such as 0660' % (value,))
-    return int(text, 8)
+    """A file mode: a quoted octal string, or a number that is the mode itself.
+
+    YAML reads an unquoted 0660 as the number 432, which is that mode: it is taken as it is,
+    never re-read as octal digits. A number above 0o777 (an unquoted 660 is decimal) is refused.
+    """
+    if isinstance(value, bool):
+        mode = None
+    elif isinstance(value, int):
+        mode = value
+    elif isinstance(value, str) and re.match(r'^0?[0-7]{3}$', value.strip()):
+        mode = int(value.strip(), 8)
+    else:
+        mode = None
+    if mode is None or not 0 <= mode <= 0o777:
+        hint = ' (an unquoted %d is decimal; quote the mode: \'0%d\')' % (value, value) if (
+            isinstance(value, int) and not isinstance(value, bool) and re.match(r'^[0-7]{3}$', str(value))) else ''
+        raise ValidationError(field, '%r is not a mode between 0000 and 0777, such as \'0660\'%s' % (value, hint))
+    return mode
 
 
 def qemu_opt(value):

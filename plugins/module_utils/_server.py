@@ -12,6 +12,7 @@ __metaclass__ = type
 import importlib
 import io
 import os
+import pwd
 import shutil
 import sys
 import zipfile
@@ -136,13 +137,28 @@ class ServerManager(StateMachine):
             if self.change('remove'):
                 self.supervisor.remove()
                 shutil.rmtree(self.paths['dir'], ignore_errors=True)
-                memory = self.current and self.current['spec'].get('memory_path')
-                if memory and os.path.exists(memory):
-                    os.unlink(memory)
+                self._remove_memory()
         self.after = {'state': 'absent'}
         self.result['server'] = {'name': self.spec.name, 'state': 'absent'}
 
     # --- steps ----------------------------------------------------------------------------
+    def _remove_memory(self):
+        """Remove what the server left of its memory: a file of the service account only.
+
+        The record is the service account's to rewrite, so its path is never trusted: the path
+        is rebuilt from the record's validated name and directory, and the file must belong to
+        the account this task names.
+        """
+        recorded = self.current['spec']
+        try:
+            spec = ServerSpec(dict(recorded, name=self.spec.name, pins={}, hold=None, user=self.spec.user,
+                                   group=self.spec.group, max_clients=None))
+        except ValidationError:
+            spec = self.spec
+        memory = spec.memory_path()
+        if memory and _host.account_exists(self.spec.user, self.spec.group):
+            _host.remove_own_file(memory, pwd.getpwnam(self.spec.user).pw_uid)
+
     def _start(self):
         self.after = {'state': 'started', 'spec': self._desired_record(),
                       'hold': self.spec.hold if self.spec.implementation == 'builtin' else None}
@@ -159,13 +175,14 @@ class ServerManager(StateMachine):
             _host.write_file(program, builtin_program(), 0o644)
         _host.remove_stale_socket(self.paths['socket'])
         if spec.memory_dir:
-            _host.ensure_dir(spec.memory_dir, 0o755)
+            _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
         _host.write_json(self.paths['record'], self._desired_record())
         foreground = self.supervisor.kind == 'systemd'
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
         argv = spec.argv(self.layout, python, program, foreground)
         waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
-                                       notify=spec.implementation == 'builtin')
+                                       notify=spec.implementation == 'builtin',
+                                       writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'))
         _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
         self.result['waited'] = round(waited + gated, 3)
 

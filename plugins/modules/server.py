@@ -94,12 +94,18 @@ options:
         limit and the resulting cap as C(fd_limit) and C(max_clients) in its status.
     type: int
   socket_mode:
-    description: Mode of the server socket; guests connect as O(group).
-    type: str
+    description:
+      - Mode of the server socket; guests connect as O(group).
+      - A quoted octal string (V('0660')), or a number that is the mode itself (YAML reads an
+        unquoted V(0660) as 432, which is the same mode). Anything above V('0777'), such as an
+        unquoted V(660), which is decimal, is refused.
+    type: raw
     default: '0660'
   memory_mode:
-    description: Mode of the memory file (guests get the memory through the socket, not the file).
-    type: str
+    description:
+      - Mode of the memory file (guests get the memory through the socket, not the file).
+      - Given as O(socket_mode) is.
+    type: raw
     default: '0600'
   user:
     description: Service account the server runs as (created when missing).
@@ -252,8 +258,8 @@ def main():
             admission=dict(type='str', default='open', choices=['open', 'held']),
             hold_for=dict(type='str'),
             max_clients=dict(type='int'),
-            socket_mode=dict(type='str', default='0660'),
-            memory_mode=dict(type='str', default='0600'),
+            socket_mode=dict(type='raw', default='0660'),
+            memory_mode=dict(type='raw', default='0600'),
             user=dict(type='str', default='ivshmem'),
             group=dict(type='str'),
             supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),

@@ -42,6 +42,13 @@ def test_round_up_like_upstream():
     ({'name': 'a', 'pins': {'g': 0, 'h': 0}}, 'pins.h'),
     ({'name': 'a', 'pins': {'g': 70000}}, 'pins.g'),
     ({'name': 'a', 'socket_mode': 'rw'}, 'socket_mode'),
+    ({'name': 'a', 'socket_mode': 660}, 'socket_mode'),  # unquoted 660 is decimal (0o1224)
+    ({'name': 'a', 'memory_mode': 600}, 'memory_mode'),
+    ({'name': 'a', 'memory_mode': True}, 'memory_mode'),
+    ({'name': 'a', 'memory_mode': '0o640'}, 'memory_mode'),
+    ({'name': 'a', 'memory_mode': '1777'}, 'memory_mode'),
+    ({'name': 'a', 'max_clients': 0}, 'max_clients'),
+    ({'name': 'a', 'max_clients': True}, 'max_clients'),
     ({'name': 'a', 'memory_dir': 'relative'}, 'memory_dir'),
 ])
 def test_server_spec_errors_name_the_field(params, field):
@@ -98,3 +105,19 @@ def test_guest_argv_has_devices_sandbox_and_incoming():
     assert argv[-3:] == ['-incoming', 'defer', '-S']
     assert 'spawn=deny' in line
     assert spec.masters[0].memory_key == ('server', '/run/x/servers/g1/ivshmem.sock')
+
+
+@pytest.mark.parametrize('given, mode', [
+    ('0660', 0o660), ('660', 0o660), (' 0640 ', 0o640), (432, 0o660),  # 432: YAML's reading of 0660
+    (0o600, 0o600), (0, 0),
+])
+def test_modes_are_quoted_octal_or_the_mode_itself_never_reinterpreted(given, mode):
+    spec = ServerSpec({'name': 'a', 'socket_mode': given, 'memory_mode': given})
+    assert (spec.socket_mode, spec.memory_mode) == (mode, mode)
+    assert spec.to_dict()['socket_mode'] == '%04o' % mode
+
+
+def test_an_unquoted_decimal_mode_is_refused_with_the_fix():
+    with pytest.raises(ValidationError) as info:
+        ServerSpec({'name': 'a', 'memory_mode': 640})
+    assert info.value.field == 'memory_mode' and "'0640'" in str(info.value)
