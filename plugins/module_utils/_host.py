@@ -116,11 +116,14 @@ def tail(path, lines=5):
 
 
 # --- sockets ------------------------------------------------------------------------------
-def unix_listening(path):
+def unix_listening(path, pid=None):
     """True if some process listens on the UNIX socket ``path`` (no connection made:
-    the upstream server exits when a client connects and closes at once)."""
+    the upstream server exits when a client connects and closes at once).
+
+    ``pid``: look in that process's network namespace (a server unit has its own, under
+    PrivateNetwork; its socket on the file system still reaches it from everywhere)."""
     try:
-        with open('/proc/net/unix') as handle:
+        with open('/proc/%d/net/unix' % pid if pid else '/proc/net/unix') as handle:
             next(handle)
             for line in handle:
                 fields = line.split()

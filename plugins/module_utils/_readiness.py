@@ -16,7 +16,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 
 
 def _server_listening(socket_path, pid_source):
-    return bool(pid_source()) and _host.unix_listening(socket_path)
+    pid = pid_source()
+    return bool(pid) and _host.unix_listening(socket_path, pid)
 
 
 def _qmp_answers(qmp_path, exit_code=None):
