@@ -41,6 +41,15 @@ def _only(prefix, data, allowed):
         raise ValidationError('%s.%s' % (prefix, unknown[0]), 'unknown option (known: %s)' % ', '.join(allowed))
 
 
+def _mapping(field, value):
+    """A mapping (None is an empty one), else a field-named error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(field, 'must be a mapping, not %s' % type(value).__name__)
+    return value
+
+
 def normalize_group(index, group, hosts, layout):
     """One validated group: its server's and guests' module parameters."""
     where = 'groups[%d]' % index
@@ -50,8 +59,9 @@ def normalize_group(index, group, hosts, layout):
     host = group.get('host')
     if host not in hosts:
         raise ValidationError(where + '.host', '%r is not a host of the inventory' % (host,))
-    server = dict(group.get('server') or {})
+    server = group.get('server') or {}
     _only(where + '.server', server, SERVER_KEYS)
+    server = dict(server)
     master = group.get('master')
     if not master:
         raise ValidationError(where + '.master', 'every group needs its master guest')
@@ -91,13 +101,18 @@ class GroupPlan(StateMachine):
         super(GroupPlan, self).__init__(check_mode)
         self.groups = params.get('groups') or []
         self.hosts = params.get('hosts') or []
+        if not isinstance(self.hosts, list):
+            raise ValidationError('hosts', 'must be a list of inventory host names')
         self.running, self.moves = {}, {}
-        for host, facts in (params.get('facts') or {}).items():
-            guests = (facts or {}).get('guests') or {}
+        for host, facts in _mapping('facts', params.get('facts')).items():
+            where = 'facts.%s' % host
+            facts = _mapping(where, facts)
+            guests = _mapping(where + '.guests', facts.get('guests'))
             # Only a running master serves: paused, incoming or migrated ones are a move in between.
-            self.running[host] = [name for name, guest in guests.items() if guest.get('state') == 'running']
-            for group, record in ((facts or {}).get('moves') or {}).items():
-                self.moves.setdefault(group, {})[host] = record
+            self.running[host] = [name for name, guest in guests.items()
+                                  if _mapping('%s.guests.%s' % (where, name), guest).get('state') == 'running']
+            for group, record in _mapping(where + '.moves', facts.get('moves')).items():
+                self.moves.setdefault(group, {})[host] = _mapping('%s.moves.%s' % (where, group), record)
         self.layout = layout
 
     def state_planned(self):

@@ -41,13 +41,19 @@ def guest_status(layout, name, registers=True):
     record = _host.read_json(paths['record'])
     if record is None:
         return None
+    spec = record.get('spec')
+    if not isinstance(spec, dict) or not isinstance(spec.get('ivshmem'), list):
+        # Damaged (not by us: root writes it whole): reported, never fatal.
+        record = dict(record, spec=dict(spec if isinstance(spec, dict) else {}, ivshmem=[]), damaged=True)
     pid = _host.read_pidfile(paths['pidfile'])
     if not _host.process_alive(pid, paths['qmp']):
         pid = None
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
-              'ivshmem': [dict(d, ivposition=None) for d in record['spec']['ivshmem']]}
+              'ivshmem': [dict(d, ivposition=None) for d in record['spec']['ivshmem'] if isinstance(d, dict)]}
+    if record.get('damaged'):
+        status['error'] = 'the record %s is damaged' % paths['record']
     if pid is None:
         status['state'] = 'stopped'
         return status

@@ -207,16 +207,17 @@ def write_file(path, data, mode=0o644):
 
 
 def read_json(path):
-    """A JSON record we wrote, or None (missing, unreadable, or not a plain file of ours)."""
+    """A JSON object we wrote, or None (missing, unreadable, not an object, or not a plain file of ours)."""
     fd = _open_own_file(path)
     if fd is None:
         return None
     try:
-        return json.loads(_read_fd(fd).decode('utf-8'))
-    except (OSError, ValueError):
+        record = json.loads(_read_fd(fd).decode('utf-8'))
+    except (OSError, ValueError, RecursionError):
         return None
     finally:
         os.close(fd)
+    return record if isinstance(record, dict) else None
 
 
 def write_json(path, data, mode=0o644):
@@ -304,11 +305,11 @@ def kvm_usable_by(user, group, device='/dev/kvm'):
     try:
         info = os.stat(device)
         account = pwd.getpwnam(user)
-    except (OSError, KeyError):
+        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+    except (OSError, KeyError):  # no device, or an account not created yet
         return False
     if account.pw_uid == 0:
         return True
-    gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
     if info.st_uid == account.pw_uid:
         bits = (info.st_mode >> 6) & 0o6
     elif info.st_gid in os.getgrouplist(user, gid):

@@ -30,8 +30,9 @@ class HostInfo(StateMachine):
         for name in self.layout.names('guests'):
             status = guest_status(self.layout, name)
             if status is not None:
-                spec = status.pop('record')['spec']
-                status.update(memory_mib=spec['memory'], cpus=spec['cpus'])
+                spec = status.pop('record').get('spec')
+                spec = spec if isinstance(spec, dict) else {}  # a damaged record: shown, not fatal
+                status.update(memory_mib=spec.get('memory'), cpus=spec.get('cpus'))
                 guests[name] = status
         moves = dict((group, {'step': record.get('step'), 'role': record.get('role'), 'source': record.get('source'),
                               'destination': record.get('destination'), 'run_id': record.get('run_id'),

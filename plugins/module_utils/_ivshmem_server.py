@@ -77,7 +77,11 @@ def parse_size(text):
     number, suffix = match.groups()
     if '.' in number and not suffix:
         raise ValueError('invalid size %r: a fraction needs a suffix' % text)
-    value = int(float(number) * (1 << _SUFFIX_SHIFT[suffix.lower()]))
+    if len(number) > 30:  # beyond any memory: refused before arithmetic
+        raise ValueError('invalid size %r: too large' % text)
+    whole, _dot, fraction = number.partition('.')
+    shift = _SUFFIX_SHIFT[suffix.lower()]
+    value = (int(whole) << shift) + (int(fraction) << shift) // 10 ** len(fraction) if fraction else int(whole) << shift
     if value <= 0:
         raise ValueError('invalid size %r: must be positive' % text)
     return value
@@ -208,6 +212,10 @@ class _Control:
 
     def __init__(self, sock):
         self.sock = sock
+        try:
+            _pid, self.uid, self.gid = _peer_credentials(sock)
+        except OSError:
+            self.uid = self.gid = None
         self.opened = time.monotonic()
         self.request = bytearray()
         self.response = None
@@ -234,6 +242,7 @@ class Config:
         self.socket_mode = args.socket_mode
         self.memory_mode = args.memory_mode
         self.keep_memory = args.keep_memory
+        self.admin_gid = args.admin_group
         taken = {}
         for name, peer_id in self.pins.items():
             if peer_id in taken:
@@ -637,7 +646,7 @@ class IvshmemServer:
             if b'\n' not in control.request and len(control.request) < _CONTROL_LIMIT:
                 return
             try:
-                response = {'return': self._control(read_request(bytes(control.request)))}
+                response = {'return': self._control(read_request(bytes(control.request)), control)}
             except ControlError as exc:
                 response = {'error': str(exc)}
             control.response = encode_response(response)
@@ -657,10 +666,15 @@ class IvshmemServer:
         del self._controls[control.sock.fileno()]
         control.sock.close()
 
-    def _control(self, request):
+    def _control(self, request, peer):
         command = request.get('command')
         if command == 'status':
             return self.status()
+        admin = peer.uid == 0 or (self.config.admin_gid is not None and peer.gid == self.config.admin_gid)
+        if command in ('hold', 'release') and not admin:
+            # Admission gates migration (peers must not attach early): only root or the admin
+            # group moves it, never the account the server and its guests share.
+            raise ControlError('%s needs root or the admin group (the request came from uid %s)' % (command, peer.uid))
         if command == 'hold':
             master = request.get('master')
             if not isinstance(master, str) or not _NAME_RE.match(master):
@@ -831,6 +845,8 @@ def build_parser():
     parser.add_argument('--group', type=_gid, help='group of the socket and memory')
     parser.add_argument('--socket-mode', type=_mode, default=0o660, help='socket mode (octal)')
     parser.add_argument('--memory-mode', type=_mode, default=0o600, help='memory file mode (octal)')
+    parser.add_argument('--admin-group', type=_gid,
+                        help='besides root, the group whose processes may hold and release admission')
     parser.add_argument('--keep-memory', action='store_true', help='keep the memory file on shutdown')
     return parser
 

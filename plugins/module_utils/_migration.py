@@ -24,9 +24,9 @@ import os
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, QMPTimeout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -195,11 +195,15 @@ class Migration(StateMachine):
         self.expected = params.get('expected_checksums') or []
         if self.phase == 'receive' and params.get('verify', True) and not self.expected:
             raise ValidationError('expected_checksums', 'phase receive needs the checksums phase send returned')
-        self.max_bandwidth = params.get('max_bandwidth', 10 << 30)
-        self.downtime_limit = params.get('downtime_limit', 300)
-        self.timeout = params.get('timeout', 300)
+        self.max_bandwidth = check_int('max_bandwidth', params.get('max_bandwidth', 10 << 30), 1 << 20, 1 << 50)
+        self.downtime_limit = check_int('downtime_limit', params.get('downtime_limit', 300), 1, 600000)
+        self.timeout = check_int('timeout', params.get('timeout', 300), 1, 7 * 86400)
         self.verify = params.get('verify', True)
         self.checksum = params.get('checksum', 'sha1')
+        if self.checksum not in CHECKSUMS:
+            raise ValidationError('checksum', 'must be one of %s' % ', '.join(CHECKSUMS))
+        if not isinstance(self.expected, list) or not all(isinstance(item, str) for item in self.expected):
+            raise ValidationError('expected_checksums', 'must be a list of checksum strings')
         self.stop_source = params.get('stop_source', True)
 
     def state_migrated(self):

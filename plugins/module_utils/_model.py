@@ -61,6 +61,15 @@ def check_int(field, value, minimum, maximum):
     return value
 
 
+def check_list(field, value):
+    """A list (None is an empty one); anything else is refused."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError(field, 'must be a list, not %s' % type(value).__name__)
+    return value
+
+
 def check_path(field, value, required=True):
     if value is None and not required:
         return None
@@ -133,7 +142,7 @@ class ServerSpec:
               'pins', 'max_clients', 'socket_mode', 'memory_mode', 'user', 'group')
 
     def __init__(self, params):
-        self.name = check_name('name', params['name'])
+        self.name = check_name('name', params.get('name'))
         self.implementation = params.get('implementation') or 'builtin'
         if self.implementation not in ('builtin', 'qemu'):
             raise ValidationError('implementation', 'must be builtin or qemu')
@@ -149,9 +158,9 @@ class ServerSpec:
         self.pins = {}
         for guest, peer_id in sorted(pins.items()):
             check_name('pins', guest)
-            try:
+            if isinstance(peer_id, str) and peer_id.strip().isdigit():
                 peer_id = int(peer_id)
-            except (TypeError, ValueError):
+            if isinstance(peer_id, bool) or not isinstance(peer_id, int):
                 raise ValidationError('pins.%s' % guest, '%r is not an ID' % (peer_id,))
             check_int('pins.%s' % guest, peer_id, 0, MAX_PEER_ID)
             if peer_id in self.pins.values():
@@ -274,19 +283,20 @@ class GuestSpec:
               'extra_devices', 'extra_args', 'ivshmem', 'user', 'group', 'sandbox')
 
     def __init__(self, params, layout):
-        self.name = check_name('name', params['name'])
+        self.name = check_name('name', params.get('name'))
         self.binary = check_path('binary', params.get('binary') or '/usr/bin/qemu-system-x86_64')
         self.memory = check_size('memory', params.get('memory') or '128M', minimum=16 << 20,
                                  maximum=1 << 42, power_of_two=False) >> 20
-        self.cpus = check_int('cpus', params.get('cpus') or 1, 1, 256)
+        cpus = params.get('cpus')
+        self.cpus = check_int('cpus', 1 if cpus is None else cpus, 1, 256)
         self.machine = params.get('machine') or 'pc'
-        if not re.match(r'^[A-Za-z0-9_.=,-]+$', self.machine):
+        if not isinstance(self.machine, str) or not re.match(r'^[A-Za-z0-9_.=,-]+$', self.machine):
             raise ValidationError('machine', '%r is not a machine type' % (self.machine,))
         self.accel = params.get('accel') or 'auto'
         if self.accel not in ('auto', 'kvm', 'tcg'):
             raise ValidationError('accel', 'must be auto, kvm or tcg')
         self.disks = []
-        for index, disk in enumerate(params.get('disks') or []):
+        for index, disk in enumerate(check_list('disks', params.get('disks'))):
             field = 'disks[%d]' % index
             if not isinstance(disk, dict):
                 raise ValidationError(field, 'must be a mapping')
@@ -303,11 +313,9 @@ class GuestSpec:
         self.append = params.get('append')
         if (self.initrd or self.append) and not self.kernel:
             raise ValidationError('kernel', 'initrd and append need a kernel')
-        self.extra_devices = [str(d) for d in params.get('extra_devices') or []]
-        self.extra_args = [str(a) for a in params.get('extra_args') or []]
-        devices = params.get('ivshmem') or []
-        if not isinstance(devices, list):
-            raise ValidationError('ivshmem', 'must be a list')
+        self.extra_devices = [str(d) for d in check_list('extra_devices', params.get('extra_devices'))]
+        self.extra_args = [str(a) for a in check_list('extra_args', params.get('extra_args'))]
+        devices = check_list('ivshmem', params.get('ivshmem'))
         self.devices = [IvshmemDevice(i, d, layout) for i, d in enumerate(devices)]
         seen = {}
         for index, device in enumerate(self.devices):

@@ -11,6 +11,8 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
+
 IVSHMEM_VENDOR = 0x1af4
 IVSHMEM_DEVICE = 0x1110
 IVPOSITION_OFFSET = 8  # BAR0 registers: 0 INTRMASK, 4 INTRSTATUS (read clears: never read), 8 IVPOSITION
@@ -38,9 +40,9 @@ def ivshmem_pci_devices(qmp):
 
 def read_word(qmp, address):
     text = qmp.command('human-monitor-command', {'command-line': 'xp /1wx 0x%x' % address})
-    match = _XP_RE.search(text or '')
+    match = _XP_RE.search(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError('unexpected xp output %r' % text)
+        raise QMPError('unexpected xp output %r' % (text,))
     return int(match.group(1), 16)
 
 

@@ -84,7 +84,7 @@ class QMPClient:
                 self.events.append(message)
             elif message.get('id') == self._next_id:
                 if 'error' in message:
-                    error = message['error']
+                    error = message['error'] if isinstance(message['error'], dict) else {'desc': message['error']}
                     raise QMPError('%s: %s' % (name, error.get('desc')), error.get('class'))
                 return message.get('return')
 
@@ -93,7 +93,7 @@ class QMPClient:
         deadline = time.monotonic() + timeout
         while True:
             for index, event in enumerate(self.events):
-                if event['event'] in names and (predicate is None or predicate(event)):
+                if event.get('event') in names and (predicate is None or predicate(event)):
                     return self.events.pop(index)
             message = self._read_message(deadline, what='event %s' % '/'.join(names))
             if 'event' in message:
@@ -115,4 +115,10 @@ class QMPClient:
                 raise QMPError('%s: QEMU closed the connection (waiting for %s)' % (self.path, what))
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b'\n', 1)
-        return json.loads(line.decode('utf-8'))
+        try:
+            message = json.loads(line.decode('utf-8'))
+        except (ValueError, RecursionError):
+            message = None
+        if not isinstance(message, dict):
+            raise QMPError('%s: malformed message while waiting for %s: %r' % (self.path, what, line[:200]))
+        return message

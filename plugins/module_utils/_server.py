@@ -63,11 +63,12 @@ def server_status(layout, name, supervisor_kind='auto'):
         return None
     supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind)
     pid = supervisor.pid()
+    builtin = record.get('implementation', 'builtin') == 'builtin'
     status = {'name': name, 'pid': pid, 'state': 'started' if pid else 'stopped', 'spec': record,
-              'socket': paths['socket'], 'control': paths['control'] if record['implementation'] == 'builtin' else None,
+              'socket': paths['socket'], 'control': paths['control'] if builtin else None,
               'memory': record.get('memory_path'), 'supervisor': supervisor.kind,
               'hold': None, 'clients': None}
-    if pid and record['implementation'] == 'builtin':
+    if pid and builtin:
         try:
             live = control_request(paths['control'], 'status')
             status.update(hold=live['hold'], clients=live['clients'], refused=live['refused'])
@@ -114,7 +115,7 @@ class ServerManager(StateMachine):
                                      'Set restart_on_drift (this strands its guests) or state restarted.' % self.spec.name)
         if not running or (drift and self.restart_on_drift):
             self._start()
-        elif self.current['spec']['implementation'] == 'builtin' and self.current['hold'] != self.spec.hold:
+        elif self.current['spec'].get('implementation', 'builtin') == 'builtin' and self.current['hold'] != self.spec.hold:
             self._set_hold()
         self._report()
 

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_paths, server_status
 
@@ -114,3 +115,38 @@ def test_removal_never_follows_the_record_to_a_file_of_the_attackers_choice(lab,
     except HostError as exc:  # refusing is fine; deleting is not
         assert 'not removed' in str(exc)
     assert untouched(victim)
+
+
+def as_service_account(action):
+    """Run ``action()`` in a child as the service account (a guest's QEMU runs as it); its result."""
+    account = pwd.getpwnam('ivshmem')
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            os.write(write_end, str(action()).encode())
+        except BaseException as exc:  # noqa: B036 (the child reports whatever happened)
+            os.write(write_end, ('%s: %s' % (type(exc).__name__, exc)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = pipe.read()
+    os.waitpid(pid, 0)
+    return result
+
+
+def test_only_root_moves_the_admission_hold(lab):
+    lab.server('s', admission='held', hold_for='m')
+    control = lab.layout.server_control('s')
+    # The control socket belongs to the service account, which every guest's QEMU runs as.
+    answer = as_service_account(lambda: control_request(control, 'release'))
+    assert 'ControlError' in answer and 'needs root' in answer
+    answer = as_service_account(lambda: control_request(control, 'status')['hold'])
+    assert answer == 'm'  # status is open to the account; the hold stayed
+    assert control_request(control, 'status')['hold'] == 'm'
+    assert control_request(control, 'release')['hold'] is None  # root may
