@@ -44,6 +44,14 @@ ansible-lint --profile production --offline -q
 step "changelog fragments"
 antsibull-changelog lint
 
+step "execution environment (ansible-builder introspect)"
+# What an execution environment needs for this collection: no Python packages beyond
+# ansible-core, and the SSH client (meta/execution-environment.yml, requirements.txt, bindep.txt).
+introspect=$(ansible-builder introspect --sanitize "$cache/collections")
+echo "$introspect"
+grep -q '^python: \[\]$' <<<"$introspect"
+grep -q "openssh-client \[platform:dpkg\]  # from collection ivshmem.fleet" <<<"$introspect"
+
 step "pytest: unit, real-QEMU integration, playbooks"
 python -m pytest -q -p no:cacheprovider tests/unit tests/integration
 
