@@ -270,6 +270,7 @@ class IvshmemServer:
         self.listener = None
         self.control = None
         self.shm_fd = None
+        self._memory_message = None  # the handshake's memory message, encoded once the memory is open
         self.fd_limit = None
         self.max_clients = config.max_clients
         self.max_backlog = config.max_backlog

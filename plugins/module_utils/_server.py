@@ -115,7 +115,7 @@ class ServerManager(StateMachine):
                                      'Set restart_on_drift (this strands its guests) or state restarted.' % self.spec.name)
         if not running or (drift and self.restart_on_drift):
             self._start()
-        elif self.current['spec'].get('implementation', 'builtin') == 'builtin' and self.current['hold'] != self.spec.hold:
+        elif self.current['control'] and self.current['hold'] != self.spec.hold:  # builtin: a control socket
             self._set_hold()
         self._report()
 

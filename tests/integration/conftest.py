@@ -80,13 +80,23 @@ def lab_root():
     return root
 
 
+def _lab(implementation):
+    lab = Lab(lab_root(), implementation)
+    yield lab
+    lab.teardown()
+
+
 @pytest.fixture(params=['builtin', 'qemu'])
 def lab(request):
     if request.param == 'qemu' and not os.access(UPSTREAM, os.X_OK):
         pytest.fail('upstream ivshmem-server missing at %s: run scripts/build-upstream-ivshmem.sh' % UPSTREAM)
-    lab = Lab(lab_root(), request.param)
-    yield lab
-    lab.teardown()
+    yield from _lab(request.param)
+
+
+@pytest.fixture
+def builtin_lab():
+    """A lab with our server only: for what upstream's server has no part in."""
+    yield from _lab('builtin')
 
 
 @pytest.fixture

@@ -14,15 +14,12 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestE
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import Lab, lab_root
 from ivshmem_probe import Probe
 
 
 @pytest.fixture
-def lab():
-    lab = Lab(lab_root(), 'builtin')
-    yield lab
-    lab.teardown()
+def lab(builtin_lab):
+    return builtin_lab
 
 
 @pytest.fixture

@@ -14,14 +14,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_paths, server_status
 
-from conftest import Lab, lab_root
-
 
 @pytest.fixture
-def lab():
-    lab = Lab(lab_root(), 'builtin')
-    yield lab
-    lab.teardown()
+def lab(builtin_lab):
+    return builtin_lab
 
 
 @pytest.fixture

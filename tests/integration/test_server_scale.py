@@ -12,14 +12,24 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import Lab, lab_root
 from ivshmem_probe import Probe
 from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
 
 
 @pytest.fixture
-def serve(start_server):
-    return lambda *options: start_server(*options)[:2]
+def probed(start_server):
+    """``probed(vectors, *options)``: our server with these options and a probe on it,
+    as (socket path, probe). The probes are closed at the end, before the servers stop."""
+    probes = []
+
+    def start(vectors, *options):
+        _process, sock, _log = start_server('-n', str(vectors), *options)
+        probes.append(Probe(sock, vectors))
+        return sock, probes[-1]
+
+    yield start
+    for probe in probes:
+        probe.close()
 
 
 def status(sock):
@@ -32,70 +42,54 @@ def join(probe, count):
     return clients
 
 
-def test_handshakes_far_longer_than_a_socket_buffer_are_all_delivered(serve):
-    _process, sock = serve('-n', '64')
-    probe = Probe(sock, 64)
-    try:
-        clients = [join(probe, 1)[0] for _client in range(40)]  # the 40th handshake: 2,563 messages
-        assert [c.closed for c in clients] == [None] * 40
-        assert probe.until(lambda: all(probe.knows_everyone(c) for c in clients), 30)
-        info = status(sock)
-        assert (len(info['clients']), info['refused'], info['dropped']) == (40, 0, 0)
-    finally:
-        probe.close()
+def test_handshakes_far_longer_than_a_socket_buffer_are_all_delivered(probed):
+    sock, probe = probed(64)
+    clients = [join(probe, 1)[0] for _client in range(40)]  # the 40th handshake: 2,563 messages
+    assert [c.closed for c in clients] == [None] * 40
+    assert probe.until(lambda: all(probe.knows_everyone(c) for c in clients), 30)
+    info = status(sock)
+    assert (len(info['clients']), info['refused'], info['dropped']) == (40, 0, 0)
 
 
-def test_a_client_that_pauses_reading_is_kept_and_catches_up(serve):
-    _process, sock = serve('-n', '64')
-    probe = Probe(sock, 64)
-    try:
-        sleeper = join(probe, 1)[0]
-        probe.stop_reading(sleeper)
-        later = join(probe, 12)  # 768 announcements wait for the sleeper, about three socket buffers
-        waiting = [c['backlog'] for c in status(sock)['clients'] if c['id'] == sleeper.peer_id]
-        assert waiting and waiting[0] > 0
-        probe.resume_reading(sleeper)
-        assert probe.until(lambda: probe.knows_everyone(sleeper), 30)
-        assert sleeper.closed is None and all(c.closed is None for c in later)
-        assert status(sock)['dropped'] == 0
-    finally:
-        probe.close()
+def test_a_client_that_pauses_reading_is_kept_and_catches_up(probed):
+    sock, probe = probed(64)
+    sleeper = join(probe, 1)[0]
+    probe.stop_reading(sleeper)
+    later = join(probe, 12)  # 768 announcements wait for the sleeper, about three socket buffers
+    waiting = [c['backlog'] for c in status(sock)['clients'] if c['id'] == sleeper.peer_id]
+    assert waiting and waiting[0] > 0
+    probe.resume_reading(sleeper)
+    assert probe.until(lambda: probe.knows_everyone(sleeper), 30)
+    assert sleeper.closed is None and all(c.closed is None for c in later)
+    assert status(sock)['dropped'] == 0
 
 
-def test_only_a_client_that_stopped_reading_is_dropped_past_its_backlog_bound(serve):
-    _process, sock = serve('-n', '64', '--max-backlog', '500')
-    probe = Probe(sock, 64)
-    try:
-        stuck = join(probe, 1)[0]
-        probe.stop_reading(stuck)
-        others = [join(probe, 1)[0] for _client in range(16)]  # 1,024 announcements wait for it
-        info = status(sock)
-        assert stuck.peer_id not in [c['id'] for c in info['clients']]
-        assert (info['dropped'], len(info['clients'])) == (1, 16)
-        told = [c for c in others if stuck.peer_id in c.known]  # those who joined before the drop
-        assert told and probe.until(lambda: all(stuck.peer_id in c.departures for c in told), 10)
-        probe.resume_reading(stuck)
-        assert probe.until(lambda: stuck.closed, 10) and stuck.closed == 'closed by the server'
-        assert probe.until(lambda: all(c.closed is None and probe.knows_everyone(c) for c in others), 10)
-    finally:
-        probe.close()
+def test_only_a_client_that_stopped_reading_is_dropped_past_its_backlog_bound(probed):
+    sock, probe = probed(64, '--max-backlog', '500')
+    stuck = join(probe, 1)[0]
+    probe.stop_reading(stuck)
+    others = [join(probe, 1)[0] for _client in range(16)]  # 1,024 announcements wait for it
+    info = status(sock)
+    assert stuck.peer_id not in [c['id'] for c in info['clients']]
+    assert (info['dropped'], len(info['clients'])) == (1, 16)
+    told = [c for c in others if stuck.peer_id in c.known]  # those who joined before the drop
+    assert told and probe.until(lambda: all(stuck.peer_id in c.departures for c in told), 10)
+    probe.resume_reading(stuck)
+    assert probe.until(lambda: stuck.closed, 10) and stuck.closed == 'closed by the server'
+    assert probe.until(lambda: all(c.closed is None and probe.knows_everyone(c) for c in others), 10)
 
 
-def test_a_departed_id_is_not_handed_out_again_while_others_are_free(serve):
-    _process, sock = serve('-n', '1', '--pin', 'nobody-connects=3')
-    probe = Probe(sock, 1)
-    try:
-        first, second, third = join(probe, 3)
-        assert [first.peer_id, second.peer_id, third.peer_id] == [0, 1, 2]
-        probe.close(second)
-        wait_for('the departure', lambda: len(status(sock)['clients']) == 2, 5)
-        assert [c.peer_id for c in join(probe, 2)] == [4, 5]  # 3 stays pinned, 1 is reused last
-    finally:
-        probe.close()
+def test_a_departed_id_is_not_handed_out_again_while_others_are_free(probed):
+    sock, probe = probed(1, '--pin', 'nobody-connects=3')
+    first, second, third = join(probe, 3)
+    assert [first.peer_id, second.peer_id, third.peer_id] == [0, 1, 2]
+    probe.close(second)
+    wait_for('the departure', lambda: len(status(sock)['clients']) == 2, 5)
+    assert [c.peer_id for c in join(probe, 2)] == [4, 5]  # 3 stays pinned, 1 is reused last
 
 
-def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(serve):
-    process, sock = serve('-n', '16')
+def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(start_server):
+    process, sock, _log = start_server('-n', '16')
     info = status(sock)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the server inherits ours
     with open('/proc/%d/limits' % process.pid) as limits:
@@ -104,9 +98,9 @@ def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(serve)
     assert info['max_clients'] == min((hard - 128) // 17, 65536)
 
 
-def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back():
+def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back(builtin_lab):
     """Real QEMU: the sixth guest's handshake alone (5 x 64 + 64 fds) overflows a socket buffer."""
-    lab = Lab(lab_root(), 'builtin')
+    lab = builtin_lab
     qtests = {}
     try:
         lab.server('s', vectors=64)
@@ -130,4 +124,3 @@ def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back():
     finally:
         for qtest in qtests.values():
             qtest.close()
-        lab.teardown()

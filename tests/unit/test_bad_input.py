@@ -1,6 +1,8 @@
 """Bad input, table-driven: every case fails early with an error that names the field, and
 nothing on the host changes (files under the runtime directory, systemd units, /dev/shm)."""
 import os
+import socket
+import threading
 
 import pytest
 
@@ -9,6 +11,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 
 HUGE = '9' * 400 + 'K'
@@ -132,8 +136,6 @@ class _ScriptedQMP:
     """A UNIX socket that greets like QEMU and answers each command with the next scripted line."""
 
     def __init__(self, path, replies):
-        import socket
-        import threading
         self.listener = socket.socket(socket.AF_UNIX)
         self.listener.bind(path)
         self.listener.listen(1)
@@ -154,13 +156,17 @@ class _ScriptedQMP:
         conn.close()
 
 
+def client_answered_with(tmp_path, reply):
+    """A QMP client whose first command gets ``reply`` as QEMU's answer."""
+    path = str(tmp_path / 'qmp.sock')
+    _ScriptedQMP(path, [reply])
+    return QMPClient(path, timeout=5)
+
+
 @pytest.mark.parametrize('reply', [b'not json', b'[1, 2]', b'[' * 5000, b'"a string"',
                                    b'{"error": "no class", "id": 2}'])
 def test_malformed_qmp_replies_are_qmp_errors(tmp_path, reply):
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
-    path = str(tmp_path / 'qmp.sock')
-    _ScriptedQMP(path, [reply])
-    with QMPClient(path, timeout=5) as qmp:
+    with client_answered_with(tmp_path, reply) as qmp:
         with pytest.raises(QMPError):
             qmp.command('query-status')
 
@@ -168,10 +174,6 @@ def test_malformed_qmp_replies_are_qmp_errors(tmp_path, reply):
 @pytest.mark.parametrize('text', [b'{"return": "", "id": 2}', b'{"return": 7, "id": 2}',
                                   b'{"return": "0000000000000008: zz", "id": 2}'])
 def test_unexpected_memory_reads_are_qmp_errors(tmp_path, text):
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
-    path = str(tmp_path / 'qmp.sock')
-    _ScriptedQMP(path, [text])
-    with QMPClient(path, timeout=5) as qmp:
+    with client_answered_with(tmp_path, text) as qmp:
         with pytest.raises(QMPError):
             read_word(qmp, 0x1000)
