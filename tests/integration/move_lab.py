@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache', 'collections'))
@@ -102,8 +103,13 @@ def main():
     with open(sys.argv[1]) as handle:
         hosts = TwoHosts.from_state(json.load(handle))
 
+    printing = threading.Lock()
+
     def observer(step):
-        print('STEP %s' % step, flush=True)
+        # send and verify run on two threads: one line per step, never two run together
+        # ('STEP send:aSTEP verify:b'), or the test waiting for a step never sees it.
+        with printing:
+            print('STEP %s' % step, flush=True)
 
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     report = hosts.engine(sys.argv[2], sys.argv[3], observer=observer, **options).run()
