@@ -14,6 +14,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import DEFAULT_DIR as TLS_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
     GroupMove, HostUnreachable, LockHeld, MoveFailed, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts import InventoryHost
@@ -36,6 +37,7 @@ ARGUMENT_SPEC = dict(
     lease=dict(type='int', default=120),
     progress_interval=dict(type='float', default=5.0),
     verify_channel=dict(type='bool', default=True),
+    tls=dict(type='bool', default=True),
 )
 
 
@@ -72,6 +74,9 @@ class ActionModule(ActionBase):
                 'attempts', 'backoff', 'lease', 'progress_interval'))
             options['uri'] = 'tcp:%s:%d' % (address, group.get('migration_port') or 4444)
             options['relay_checksums'] = not args['verify_channel']
+            if args['tls']:
+                options['tls_dirs'] = dict((name, host.var('ivshmem_fleet_tls_dir') or TLS_DIR)
+                                           for name, host in hosts.items())
             move = GroupMove(group, source, destination, hosts, options, progress=self._show_progress)
             if self._task.check_mode:
                 report = move.predict()

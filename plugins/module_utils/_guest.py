@@ -12,7 +12,7 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
@@ -62,7 +62,9 @@ def guest_status(layout, name, registers=True):
             status['run_state'] = qmp.command('query-status')['status']
             migration = qmp.command('query-migrate')
             status['migration'] = {'status': migration.get('status', 'none'),
-                                   'blocked_reasons': migration.get('blocked-reasons', [])}
+                                   'blocked_reasons': migration.get('blocked-reasons', []),
+                                   # Set when this QEMU sent or received over TLS (_tls.py); '' in clear.
+                                   'tls_creds': qmp.command('query-migrate-parameters').get('tls-creds') or ''}
             if registers:
                 live = read_ivshmem_registers(qmp)
                 for device in status['ivshmem']:
@@ -125,6 +127,8 @@ class GuestManager(StateMachine):
         self.timeout = params.get('timeout', 60)
         self.restart_on_drift = params.get('restart_on_drift', False)
         self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
+        # Set by the move engine: the stream is only accepted over TLS from the expected source.
+        self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
         self.paths = guest_paths(layout, self.spec.name)
         self.current = guest_status(layout, self.spec.name, registers=False)
         self.before = self._view(self.current)
@@ -258,6 +262,7 @@ class GuestManager(StateMachine):
             raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
         if incoming:
             with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+                _tls.setup_destination(qmp, self.incoming_tls)
                 qmp.command('migrate-incoming', {'uri': self.incoming_uri})
         self.result['waited'] = round(waited, 3)
 

@@ -178,6 +178,17 @@ def _read_fd(fd):
         chunks.append(chunk)
 
 
+def read_own_file(path):
+    """(contents, os.stat_result) of a plain file of ours, never through a link; None otherwise."""
+    fd = _open_own_file(path)
+    if fd is None:
+        return None
+    try:
+        return _read_fd(fd), os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def write_file(path, data, mode=0o644):
     """Write atomically, never through a link; returns True when the content changed."""
     if isinstance(data, str):

@@ -10,10 +10,11 @@ waiting on MIGRATION events, verification while both sides are paused, and rollb
 Nothing is lost: either the destination runs with memory proven equal and IVPOSITION 0,
 or the source runs again and the destination is gone.
 
-Phases: ``full`` does it all when both guests are on this host. Across hosts, ``send`` runs
-on the source host (migrate, then checksum the paused source), ``receive`` on the destination
-host (verify against those checksums, then continue), and ``abort`` on the source host resumes
-a paused source when the destination failed its verification.
+The primitives here (start, follow, settle, verify, resume) serve both this module and the
+group move's host steps (_move.py). The module's own stream stays on this host (``unix:``);
+between hosts the group move runs it over TLS (_tls.py). Phases: ``full`` does it all;
+``send`` migrates and checksums the paused source, ``receive`` verifies against those checksums
+and continues, ``abort`` resumes a paused source whose destination failed its verification.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,7 +24,7 @@ __metaclass__ = type
 import os
 import time
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
@@ -58,8 +59,9 @@ CORRUPTING = {
 }
 
 
-def start_migration(sq, uri, max_bandwidth, downtime_limit):
-    """Refuse corrupting settings, enable events and the switchover gate, start the migration."""
+def start_migration(sq, uri, max_bandwidth, downtime_limit, tls=None):
+    """Refuse corrupting settings, enable events and the switchover gate, start the migration
+    (over TLS to the expected destination when ``tls`` is given: see _tls.py)."""
     enabled = [c['capability'] for c in sq.command('query-migrate-capabilities') if c.get('state')]
     for capability in enabled:
         if capability in CORRUPTING:
@@ -68,6 +70,7 @@ def start_migration(sq, uri, max_bandwidth, downtime_limit):
         {'capability': 'events', 'state': True},
         {'capability': 'pause-before-switchover', 'state': True}]})
     sq.command('migrate-set-parameters', {'max-bandwidth': max_bandwidth, 'downtime-limit': downtime_limit})
+    _tls.setup_source(sq, tls)
     sq.command('migrate', {'uri': uri})
 
 
@@ -192,6 +195,12 @@ class Migration(StateMachine):
         self.uri = params.get('uri')
         if self.phase == 'send' and not self.uri:
             raise ValidationError('uri', 'phase send needs the destination\'s migration URI')
+        if self.uri is not None and not (isinstance(self.uri, str) and self.uri.startswith('unix:')):
+            # This module's stream is not encrypted: it stays on this host. Between hosts,
+            # group_migrate encrypts and authenticates it (_tls.py).
+            raise ValidationError('uri', 'must be a unix: socket on this host; a stream over the network would carry '
+                                         'guest memory in clear: move groups between hosts with '
+                                         'ivshmem.fleet.group_migrate, which encrypts and authenticates it')
         self.expected = params.get('expected_checksums') or []
         if self.phase == 'receive' and params.get('verify', True) and not self.expected:
             raise ValidationError('expected_checksums', 'phase receive needs the checksums phase send returned')

@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
@@ -95,6 +95,8 @@ class HostMove:
         self.server = dict(self.group['server'], **(params.get('server_overrides') or {}))
         self.start_timeout = params.get('start_timeout') or 120
         self.path = journal_path(layout, self.name)
+        # {'dir': this host's credentials, 'peer': the other host}, or None for a stream in clear.
+        self.tls = _tls.check_settings('tls', params.get('tls'))
 
     def run(self):
         beat = None
@@ -175,7 +177,8 @@ class HostMove:
         record = self._record()
         if record:
             record['lease_expired'] = time.time() > record.get('lease_until', 0)
-        return {'record': record, 'state': self._state()}
+        ready = {'tls_missing': _tls.missing(self.tls['dir']) if self.tls else []}
+        return dict(ready, record=record, state=self._state())
 
     def _step_claim(self):
         """Take the group's lock for this run: compare-and-swap against the run the engine saw."""
@@ -243,7 +246,7 @@ class HostMove:
         hold = dict(admission='held', hold_for=self.master) if self._builtin() else {}
         self._server_manager(**hold).run('restarted')
         uri = self.params['uri']
-        guest = self._guest(self.group['master'], 'incoming', incoming_uri=uri)['guest']
+        guest = self._guest(self.group['master'], 'incoming', incoming_uri=uri, incoming_tls=self.tls)['guest']
         master_id = guest['ivshmem'][0].get('server_id')
         if self._builtin() and master_id != 0:
             raise MoveError('the destination master has ID %s, not 0, on the fresh server' % master_id)
@@ -403,7 +406,7 @@ class HostMove:
             hashing = _Background(checksum_files, memories, self.params.get('checksum') or 'sha1')
             with QMPClient(status['qmp'], timeout=30) as sq:
                 start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
-                                self.params.get('downtime_limit') or 300)
+                                self.params.get('downtime_limit') or 300, self.tls)
                 # At the switchover gate the master and its peers are stopped: the memory is final,
                 # so it is hashed while the last pass runs, not after it.
                 report = follow_migration(sq, self.params.get('timeout') or 300,

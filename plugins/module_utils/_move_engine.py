@@ -125,6 +125,9 @@ class GroupMove:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         # The verification channel's secret, for this run only (see _verify_channel.py).
         self.channel_key = None if self.options.get('relay_checksums') else os.urandom(32).hex()
+        # {host: its credentials directory}: the stream is encrypted and both ends authenticated
+        # (_tls.py). None only when the caller chose a stream in clear.
+        self.tls_dirs = self.options.get('tls_dirs')
         self.progress = progress
         # Only to show that the failure matrix depends on them: never set outside tests.
         self.disabled = set(self.options.get('disable_for_tests') or ())
@@ -140,7 +143,8 @@ class GroupMove:
         params = dict(params, step=step, group=self.group, run_id=self.run_id, holder=self.holder,
                       source=self.source, destination=self.destination,
                       role='source' if host == self.source else 'destination',
-                      start_timeout=self.options.get('start_timeout'), lease=self.options.get('lease'))
+                      start_timeout=self.options.get('start_timeout'), lease=self.options.get('lease'),
+                      tls=self._tls_for(host))
         before = time.time()
         result = self.hosts[host].call(params)
         after = time.time()
@@ -148,6 +152,11 @@ class GroupMove:
             # The shortest round trip gives the best estimate of the host clock's offset.
             self.offsets[host] = (result['host_time'] - (before + after) / 2.0, after - before)
         return result
+
+    def _tls_for(self, host):
+        if not self.tls_dirs:
+            return None
+        return {'dir': self.tls_dirs[host], 'peer': self.destination if host == self.source else self.source}
 
     def _local_time(self, host, stamp):
         return None if stamp is None else stamp - self.offsets.get(host, (0.0, 0.0))[0]
@@ -196,6 +205,11 @@ class GroupMove:
                 views[host] = self._call(host, 'inspect')
             except HostUnreachable as exc:
                 raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
+        for host, view in views.items():
+            if view.get('tls_missing'):
+                raise MoveFailed('%s has no migration credentials in %s (missing %s): run the ivshmem.fleet.hypervisor '
+                                 'role on it (or ivshmem.fleet.migration_credentials); nothing was changed' % (
+                                     host, self.tls_dirs[host], ', '.join(view['tls_missing'])), self.report)
         return views
 
     def predict(self):

@@ -34,6 +34,11 @@ description:
     (TCP to the destination's migration address on the group's C(migration_port) + 1,
     HMAC-SHA256 with a secret made for this run only), so the destination continues the moment they
     match, with no controller round trip while the master is out of service."
+  - "The migration stream is encrypted and both ends authenticated (QEMU's TLS): the destination
+    accepts only the source's certificate, and the source checks that it reaches the destination's.
+    Each host needs its credentials from M(ivshmem.fleet.migration_credentials) (the
+    M(ivshmem.fleet.hypervisor) role installs them); a host without them fails the move before
+    anything changes."
 
   - "Reports, beside QEMU's total time and downtime, the real outage: C(master_outage_ms) from the
     source's QMP STOP event to the destination's RESUME event, and C(peer_outage_ms) from the first
@@ -44,7 +49,8 @@ description:
   - "Host variables: C(ivshmem_fleet_runtime_dir) (default C(/run/ivshmem-fleet)),
     C(ivshmem_fleet_migration_address) (default C(ansible_host)): the address the destination
     listens on for the migration stream, on the group's C(migration_port);
-    C(ivshmem_fleet_server_overrides): server options that differ on that host."
+    C(ivshmem_fleet_server_overrides): server options that differ on that host;
+    C(ivshmem_fleet_tls_dir) (default C(/etc/ivshmem-fleet/tls)): the host's migration credentials."
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 attributes:
@@ -123,6 +129,14 @@ options:
       - The source hands its checksums straight to the destination, which continues the moment
         they match. V(false) relays them through the controller instead, which is slower (two module
         calls while the master is out); for networks where the port after C(migration_port) of O(group) is closed.
+    type: bool
+    default: true
+  tls:
+    description:
+      - Encrypt and authenticate the migration stream with each host's credentials (see
+        M(ivshmem.fleet.migration_credentials)).
+      - V(false) sends all guest RAM and the shared memory in clear, readable and alterable by
+        anyone on the path; only for a network that is itself private to the two hosts.
     type: bool
     default: true
   progress_interval:

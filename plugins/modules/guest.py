@@ -245,9 +245,11 @@ guest:
       elements: dict
       sample: [{"id": "ivshmem0", "type": "doorbell", "server": "group1", "role": "master", "ivposition": 0, "vectors": 2}]
     migration:
-      description: QEMU's migration status and what blocks a migration.
+      description:
+        - QEMU's migration status, what blocks a migration, and C(tls_creds), the TLS credentials its
+          migration used (set on a guest that arrived or left over TLS; empty in clear).
       type: dict
-      sample: {"status": "none", "blocked_reasons": []}
+      sample: {"status": "none", "blocked_reasons": [], "tls_creds": "ivshmem-fleet-migration-tls"}
 waited:
   description: Seconds spent waiting for QEMU to start or stop.
   returned: when the guest was started or stopped

@@ -27,10 +27,12 @@ description:
   - On any failure it cancels, resumes the source, discards the destination and fails with what happened.
   - During the migration, progress (percent and bytes remaining) is written to
     C(<runtime_dir>/guests/<guest>/migration.json) at every pass.
-  - "With O(phase=full) both guests are on the host the module runs on. Across hosts the same
-    steps run in phases: V(send) on the source host migrates to O(uri) and returns the paused
-    source's checksums; V(receive) on the destination host verifies against them and continues the
-    destination; V(abort) on the source host resumes a paused source whose destination failed."
+  - "Both guests are on the host the module runs on: the stream goes over a C(unix:) socket and
+    never crosses the network (it is not encrypted). Between hosts, move the whole group with
+    M(ivshmem.fleet.group_migrate), which encrypts and authenticates the stream."
+  - "The same steps can run in phases (for scripting and fault injection): V(send) migrates to
+    O(uri) and returns the paused source's checksums; V(receive) verifies the destination against
+    them and continues it; V(abort) resumes a paused source whose destination failed."
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
@@ -40,9 +42,9 @@ options:
   phase:
     description:
       - V(full) migrates and verifies with both guests on this host.
-      - V(send) (source host) migrates to O(uri), leaves the source paused and returns its checksums.
-      - V(receive) (destination host) verifies O(destination) against O(expected_checksums) and continues it.
-      - V(abort) (source host) resumes a source left paused by V(send).
+      - V(send) migrates to O(uri), leaves the source paused and returns its checksums.
+      - V(receive) verifies O(destination) against O(expected_checksums) and continues it.
+      - V(abort) resumes a source left paused by V(send).
     type: str
     choices: [full, send, receive, abort]
     default: full
@@ -54,8 +56,9 @@ options:
     type: str
   uri:
     description:
-      - Migration URI the source connects to. Required with O(phase=send); with O(phase=full) it
-        defaults to the destination's O(ivshmem.fleet.guest#module:incoming_uri).
+      - Migration URI the source connects to, a C(unix:) socket on this host. Required with
+        O(phase=send); with O(phase=full) it defaults to the destination's
+        O(ivshmem.fleet.guest#module:incoming_uri).
     type: str
   expected_checksums:
     description: The C(source_checksums) that O(phase=send) returned, one per ivshmem device (O(phase=receive)).
@@ -118,19 +121,18 @@ EXAMPLES = r'''
     timeout: 120
   register: moved
 
-- name: Across hosts, step 1 on the source host
+- name: In phases, step 1 sends
   ivshmem.fleet.migrate:
     phase: send
     guest: db-master
-    uri: tcp:192.0.2.12:4444
+    uri: unix:/run/ivshmem-fleet/guests/db-master-b/incoming.sock
   register: sent
 
-- name: Step 2 on the destination host
+- name: Step 2 verifies and continues the destination
   ivshmem.fleet.migrate:
     phase: receive
-    destination: db-master
+    destination: db-master-b
     expected_checksums: "{{ sent.migration.source_checksums }}"
-  delegate_to: hv2
 
 - name: Show the cost
   ansible.builtin.debug:

@@ -117,6 +117,12 @@ options:
   server_overrides:
     description: Server options that differ on this host (for example O(ivshmem.fleet.server#module:memory_dir)).
     type: dict
+  tls:
+    description:
+      - The migration's TLS settings for this host, C(dir) (its credentials, see
+        M(ivshmem.fleet.migration_credentials)) and C(peer) (the inventory name of the other host,
+        whose certificate this host expects). Omitted, the stream runs in clear.
+    type: dict
 seealso:
   - module: ivshmem.fleet.group_migrate
 '''
@@ -180,6 +186,7 @@ def main():
             force=dict(type='bool', default=False),
             outcome=dict(type='str'),
             server_overrides=dict(type='dict'),
+            tls=dict(type='dict'),
         ),
         supports_check_mode=False,
     )

@@ -14,12 +14,14 @@ import threading
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache', 'collections'))
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import read_journal  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import GroupMove, LocalHost  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority  # noqa: E402
 
 
 def free_port():
@@ -53,6 +55,25 @@ class TwoHosts:
     def overrides(self, host):
         return {'shm_name': 't-%s-%s-g' % (self.tag, host), 'program_dir': os.path.join(self.root, 'program')}
 
+    def tls_dir(self, host):
+        return os.path.join(self.root, host, 'tls')
+
+    def install_credentials(self, host, authority=None, name=None):
+        """``host``'s migration credentials, as ivshmem.fleet.migration_credentials installs them
+        (from this lab's CA unless ``authority`` is another; certificate of ``name``, default ``host``)."""
+        authority = authority or Authority(os.path.join(self.root, 'pki'))
+        with authority.locked():
+            authority.load()
+            files = authority.credentials(name or host, [], ['127.0.0.1'])
+        _host.ensure_account('ivshmem', 'ivshmem', False)
+        _tls.install(self.tls_dir(host), files, 'ivshmem', False)
+
+    def tls_dirs(self):
+        for host in ('a', 'b'):
+            if _tls.missing(self.tls_dir(host)):
+                self.install_credentials(host)
+        return dict((h, self.tls_dir(h)) for h in ('a', 'b'))
+
     def handles(self):
         return dict((h, LocalHost(self.layouts[h], self.overrides(h))) for h in ('a', 'b'))
 
@@ -65,6 +86,8 @@ class TwoHosts:
     def engine(self, source, destination, **options):
         options = dict(dict(uri='tcp:127.0.0.1:%d' % self.port, start_timeout=60, attempts=1, backoff=0,
                             progress_interval=0.5), **options)
+        if 'tls_dirs' not in options:
+            options['tls_dirs'] = self.tls_dirs()  # encrypted, as group_migrate moves by default
         # IVSHMEM_FLEET_TEST_DISABLE=journal or =lock: run the matrix without them (it must fail).
         disabled = os.environ.get('IVSHMEM_FLEET_TEST_DISABLE')
         if disabled:

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
+
 from conftest import REPO, lab_root
 
 PLAYBOOKS = os.path.join(REPO, 'tests', 'playbooks')
@@ -44,16 +46,20 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
     groups = tmp_path / 'groups.yml'
     groups.write_text(
         'ivshmem_fleet_runtime_dir: %s\n'
+        'ivshmem_fleet_tls_dir: {0}/tls\n'
+        'ivshmem_fleet_pki_dir: {0}/pki\n'
         'ivshmem_fleet_groups:\n'
         '  - {name: pbg, host: localhost, size: 4M, vectors: 2,\n'
         '     server: {shm_name: pbg-%s},\n'
         '     master: {name: pbg-master, memory: 32M, accel: tcg},\n'
-        '     peers: [{name: pbg-peer1, memory: 32M, accel: tcg}]}\n' % (root, os.path.basename(root)))
+        '     peers: [{name: pbg-peer1, memory: 32M, accel: tcg}]}\n'.replace('{0}', root) % (
+            root, os.path.basename(root)))
     args = ['-i', str(inventory), '-e', '@%s' % groups, os.path.join(REPO, 'playbooks', 'deploy.yml')]
     try:
         assert run_playbook(args + ['--check'], root) > 0
         assert not os.path.exists(os.path.join(root, 'servers'))
         assert run_playbook(args, root) > 0
+        assert not _tls.missing(os.path.join(root, 'tls'))
         assert run_playbook(args + ['--check'], root) == 0
         assert run_playbook(args, root) == 0
     finally:
@@ -86,6 +92,7 @@ def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):
                       '          ansible_python_interpreter: %s' % sys.executable,
                       '          ivshmem_fleet_runtime_dir: %s' % hosts.layouts[name].runtime_dir,
                       '          ivshmem_fleet_migration_address: 127.0.0.1',
+                      '          ivshmem_fleet_tls_dir: %s' % hosts.tls_dirs()[name],
                       '          ivshmem_fleet_server_overrides: %s' % json.dumps(hosts.overrides(name))]
         inventory.write_text('\n'.join(lines) + '\n')
         group = dict((k, hosts.group[k]) for k in ('name', 'host', 'size', 'vectors', 'master', 'peers', 'migration_port'))

@@ -33,6 +33,20 @@ def test_written_patterns_are_intact(host, facts):
         check_pattern(host, server)
 
 
+def test_guests_that_arrived_by_migration_came_over_tls(host, facts):
+    for guest in facts['guests'].values():
+        if guest['incoming'] and guest['state'] == 'running':
+            assert guest['migration']['tls_creds'] == 'ivshmem-fleet-migration-tls', \
+                '%s arrived with migration parameters %s' % (guest['name'], guest['migration'])
+
+
+def test_migration_credentials_are_root_s_and_the_keys_private(host):
+    directory = host.file('/etc/ivshmem-fleet/tls')
+    key = host.file('/etc/ivshmem-fleet/tls/server-key.pem')
+    assert (directory.user, directory.group, directory.mode) == ('root', 'ivshmem', 0o750)
+    assert (key.user, key.group, key.mode) == ('root', 'ivshmem', 0o640)
+
+
 def test_no_guest_without_its_server(host, facts):
     for guest in facts['guests'].values():
         for device in guest['ivshmem']:

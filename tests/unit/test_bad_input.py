@@ -68,6 +68,8 @@ CASES = [
     (Migration, 'migrated', {'destination': 'b'}, 'guest'),
     (Migration, 'migrated', {'guest': 'a', 'destination': 'a'}, 'destination'),
     (Migration, 'migrated', {'phase': 'send', 'guest': 'a'}, 'uri'),
+    (Migration, 'migrated', {'phase': 'send', 'guest': 'a', 'uri': 'tcp:192.0.2.2:4444'}, 'uri'),
+    (Migration, 'migrated', {'guest': 'a', 'destination': 'b', 'uri': 'exec:cat > /tmp/x'}, 'uri'),
     (Migration, 'migrated', {'phase': 'receive', 'destination': 'b'}, 'expected_checksums'),
     (Migration, 'migrated', {'phase': 'receive', 'destination': 'b', 'expected_checksums': 'abc'},
      'expected_checksums'),

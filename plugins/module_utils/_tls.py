@@ -1,0 +1,123 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Encrypted, authenticated migration streams: a host's TLS credentials and QEMU's use of them.
+
+Each hypervisor keeps, in one root-owned directory its service group may read, the fleet CA's
+certificate and its own certificate and key under the names QEMU's ``tls-creds-x509`` loads:
+``server-*`` when it receives a migration, ``client-*`` when it sends one (one certificate, good
+for both). A host's certificate names it: subject ``CN=<inventory name>`` and that DNS name.
+
+During a move the destination admits only the source it expects (``authz-simple`` on the source's
+subject) and presents its own certificate; the source checks that certificate against the
+destination's name (``tls-hostname``). So a stream is encrypted, and neither a host outside the
+fleet nor another fleet host can feed a destination or receive a group.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import grp
+import os
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
+
+DEFAULT_DIR = '/etc/ivshmem-fleet/tls'
+CA = 'ca-cert.pem'
+CERTIFICATES = (CA, 'server-cert.pem', 'client-cert.pem')
+KEYS = ('server-key.pem', 'client-key.pem')
+FILES = CERTIFICATES + KEYS
+CREDS_ID = 'ivshmem-fleet-migration-tls'
+AUTHZ_ID = 'ivshmem-fleet-migration-authz'
+
+
+def identity(host):
+    """The subject QEMU reads off a host's certificate (gnutls' form of the DN)."""
+    return 'CN=%s' % host
+
+
+def check_settings(field, value):
+    """``None`` (in clear) or {'dir': path, 'peer': inventory name of the other host}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get('dir'), str) or not value['dir'].startswith('/'):
+        raise ValidationError(field, 'must be a dict with an absolute dir and the peer host name')
+    return {'dir': os.path.normpath(value['dir']), 'peer': check_name(field + '.peer', value.get('peer'))}
+
+
+def missing(directory):
+    """The credential files this host lacks (an empty list when it is ready)."""
+    return [name for name in FILES if not os.path.isfile(os.path.join(directory, name))]
+
+
+def _replace_object(qmp, arguments):
+    """object-add, replacing an object of the same ID that an earlier attempt left."""
+    try:
+        qmp.command('object-del', {'id': arguments['id']})
+    except QMPError:
+        pass  # there was none
+    qmp.command('object-add', arguments)
+
+
+def setup_source(qmp, settings):
+    """The sending QEMU: TLS client, checking the destination's certificate names ``peer``."""
+    if settings is None:
+        qmp.command('migrate-set-parameters', {'tls-creds': ''})
+        return
+    _replace_object(qmp, {'qom-type': 'tls-creds-x509', 'id': CREDS_ID, 'dir': settings['dir'],
+                          'endpoint': 'client', 'verify-peer': True})
+    qmp.command('migrate-set-parameters', {'tls-creds': CREDS_ID, 'tls-hostname': settings['peer']})
+
+
+def setup_destination(qmp, settings):
+    """The receiving QEMU: TLS server, admitting only a client whose certificate names ``peer``."""
+    if settings is None:
+        return
+    _replace_object(qmp, {'qom-type': 'tls-creds-x509', 'id': CREDS_ID, 'dir': settings['dir'],
+                          'endpoint': 'server', 'verify-peer': True})
+    _replace_object(qmp, {'qom-type': 'authz-simple', 'id': AUTHZ_ID, 'identity': identity(settings['peer'])})
+    qmp.command('migrate-set-parameters', {'tls-creds': CREDS_ID, 'tls-authz': AUTHZ_ID})
+
+
+def install(directory, files, group, check_mode):
+    """Write the credential files (contents in ``files``); returns the names that changed.
+
+    The directory is root's, readable by ``group`` (QEMU runs as the service account); keys are
+    0640 root:group, certificates 0644. Files are replaced whole, never followed (_host.write_file).
+    """
+    unknown = sorted(set(files) - set(FILES))
+    if unknown or sorted(files) != sorted(FILES):
+        raise ValidationError('files', 'must hold exactly %s' % ', '.join(FILES))
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        if check_mode:
+            return list(FILES)  # the play creates the group before this task runs for real
+        raise ValidationError('group', 'no group %r on this host' % group)
+    changed = [name for name in FILES if _differs(os.path.join(directory, name), files[name], gid)]
+    if changed and not check_mode:
+        _host.ensure_dir(os.path.dirname(directory), 0o755)
+        _host.ensure_dir(directory, 0o750, 'root', group)
+        for name in changed:
+            path = os.path.join(directory, name)
+            _host.write_file(path, files[name].encode('ascii'), 0o640 if name in KEYS else 0o644)
+            os.lchown(path, 0, gid)
+    return changed
+
+
+def remove(directory, check_mode):
+    present = [name for name in FILES if os.path.lexists(os.path.join(directory, name))]
+    if present and not check_mode:
+        for name in present:
+            os.unlink(os.path.join(directory, name))
+    return present
+
+
+def _differs(path, content, gid):
+    found = _host.read_own_file(path)
+    return found is None or found[0] != content.encode('ascii') or found[1].st_gid != gid

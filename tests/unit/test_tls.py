@@ -1,0 +1,122 @@
+"""Migration credentials: the controller's CA (plugin_utils/_pki.py), installing them on a host
+and the QMP calls that make QEMU use them (module_utils/_tls.py). Real QEMU over TLS is in
+tests/integration/test_migration_tls.py."""
+import os
+import stat
+
+import pytest
+from cryptography import x509
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority, PKIError
+
+
+def issue(directory, host='hv1', names=(), addresses=('192.0.2.1',), keep=True):
+    authority = Authority(str(directory))
+    with authority.locked():
+        authority.load()
+        return authority.credentials(host, list(names), list(addresses), keep=keep)
+
+
+def test_the_ca_key_is_private_and_a_certificate_names_the_host(tmp_path):
+    files = issue(tmp_path / 'pki', names=['hv1.lab'])
+    assert sorted(files) == sorted(_tls.FILES)
+    assert stat.S_IMODE(os.stat(tmp_path / 'pki' / 'ca-key.pem').st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(files['server-cert.pem'].encode())
+    assert cert.subject.rfc4514_string() == 'CN=hv1'
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ['hv1', 'hv1.lab']
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ['192.0.2.1']
+    ca = x509.load_pem_x509_certificate(files['ca-cert.pem'].encode())
+    cert.verify_directly_issued_by(ca)
+    assert files['client-cert.pem'] == files['server-cert.pem']
+    assert 'PRIVATE KEY' in files['server-key.pem']
+
+
+def test_a_second_issue_reuses_the_certificate_until_the_names_change(tmp_path):
+    first = issue(tmp_path)
+    assert issue(tmp_path) == first
+    renamed = issue(tmp_path, addresses=['192.0.2.9'])
+    assert renamed['server-cert.pem'] != first['server-cert.pem']
+    assert renamed['ca-cert.pem'] == first['ca-cert.pem']
+
+
+def test_check_mode_keeps_nothing(tmp_path):
+    first = issue(tmp_path)
+    predicted = issue(tmp_path, addresses=['192.0.2.9'], keep=False)
+    assert predicted['server-cert.pem'] != first['server-cert.pem']
+    assert issue(tmp_path) == first
+
+
+def test_a_ca_key_others_can_read_is_refused(tmp_path):
+    issue(tmp_path)
+    os.chmod(tmp_path / 'ca-key.pem', 0o644)
+    with pytest.raises(PKIError, match='readable by others'):
+        Authority(str(tmp_path)).load()
+
+
+def test_install_writes_once_with_private_keys_and_never_follows_a_link(tmp_path):
+    files = issue(tmp_path / 'pki')
+    dest = tmp_path / 'tls'
+    assert _tls.install(str(dest), files, 'root', check_mode=True) == list(_tls.FILES)
+    assert not dest.exists()
+    victim = tmp_path / 'victim'
+    victim.write_text('keep me')
+    dest.mkdir(mode=0o750)
+    os.symlink(str(victim), str(dest / 'server-key.pem'))
+    assert _tls.install(str(dest), files, 'root', check_mode=False) == list(_tls.FILES)
+    assert victim.read_text() == 'keep me'
+    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(dest / 'ca-cert.pem').st_mode) == 0o644
+    assert _tls.missing(str(dest)) == []
+    assert _tls.install(str(dest), files, 'root', check_mode=False) == []
+    assert _tls.remove(str(dest), check_mode=False) == list(_tls.FILES)
+    assert _tls.missing(str(dest)) == list(_tls.FILES)
+
+
+@pytest.mark.parametrize('files, field', [
+    ({'ca-cert.pem': 'x'}, 'files'),
+    (dict.fromkeys(_tls.FILES + ('../../etc/passwd',), 'x'), 'files'),
+])
+def test_install_refuses_a_wrong_set_of_files(tmp_path, files, field):
+    with pytest.raises(ValidationError) as failed:
+        _tls.install(str(tmp_path), files, 'root', check_mode=False)
+    assert failed.value.field == field
+
+
+def test_install_names_a_missing_group(tmp_path):
+    with pytest.raises(ValidationError) as failed:
+        _tls.install(str(tmp_path), dict.fromkeys(_tls.FILES, 'x'), 'no-such-group-here', check_mode=False)
+    assert failed.value.field == 'group'
+
+
+@pytest.mark.parametrize('value', ['/etc/tls', {'dir': 'relative', 'peer': 'hv2'}, {'dir': '/etc/tls'},
+                                   {'dir': '/etc/tls', 'peer': 'a b'}])
+def test_settings_are_checked_by_field(value):
+    with pytest.raises(ValidationError) as failed:
+        _tls.check_settings('tls', value)
+    assert failed.value.field.startswith('tls')
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def command(self, name, arguments=None):
+        self.calls.append((name, arguments))
+        return {}
+
+
+def test_the_destination_admits_only_the_expected_source_and_the_source_checks_the_destination():
+    destination, source = Recorder(), Recorder()
+    _tls.setup_destination(destination, {'dir': '/etc/tls', 'peer': 'hv1'})
+    _tls.setup_source(source, {'dir': '/etc/tls', 'peer': 'hv2'})
+    added = dict((args['qom-type'], args) for name, args in destination.calls if name == 'object-add')
+    assert added['tls-creds-x509']['endpoint'] == 'server' and added['tls-creds-x509']['verify-peer'] is True
+    assert added['authz-simple']['identity'] == 'CN=hv1'
+    assert destination.calls[-1] == ('migrate-set-parameters', {'tls-creds': _tls.CREDS_ID, 'tls-authz': _tls.AUTHZ_ID})
+    assert source.calls[-1] == ('migrate-set-parameters', {'tls-creds': _tls.CREDS_ID, 'tls-hostname': 'hv2'})
+    in_clear = Recorder()
+    _tls.setup_source(in_clear, None)
+    assert in_clear.calls == [('migrate-set-parameters', {'tls-creds': ''})]
