@@ -63,6 +63,8 @@ _ACCEPT_BATCH = 8  # connections admitted per loop round
 _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
 _SEND_BUDGET = 1024  # messages sent per loop round
+_UNREAD = object()
+_FD = struct.Struct('i')  # an fd in SCM_RIGHTS
 _SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)\s*$', re.IGNORECASE)
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _SUFFIX_SHIFT = {'': 0, 'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
@@ -133,17 +135,25 @@ class Client:
         self.peer_id = peer_id
         self.pid = pid
         self.uid = uid
-        self.name = name
+        self._name = name  # _UNREAD: read from /proc when first asked (not on the join's path)
         self.eventfds = eventfds
-        # Encoded once, sent to every peer: the client's vectors and its departure.
-        self.vectors = [encode_message(peer_id, fd) for fd in eventfds]
+        # Encoded once, sent to every peer: the client's vectors (one payload, an fd each) and
+        # its departure.
         self.departure = encode_message(peer_id)
+        payload = self.departure[0]
+        self.vectors = [(payload, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))]) for fd in eventfds]
         self.outbox = collections.deque()  # (encoded message, owner of the fd it carries or None)
         self.refs = 0
         self.gone = False
         self.watching_writes = False
         self.handshake_left = 0
         self.connected_at = time.time()
+
+    @property
+    def name(self):
+        if self._name is _UNREAD:
+            self._name = guest_name_of(self.pid) if self.pid > 0 else None
+        return self._name
 
     def status(self):
         return {'id': self.peer_id, 'pid': self.pid, 'uid': self.uid, 'name': self.name,
@@ -281,11 +291,13 @@ class IvshmemServer:
         self._held_back = set()  # clients the kernel's limit on fds in flight held back
         self._retry_at = None
         self._paused = {}  # listener -> (callback, monotonic time to listen again)
+        self._spare = []  # eventfds made ahead for the next newcomer
 
     # --- setup -------------------------------------------------------------------------
     def setup(self):
         self.fd_limit = _raise_fd_limit()
-        capacity = max(1, (self.fd_limit - _RESERVED_FDS) // (self.config.vectors + 1))
+        # Each client: its socket and an eventfd per vector; one client's worth is made ahead.
+        capacity = max(1, (self.fd_limit - _RESERVED_FDS - self.config.vectors) // (self.config.vectors + 1))
         if self.max_clients is None:
             self.max_clients = min(capacity, MAX_PEER_ID + 1)
         elif self.max_clients > capacity:
@@ -376,6 +388,8 @@ class IvshmemServer:
                 key.data(key.fileobj, mask)
             self._on_time()
             self._settle()
+            if not self._dirty and len(self._spare) < self.config.vectors:
+                self._make_spare()
         self.shutdown()
 
     def _next_timeout(self):
@@ -435,6 +449,9 @@ class IvshmemServer:
             if sock is not None:
                 sock.close()
                 _unlink_quietly(path)
+        for fd in self._spare:
+            os.close(fd)
+        self._spare = []
         if self.shm_fd is not None:
             os.close(self.shm_fd)
             if not self.config.keep_memory:
@@ -471,22 +488,24 @@ class IvshmemServer:
             pid, uid, _gid = _peer_credentials(sock)
         except OSError:
             pid, uid = 0, -1
-        name = guest_name_of(pid) if pid > 0 else None
+        # The name decides only pins and the hold; otherwise it is read when asked (status).
+        name = (guest_name_of(pid) if pid > 0 else None) if self.config.pins or self.hold else _UNREAD
         reason = self._refusal(name)
         eventfds = []
         if not reason:
             try:
-                for _vector in range(self.config.vectors):
-                    eventfds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+                eventfds = self._eventfds()
             except OSError as exc:
                 reason = 'cannot create eventfds: %s' % exc.strerror
-        peer_id = None if reason else self.ids.take(name)
+        peer_id = None if reason else self.ids.take(None if name is _UNREAD else name)
         if peer_id is None and not reason:
             reason = 'ID %d is taken' % self.config.pins[name] if name in self.config.pins else 'no free ID'
         if reason:
             for fd in eventfds:
                 os.close(fd)
             self.refused += 1
+            if name is _UNREAD:
+                name = guest_name_of(pid) if pid > 0 else None
             self.log('refused pid %d (%s): %s' % (pid, name or 'unnamed', reason))
             sock.close()
             return
@@ -509,7 +528,31 @@ class IvshmemServer:
             other.outbox.extend(announcement)
             self._dirty[other] = None
         client.refs += len(announcement) * len(others)
-        self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, name or 'unnamed'), verbose=True)
+        if self.config.verbose:
+            self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, client.name or 'unnamed'), verbose=True)
+
+    def _eventfds(self):
+        """A newcomer's eventfds: the spare set made while the server was idle, else new ones."""
+        if len(self._spare) >= self.config.vectors:
+            taken, self._spare = self._spare, []
+            return taken
+        fds = []
+        try:
+            for _vector in range(self.config.vectors):
+                fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    def _make_spare(self):
+        """While idle, the next newcomer's eventfds (they are off its join's path then)."""
+        try:
+            while len(self._spare) < self.config.vectors:
+                self._spare.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+        except OSError:
+            pass  # at the fd limit: made at the join, or the join is refused there
 
     def _refusal(self, name):
         if len(self.clients) >= self.max_clients:

@@ -95,7 +95,7 @@ def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(start_
     with open('/proc/%d/limits' % process.pid) as limits:
         line = [row for row in limits if row.startswith('Max open files')][0].split()
     assert int(line[3]) == hard == info['fd_limit']
-    assert info['max_clients'] == min((hard - 128) // 17, 65536)
+    assert info['max_clients'] == min((hard - 128 - 16) // 17, 65536)
 
 
 def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back(builtin_lab):
