@@ -152,6 +152,24 @@ def test_destination_qemu_killed_mid_migration_rolls_back_then_the_same_command_
     assert_whole_on(hosts, 'b')
 
 
+def test_a_stray_peer_on_the_destination_server_never_gets_into_the_group(hosts):
+    """A peer already attached to the destination's server of the group (as in the lab's faults
+    scenario, here with two servers on one machine): the move starts a fresh server held for the
+    master, so the stray is stranded, the master gets ID 0 and the peers theirs."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
+
+    layout = hosts.layouts['b']
+    ServerManager(dict(hosts.group['server'], timeout=20, **hosts.overrides('b')), layout, False).run('started')
+    stray = GuestManager(dict(name='g-stray', memory='64M', accel='tcg', timeout=60,
+                              ivshmem=[{'server': 'g', 'role': 'peer', 'vectors': 2}]), layout, False).run('running')
+    assert stray['guest']['ivshmem'][0]['server_id'] is not None  # attached before the move
+    hosts.engine('a', 'b').run()
+    assert_whole_on(hosts, 'b')
+    clients = dict((c['name'], c['id']) for c in server_status(layout, 'g')['clients'])
+    assert clients == {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}, clients
+
+
 @pytest.mark.parametrize('step', ['prepare_destination', 'commit'])
 def test_destination_unreachable_then_reachable_again(hosts, step):
     """Unreachable from the start of a step: the group resumes on the source when the destination
