@@ -28,6 +28,44 @@ class GuestError(Exception):
     """A guest could not be brought to the asked state; the message says why."""
 
 
+# The options of one guest, as ivshmem.fleet.guest and ivshmem.fleet.host take them.
+GUEST_ARGS = dict(
+    name=dict(type='str', required=True),
+    state=dict(type='str', default='running', choices=['running', 'paused', 'incoming', 'stopped', 'absent']),
+    binary=dict(type='path', default='/usr/bin/qemu-system-x86_64'),
+    memory=dict(type='str', default='128M'),
+    cpus=dict(type='int', default=1),
+    machine=dict(type='str', default='pc'),
+    accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
+    disks=dict(type='list', elements='dict', options=dict(
+        path=dict(type='path', required=True),
+        format=dict(type='str', default='qcow2', choices=['qcow2', 'raw']),
+        interface=dict(type='str', default='virtio', choices=['virtio', 'ide', 'scsi']),
+        readonly=dict(type='bool', default=False),
+    )),
+    kernel=dict(type='path'),
+    initrd=dict(type='path'),
+    append=dict(type='str'),
+    extra_devices=dict(type='list', elements='str'),
+    extra_args=dict(type='list', elements='str'),
+    ivshmem=dict(type='list', elements='dict', options=dict(
+        type=dict(type='str', default='doorbell', choices=['doorbell', 'plain']),
+        server=dict(type='str'),
+        socket=dict(type='path'),
+        memory_path=dict(type='path'),
+        size=dict(type='str'),
+        role=dict(type='str', default='peer', choices=['master', 'peer']),
+        vectors=dict(type='int'),
+    )),
+    user=dict(type='str', default='ivshmem'),
+    group=dict(type='str'),
+    sandbox=dict(type='bool', default=True),
+    incoming_uri=dict(type='str'),
+    restart_on_drift=dict(type='bool', default=False),
+    timeout=dict(type='int', default=60),
+)
+
+
 def guest_paths(layout, name):
     directory = layout.guest_dir(name)
     return {'dir': directory, 'qmp': layout.guest_qmp(name), 'pidfile': os.path.join(directory, 'qemu.pid'),

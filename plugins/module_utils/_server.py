@@ -31,6 +31,30 @@ _PROGRAM_MODULES = ('_ivshmem_server', '_ivshmem_protocol', '_control_protocol')
 SYSTEM_PYTHON = '/usr/bin/python3'
 _MAIN = ('import sys\nfrom %s._ivshmem_server import main\nsys.exit(main())\n' % _PACKAGE)
 
+# The options of one server, as ivshmem.fleet.server and ivshmem.fleet.host take them.
+SERVER_ARGS = dict(
+    name=dict(type='str', required=True),
+    state=dict(type='str', default='started', choices=['started', 'stopped', 'restarted', 'absent']),
+    implementation=dict(type='str', default='builtin', choices=['builtin', 'qemu']),
+    binary=dict(type='path'),
+    size=dict(type='str', default='4M'),
+    vectors=dict(type='int', default=1),
+    shm_name=dict(type='str'),
+    memory_dir=dict(type='path'),
+    pins=dict(type='dict'),
+    admission=dict(type='str', default='open', choices=['open', 'held']),
+    hold_for=dict(type='str'),
+    max_clients=dict(type='int'),
+    socket_mode=dict(type='raw', default='0660'),
+    memory_mode=dict(type='raw', default='0600'),
+    user=dict(type='str', default='ivshmem'),
+    group=dict(type='str'),
+    supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),
+    program_dir=dict(type='path', default='/usr/local/lib/ivshmem-fleet'),
+    restart_on_drift=dict(type='bool', default=False),
+    timeout=dict(type='int', default=30),
+)
+
 
 def builtin_program():
     """The builtin server as a zipapp (deterministic bytes, so installs are idempotent)."""

@@ -259,48 +259,13 @@ waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError, GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestError, GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            name=dict(type='str', required=True),
-            state=dict(type='str', default='running', choices=['running', 'paused', 'incoming', 'stopped', 'absent']),
-            binary=dict(type='path', default='/usr/bin/qemu-system-x86_64'),
-            memory=dict(type='str', default='128M'),
-            cpus=dict(type='int', default=1),
-            machine=dict(type='str', default='pc'),
-            accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
-            disks=dict(type='list', elements='dict', options=dict(
-                path=dict(type='path', required=True),
-                format=dict(type='str', default='qcow2', choices=['qcow2', 'raw']),
-                interface=dict(type='str', default='virtio', choices=['virtio', 'ide', 'scsi']),
-                readonly=dict(type='bool', default=False),
-            )),
-            kernel=dict(type='path'),
-            initrd=dict(type='path'),
-            append=dict(type='str'),
-            extra_devices=dict(type='list', elements='str'),
-            extra_args=dict(type='list', elements='str'),
-            ivshmem=dict(type='list', elements='dict', options=dict(
-                type=dict(type='str', default='doorbell', choices=['doorbell', 'plain']),
-                server=dict(type='str'),
-                socket=dict(type='path'),
-                memory_path=dict(type='path'),
-                size=dict(type='str'),
-                role=dict(type='str', default='peer', choices=['master', 'peer']),
-                vectors=dict(type='int'),
-            )),
-            user=dict(type='str', default='ivshmem'),
-            group=dict(type='str'),
-            sandbox=dict(type='bool', default=True),
-            incoming_uri=dict(type='str'),
-            restart_on_drift=dict(type='bool', default=False),
-            timeout=dict(type='int', default=60),
-        ),
+        argument_spec=dict(COMMON_ARGS, **GUEST_ARGS),
         supports_check_mode=True,
     )
     run_manager(module, GuestManager, module.params['state'], expected_errors=(GuestError,))

@@ -239,34 +239,12 @@ waited:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            name=dict(type='str', required=True),
-            state=dict(type='str', default='started', choices=['started', 'stopped', 'restarted', 'absent']),
-            implementation=dict(type='str', default='builtin', choices=['builtin', 'qemu']),
-            binary=dict(type='path'),
-            size=dict(type='str', default='4M'),
-            vectors=dict(type='int', default=1),
-            shm_name=dict(type='str'),
-            memory_dir=dict(type='path'),
-            pins=dict(type='dict'),
-            admission=dict(type='str', default='open', choices=['open', 'held']),
-            hold_for=dict(type='str'),
-            max_clients=dict(type='int'),
-            socket_mode=dict(type='raw', default='0660'),
-            memory_mode=dict(type='raw', default='0600'),
-            user=dict(type='str', default='ivshmem'),
-            group=dict(type='str'),
-            supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),
-            program_dir=dict(type='path', default='/usr/local/lib/ivshmem-fleet'),
-            restart_on_drift=dict(type='bool', default=False),
-            timeout=dict(type='int', default=30),
-        ),
+        argument_spec=dict(COMMON_ARGS, **SERVER_ARGS),
         required_if=[('implementation', 'qemu', ['binary'])],
         supports_check_mode=True,
     )

@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger
 from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
@@ -77,6 +78,15 @@ CASES = [
     (Migration, 'migrated', {'guest': 'a', 'destination': 'b', 'max_bandwidth': -1}, 'max_bandwidth'),
     (Migration, 'migrated', {'guest': 'a', 'destination': 'b', 'checksum': 'md5'}, 'checksum'),
     # plan module and the group variables
+    # host module: every item checked before anything starts (the first ones here are good)
+    (HostConverger, 'present', {'guests': 'g'}, 'guests'),
+    (HostConverger, 'present', {'guests': ['g']}, 'guests[0]'),
+    (HostConverger, 'present', {'servers': [{'name': 's'}, {'name': 's', 'sizee': '4M'}]}, 'servers[1]'),
+    (HostConverger, 'present', {'servers': [{'name': 's'}, {'name': 's'}]}, 'servers[1].name'),
+    (HostConverger, 'present', {'servers': [{'name': 's'}], 'guests': [{'name': 'g', 'memory': '1K'}]},
+     'guests[0].memory'),
+    (HostConverger, 'present', {'guests': [{'name': 'g'}, {'name': 'h', 'ivshmem': [{'type': 'doorbell'}]}]},
+     'guests[1].ivshmem[0]'),
     (GroupPlan, 'planned', {'hosts': ['hv1'], 'groups': 'g'}, 'groups'),
     (GroupPlan, 'planned', {'hosts': 'hv1', 'groups': []}, 'hosts'),
     (GroupPlan, 'planned', group(host='hv9'), 'groups[g].host'),

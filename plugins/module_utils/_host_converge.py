@@ -1,0 +1,127 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""One host converged in one call (ivshmem.fleet.host): servers, then masters, then peers.
+
+Every server and guest is validated first with the very option sets the server and guest
+modules declare (SERVER_ARGS, GUEST_ARGS), so bad input fails before anything changes and names
+its item (``guests[2].memory``). Then, in order: the service account and the runtime directory,
+every server, every guest with a master device (gated: its ID on a builtin server must be 0),
+and the other guests (gated on the IDs their servers pin for them). The same managers as the
+per-item modules do the work, so one call and many calls converge to the same host.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+
+_VALIDATORS = {
+    'servers': ArgumentSpecValidator(SERVER_ARGS, required_if=[('implementation', 'qemu', ['binary'])]),
+    'guests': ArgumentSpecValidator(GUEST_ARGS),
+}
+
+
+class HostError(Exception):
+    """A gate did not hold (a master without ID 0, a peer without its pinned ID)."""
+
+
+def _validated(kind, items):
+    checked = []
+    for index, item in enumerate(check_list(kind, items)):
+        field = '%s[%d]' % (kind, index)
+        if not isinstance(item, dict):
+            raise ValidationError(field, 'must be a dict of the %s module\'s options' % kind[:-1])
+        result = _VALIDATORS[kind].validate(dict(item))
+        if result.error_messages:
+            raise ValidationError(field, '; '.join(result.error_messages))
+        checked.append(result.validated_parameters)
+    names = [item['name'] for item in checked]
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            raise ValidationError('%s[%d].name' % (kind, index), '%s is listed twice' % name)
+    return checked
+
+
+def _is_master(guest):
+    return any((device or {}).get('role') == 'master' for device in guest.get('ivshmem') or [])
+
+
+class HostConverger(StateMachine):
+    """Servers and guests of one host as listed; those not listed are left alone."""
+
+    def __init__(self, params, layout, check_mode):
+        super(HostConverger, self).__init__(check_mode)
+        self.layout = layout
+        self.user = params.get('user') or 'ivshmem'
+        self.group = params.get('group') or self.user
+        servers = _validated('servers', params.get('servers'))
+        guests = _validated('guests', params.get('guests'))
+        self.servers, self.masters, self.peers = [], [], []
+        # Build every manager now: each validates its spec, so nothing starts before all are good.
+        for index, server in enumerate(servers):
+            self.servers.append(('servers[%d]' % index, server, self._manager(ServerManager, 'servers', index, server)))
+        for index, guest in enumerate(guests):
+            entry = ('guests[%d]' % index, guest, self._manager(GuestManager, 'guests', index, guest))
+            (self.masters if _is_master(guest) else self.peers).append(entry)
+        self.pins = dict((server['name'], server.get('pins') or {}) for server in servers
+                         if server['implementation'] == 'builtin')
+
+    def _manager(self, manager_class, kind, index, params):
+        try:
+            return manager_class(params, self.layout, self.check_mode)
+        except ValidationError as exc:
+            raise ValidationError('%s[%d].%s' % (kind, index, exc.field), str(exc).split(': ', 1)[-1])
+
+    def state_present(self):
+        self.result.update(servers={}, guests={})
+        self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
+        if _host.ensure_account(self.user, self.group, self.check_mode):
+            self.changed = True
+        if not os.path.isdir(self.layout.runtime_dir):
+            self.changed = True
+            if not self.check_mode:
+                _host.ensure_dir(self.layout.runtime_dir, 0o755)
+        for field, params, manager in self.servers:
+            self._run('servers', params, manager)
+        for field, params, manager in self.masters:
+            guest = self._run('guests', params, manager)
+            self._gate(field, params, guest)
+        for field, params, manager in self.peers:
+            guest = self._run('guests', params, manager)
+            self._gate(field, params, guest)
+
+    def _run(self, kind, params, manager):
+        result = manager.run(params['state'])
+        self.changed = self.changed or result['changed']
+        self.warnings.extend(result['warnings'])
+        self.before[kind][params['name']] = result['diff']['before']
+        self.after[kind][params['name']] = result['diff']['after']
+        found = result.get('server' if kind == 'servers' else 'guest')
+        self.result[kind][params['name']] = found
+        return found
+
+    def _gate(self, field, params, guest):
+        """A master holds ID 0 on its builtin server; a peer the ID its server pins for it."""
+        if self.check_mode or params['state'] != 'running' or not guest:
+            return
+        for index, device in enumerate(guest.get('ivshmem') or []):
+            server = device.get('server')
+            if server not in self.pins:
+                continue  # an upstream server or a plain memory file: no IDs to hold to
+            have = device.get('server_id')
+            want = 0 if device.get('role') == 'master' else self.pins[server].get(params['name'])
+            if want is not None and have != want:
+                raise HostError('%s.ivshmem[%d]: %s has ID %s on server %s, not %s; the guests after it were '
+                                'not started' % (field, index, params['name'], have, server, want))

@@ -1,0 +1,104 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: host
+short_description: Converge a hypervisor's ivshmem servers and guests in one call, master first
+version_added: 1.2.0
+description:
+  - "Takes the servers and guests a host should run and converges them in one module run: the
+    service account and the runtime directory, then every server, then every guest with a master
+    device, then the other guests. One SSH round trip and one Python start on the host, however
+    many groups it serves."
+  - Each item takes the options of M(ivshmem.fleet.server) or M(ivshmem.fleet.guest) and is
+    validated the same way, all before anything changes; an error names the item and the option
+    (for example C(guests[2].memory)).
+  - "Gates: a master's ID on a builtin server must be 0, and a peer's the ID its server pins for
+    it; when a gate fails, the guests after it are not started and the error says which."
+  - Servers and guests not listed are left as they are.
+author:
+  - ivshmem.fleet contributors (@ivshmem-fleet)
+extends_documentation_fragment:
+  - ivshmem.fleet._common
+  - ivshmem.fleet._common.attributes
+options:
+  servers:
+    description: The servers, each with the options of M(ivshmem.fleet.server) (its O(ivshmem.fleet.server#module:state) too).
+    type: list
+    elements: dict
+    default: []
+  guests:
+    description:
+      - The guests, each with the options of M(ivshmem.fleet.guest). Those with a V(master)
+        device start before the others, whatever the order here.
+    type: list
+    elements: dict
+    default: []
+  user:
+    description: The service account servers and guests run as (created when missing).
+    type: str
+    default: ivshmem
+  group:
+    description: Its group; defaults to O(user).
+    type: str
+notes:
+  - The diff shows, per server and guest, what changes, as the per-item modules show it.
+seealso:
+  - module: ivshmem.fleet.server
+  - module: ivshmem.fleet.guest
+  - module: ivshmem.fleet.plan
+'''
+
+EXAMPLES = r'''
+- name: Everything this host serves, in one call
+  ivshmem.fleet.host:
+    servers:
+      - {name: group1, size: 64M, vectors: 2, pins: {db-master: 0, db-reader: 1}}
+    guests:
+      - {name: db-master, memory: 512M, ivshmem: [{server: group1, role: master, vectors: 2}]}
+      - {name: db-reader, memory: 256M, ivshmem: [{server: group1, role: peer, vectors: 2}]}
+'''
+
+RETURN = r'''
+servers:
+  description: Each server after the call, by name, as M(ivshmem.fleet.server) returns it.
+  returned: always
+  type: dict
+  sample: {"group1": {"state": "started", "pid": 4242}}
+guests:
+  description: Each guest after the call, by name, as M(ivshmem.fleet.guest) returns it.
+  returned: always
+  type: dict
+  sample: {"db-master": {"state": "running", "ivshmem": [{"id": "ivshmem0", "server_id": 0}]}}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger, HostError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            COMMON_ARGS,
+            servers=dict(type='list', elements='dict', default=[]),
+            guests=dict(type='list', elements='dict', default=[]),
+            user=dict(type='str', default='ivshmem'),
+            group=dict(type='str'),
+        ),
+        supports_check_mode=True,
+    )
+    run_manager(module, HostConverger, 'present', expected_errors=(GuestError, HostError))
+
+
+if __name__ == '__main__':
+    main()
