@@ -1,0 +1,76 @@
+"""Deploying on the lab: one module call per host (ivshmem.fleet.host, the deploy playbook)
+against the naive playbook (bench/deploy_naive.yml: a task per server and per guest), in the
+same run, on the same lab host, for growing numbers of groups (a master and two peers each):
+the first run and an unchanged rerun of each.
+
+Targets (issue 12): an unchanged rerun <= 15 % of the first run's time; deploy time grows
+sub-linearly with the groups on a host.
+
+Run (root, after scripts/bootstrap.sh): .cache/venv/bin/python bench/deploy_lab.py [GROUPS ...]
+(default 1 3: a lab host has 1 GiB, which holds about 3 groups of three 32 MiB TCG guests).
+Boots one lab host (tests/lab/lab.py) and takes it down at the end.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
+RESET = os.path.join(REPO, 'molecule', 'resources', 'prepare.yml')
+
+
+def playbook(inventory, extra, path):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+               ANSIBLE_PIPELINING='true', ANSIBLE_NOCOLOR='1')
+    command = [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', inventory, '-e', '@' + extra,
+               path]
+    started = time.monotonic()
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise SystemExit(result.stdout.decode('utf-8', 'replace')[-4000:])
+    return time.monotonic() - started
+
+
+def groups(count):
+    def guest(name):
+        return {'name': name, 'memory': '32M', 'accel': 'tcg'}
+    return [{'name': 'd%d' % i, 'host': 'hv1', 'size': '4M', 'vectors': 1, 'master': guest('d%d-master' % i),
+             'peers': [guest('d%d-peer1' % i), guest('d%d-peer2' % i)]} for i in range(count)]
+
+
+def main():
+    sizes = [int(a) for a in sys.argv[1:]] or [1, 3]
+    inventory = subprocess.run(LAB + ['up', '1'], stdout=subprocess.PIPE, check=True).stdout.decode().strip()
+    rows = []
+    try:
+        extra = os.path.join(tempfile.mkdtemp(), 'groups.json')
+        for count in sizes:
+            with open(extra, 'w') as handle:
+                json.dump({'ivshmem_fleet_groups': groups(count)}, handle)
+            row = {'groups': count}
+            for variant, path in (('naive', os.path.join(REPO, 'bench', 'deploy_naive.yml')),
+                                  ('host', os.path.join(REPO, 'playbooks', 'deploy.yml'))):
+                playbook(inventory, extra, RESET)
+                row[variant] = (playbook(inventory, extra, path), playbook(inventory, extra, path))
+                print('%d groups, %s: first %.1f s, unchanged rerun %.1f s' % ((count, variant) + row[variant]),
+                      flush=True)
+            rows.append(row)
+        playbook(inventory, extra, RESET)
+    finally:
+        subprocess.run(LAB + ['down'], check=False)
+    print('lab: 1 TCG VM (1 vCPU, 1 GiB) on %d cores; groups of a master and two peers (32 MiB TCG guests)'
+          % os.cpu_count())
+    print('| groups | naive first | host first | ratio | naive rerun | host rerun | ratio | host rerun / first |')
+    print('|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for row in rows:
+        (naive_first, naive_rerun), (host_first, host_rerun) = row['naive'], row['host']
+        print('| %d | %.1f s | %.1f s | %.2f | %.1f s | %.1f s | %.2f | %.0f %% |' % (
+            row['groups'], naive_first, host_first, naive_first / host_first, naive_rerun, host_rerun,
+            naive_rerun / host_rerun, 100.0 * host_rerun / host_first))
+
+
+if __name__ == '__main__':
+    main()
