@@ -75,8 +75,13 @@ class ActionModule(ActionBase):
             options['uri'] = 'tcp:%s:%d' % (address, group.get('migration_port') or 4444)
             options['relay_checksums'] = not args['verify_channel']
             if args['tls']:
-                options['tls_dirs'] = dict((name, host.var('ivshmem_fleet_tls_dir') or TLS_DIR)
-                                           for name, host in hosts.items())
+                options['tls_dirs'] = {}
+                for name, host in hosts.items():
+                    directory = host.var('ivshmem_fleet_tls_dir') or TLS_DIR
+                    if not isinstance(directory, str) or not directory.startswith('/'):
+                        raise ValidationError('ivshmem_fleet_tls_dir', 'of %s must be an absolute path, not %r' % (
+                            name, directory))
+                    options['tls_dirs'][name] = directory
             move = GroupMove(group, source, destination, hosts, options, progress=self._show_progress)
             if self._task.check_mode:
                 report = move.predict()

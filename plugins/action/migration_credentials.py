@@ -12,19 +12,12 @@ __metaclass__ = type
 import ipaddress
 
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import DEFAULT_DIR
-from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import DEFAULT_PKI_DIR, Authority, PKIError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CREDENTIALS_ARGS
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority, PKIError
 
-ARGUMENT_SPEC = dict(
-    state=dict(type='str', default='present', choices=['present', 'absent']),
-    dest=dict(type='path', default=DEFAULT_DIR),
-    group=dict(type='str', default='ivshmem'),
-    pki_dir=dict(type='path', default=DEFAULT_PKI_DIR),
-    names=dict(type='list', elements='str', default=[]),
-    addresses=dict(type='list', elements='str'),
-    valid_days=dict(type='int', default=825),
-)
+display = Display()
 
 
 def _is_address(value):
@@ -41,8 +34,8 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        module_args = dict(state=args['state'], dest=args['dest'], group=args['group'])
+        _validation, args = self.validate_argument_spec(argument_spec=CREDENTIALS_ARGS)
+        module_args = dict(state=args['state'], dest=args['dest'], group=args['group'], replace_ca=args['replace_ca'])
         if args['state'] == 'present':
             host = task_vars['inventory_hostname']
             addresses = args['addresses']
@@ -57,17 +50,24 @@ class ActionModule(ActionBase):
                 return dict(result, failed=True, field='valid_days', msg='valid_days: must be 1 to 3650')
             try:
                 authority = Authority(args['pki_dir'], args['valid_days'])
-                with authority.locked():
-                    if not authority.exists() and self._task.check_mode:
-                        return dict(result, changed=True, msg='would create the CA in %s and install %s\'s credentials'
-                                    % (authority.directory, host))
-                    created = authority.load()
-                    module_args['files'] = authority.credentials(host, args['names'], addresses,
-                                                                 keep=not self._task.check_mode)
+                if self._task.check_mode and not authority.exists():
+                    return dict(result, changed=True, msg='would create the CA in %s and install %s\'s credentials'
+                                % (authority.directory, host))
+                if self._task.check_mode:
+                    # Reads only: no lock, nothing kept (check mode changes nothing, here either).
+                    authority.load(create=False)
+                    module_args['files'] = authority.credentials(host, args['names'], addresses, keep=False)
+                else:
+                    with authority.locked():
+                        if authority.load():
+                            result['ca_created'] = authority.directory
+                            display.warning(
+                                'created a new migration CA in %s: every host of the fleet must get its '
+                                'credentials from this CA (keep this directory, and point '
+                                'ivshmem_fleet_pki_dir at it from other controllers)' % authority.directory)
+                        module_args['files'] = authority.credentials(host, args['names'], addresses)
             except (PKIError, OSError) as exc:
                 return dict(result, failed=True, field='pki_dir', msg='pki_dir: %s' % exc)
-            if created:
-                result['ca_created'] = authority.directory
         result.update(self._execute_module(module_name='ivshmem.fleet.migration_credentials',
                                            module_args=module_args, task_vars=task_vars))
         return result

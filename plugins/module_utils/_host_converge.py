@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import stat
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
@@ -33,17 +34,18 @@ _VALIDATORS = {
 }
 
 
-class HostError(Exception):
+class GateError(Exception):
     """A gate did not hold (a master without ID 0, a peer without its pinned ID)."""
 
 
-def _validated(kind, items):
+def _validated(kind, items, account):
     checked = []
     for index, item in enumerate(check_list(kind, items)):
         field = '%s[%d]' % (kind, index)
         if not isinstance(item, dict):
             raise ValidationError(field, 'must be a dict of the %s module\'s options' % kind[:-1])
-        result = _VALIDATORS[kind].validate(dict(item))
+        # The host's service account, unless the item names its own.
+        result = _VALIDATORS[kind].validate(dict(account, **item))
         if result.error_messages:
             raise ValidationError(field, '; '.join(result.error_messages))
         checked.append(result.validated_parameters)
@@ -66,8 +68,9 @@ class HostConverger(StateMachine):
         self.layout = layout
         self.user = params.get('user') or 'ivshmem'
         self.group = params.get('group') or self.user
-        servers = _validated('servers', params.get('servers'))
-        guests = _validated('guests', params.get('guests'))
+        account = {'user': self.user, 'group': self.group}
+        servers = _validated('servers', params.get('servers'), account)
+        guests = _validated('guests', params.get('guests'), account)
         self.servers, self.masters, self.peers = [], [], []
         # Build every manager now: each validates its spec, so nothing starts before all are good.
         for index, server in enumerate(servers):
@@ -89,21 +92,35 @@ class HostConverger(StateMachine):
         self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
         if _host.ensure_account(self.user, self.group, self.check_mode):
             self.changed = True
-        if not os.path.isdir(self.layout.runtime_dir):
-            self.changed = True
-            if not self.check_mode:
-                _host.ensure_dir(self.layout.runtime_dir, 0o755)
+        self._runtime_dir()
         for field, params, manager in self.servers:
-            self._run('servers', params, manager)
-        for field, params, manager in self.masters:
-            guest = self._run('guests', params, manager)
-            self._gate(field, params, guest)
-        for field, params, manager in self.peers:
-            guest = self._run('guests', params, manager)
+            self._run(field, 'servers', params, manager)
+        for field, params, manager in self.masters + self.peers:
+            guest = self._run(field, 'guests', params, manager)
             self._gate(field, params, guest)
 
-    def _run(self, kind, params, manager):
-        result = manager.run(params['state'])
+    def _runtime_dir(self):
+        """The collection's own directory: root's, 0755, whatever it was (never through a link)."""
+        path = self.layout.runtime_dir
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None and not stat.S_ISDIR(info.st_mode):
+            raise ValidationError('runtime_dir', '%s exists and is not a directory' % path)
+        if info is not None and (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o755):
+            return
+        self.changed = True
+        if not self.check_mode:
+            _host.ensure_dir(path, 0o755)
+            os.lchown(path, 0, 0)
+            os.chmod(path, 0o755)
+
+    def _run(self, field, kind, params, manager):
+        try:
+            result = manager.run(params['state'])
+        except ValidationError as exc:
+            raise ValidationError('%s.%s' % (field, exc.field), str(exc).split(': ', 1)[-1])
         self.changed = self.changed or result['changed']
         self.warnings.extend(result['warnings'])
         self.before[kind][params['name']] = result['diff']['before']
@@ -123,5 +140,5 @@ class HostConverger(StateMachine):
             have = device.get('server_id')
             want = 0 if device.get('role') == 'master' else self.pins[server].get(params['name'])
             if want is not None and have != want:
-                raise HostError('%s.ivshmem[%d]: %s has ID %s on server %s, not %s; the guests after it were '
+                raise GateError('%s.ivshmem[%d]: %s has ID %s on server %s, not %s; the guests after it were '
                                 'not started' % (field, index, params['name'], have, server, want))

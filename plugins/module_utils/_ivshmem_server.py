@@ -95,7 +95,9 @@ def round_up_power_of_two(value):
 
 
 def guest_name_of(pid):
-    """The QEMU ``-name`` of a process, or None (not QEMU, gone, or nameless)."""
+    """The QEMU ``-name`` of a process, or None (not QEMU, gone, nameless, or no pid)."""
+    if pid <= 0:
+        return None
     try:
         with open('/proc/%d/cmdline' % pid, 'rb') as handle:
             argv = handle.read().split(b'\0')
@@ -152,7 +154,7 @@ class Client:
     @property
     def name(self):
         if self._name is _UNREAD:
-            self._name = guest_name_of(self.pid) if self.pid > 0 else None
+            self._name = guest_name_of(self.pid)
         return self._name
 
     def status(self):
@@ -489,7 +491,7 @@ class IvshmemServer:
         except OSError:
             pid, uid = 0, -1
         # The name decides only pins and the hold; otherwise it is read when asked (status).
-        name = (guest_name_of(pid) if pid > 0 else None) if self.config.pins or self.hold else _UNREAD
+        name = guest_name_of(pid) if self.config.pins or self.hold else _UNREAD
         reason = self._refusal(name)
         eventfds = []
         if not reason:
@@ -505,7 +507,7 @@ class IvshmemServer:
                 os.close(fd)
             self.refused += 1
             if name is _UNREAD:
-                name = guest_name_of(pid) if pid > 0 else None
+                name = guest_name_of(pid)
             self.log('refused pid %d (%s): %s' % (pid, name or 'unnamed', reason))
             sock.close()
             return
@@ -532,13 +534,10 @@ class IvshmemServer:
             self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, client.name or 'unnamed'), verbose=True)
 
     def _eventfds(self):
-        """A newcomer's eventfds: the spare set made while the server was idle, else new ones."""
-        if len(self._spare) >= self.config.vectors:
-            taken, self._spare = self._spare, []
-            return taken
-        fds = []
+        """A newcomer's eventfds: those made ahead while the server was idle, completed as needed."""
+        fds, self._spare = self._spare, []
         try:
-            for _vector in range(self.config.vectors):
+            while len(fds) < self.config.vectors:
                 fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
         except OSError:
             for fd in fds:

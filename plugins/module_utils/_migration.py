@@ -179,6 +179,16 @@ def verify_destination(dq, memories, algorithm):
     return result
 
 
+def _local_only(field, uri):
+    """This module's stream is not encrypted: it stays on this host. Between hosts, group_migrate
+    encrypts and authenticates it (_tls.py)."""
+    if not (isinstance(uri, str) and uri.startswith('unix:')):
+        raise ValidationError(field, 'must be a unix: socket on this host (not %r): a stream over the network '
+                                     'would carry guest memory in clear; move groups between hosts with '
+                                     'ivshmem.fleet.group_migrate, which encrypts and authenticates it' % (uri,))
+    return uri
+
+
 class Migration(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(Migration, self).__init__(check_mode)
@@ -195,12 +205,8 @@ class Migration(StateMachine):
         self.uri = params.get('uri')
         if self.phase == 'send' and not self.uri:
             raise ValidationError('uri', 'phase send needs the destination\'s migration URI')
-        if self.uri is not None and not (isinstance(self.uri, str) and self.uri.startswith('unix:')):
-            # This module's stream is not encrypted: it stays on this host. Between hosts,
-            # group_migrate encrypts and authenticates it (_tls.py).
-            raise ValidationError('uri', 'must be a unix: socket on this host; a stream over the network would carry '
-                                         'guest memory in clear: move groups between hosts with '
-                                         'ivshmem.fleet.group_migrate, which encrypts and authenticates it')
+        if self.uri is not None:
+            _local_only('uri', self.uri)
         self.expected = params.get('expected_checksums') or []
         if self.phase == 'receive' and params.get('verify', True) and not self.expected:
             raise ValidationError('expected_checksums', 'phase receive needs the checksums phase send returned')
@@ -243,7 +249,7 @@ class Migration(StateMachine):
         if not self.change('migrate'):
             self.result['migration'] = {'status': 'would migrate'}
             return
-        report = {'uri': self.uri or dst['incoming_uri'], 'events': []}
+        report = {'uri': self.uri or _local_only('destination incoming_uri', dst['incoming_uri']), 'events': []}
         started = time.monotonic()
         with QMPClient(src['qmp'], timeout=30) as sq, QMPClient(dst['qmp'], timeout=30) as dq:
             self._send(sq, report, started, gate=lambda: self._destination_waits(dq))

@@ -177,8 +177,12 @@ class HostMove:
         record = self._record()
         if record:
             record['lease_expired'] = time.time() > record.get('lease_until', 0)
-        ready = {'tls_missing': _tls.missing(self.tls['dir']) if self.tls else []}
-        return dict(ready, record=record, state=self._state())
+        return self._view(record)
+
+    def _view(self, record):
+        """What the engine decides on: the journal, what runs here, the TLS credentials lacking."""
+        return {'record': record, 'state': self._state(),
+                'tls_missing': _tls.missing(self.tls['dir']) if self.tls else []}
 
     def _step_claim(self):
         """Take the group's lock for this run: compare-and-swap against the run the engine saw."""
@@ -205,7 +209,7 @@ class HostMove:
                     record.pop(key, None)
                 _host.write_json(self.path, record, 0o600)
             record = self._write_locked(step, data, takeover=True)
-        return {'record': record, 'state': self._state()}
+        return self._view(record)
 
     def _step_mark(self):
         return {'record': self._write(self.params['mark'])}

@@ -174,7 +174,11 @@ class GroupMove:
         resolved = self._resolve(views) if self._unfinished(views) else None
         if resolved:
             self.report['resolved'] = resolved
-            views = self._inspect_both()
+            try:
+                views = self._inspect_both()
+            except MoveFailed:
+                self._release_all('resolved, not moved')
+                raise
         if self._whole(views[self.destination]['state']) and not self._any(views[self.source]['state']):
             self._release_all('already there')
             return dict(self.report, changed=bool(resolved), outcome='resolved: ' + resolved if resolved else 'already moved')
@@ -182,6 +186,10 @@ class GroupMove:
             self._release_all('not moved')
             raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
                 self.name, self.source, views[self.source]['state']['guests']), self.report)
+        lacking = self._lacking_credentials(views)
+        if lacking:
+            self._release_all('not moved: no credentials')
+            raise MoveFailed('%s; the group was not moved' % lacking, self.report)
         attempts = max(1, self.options.get('attempts') or 1)
         for attempt in range(1, attempts + 1):
             self.report['attempt'] = attempt
@@ -205,12 +213,18 @@ class GroupMove:
                 views[host] = self._call(host, 'inspect')
             except HostUnreachable as exc:
                 raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
-        for host, view in views.items():
-            if view.get('tls_missing'):
-                raise MoveFailed('%s has no migration credentials in %s (missing %s): run the ivshmem.fleet.hypervisor '
-                                 'role on it (or ivshmem.fleet.migration_credentials); nothing was changed' % (
-                                     host, self.tls_dirs[host], ', '.join(view['tls_missing'])), self.report)
         return views
+
+    def _lacking_credentials(self, views):
+        """Why the stream cannot be encrypted, or None. Only a migration needs the credentials:
+        resolving an interrupted move (commit, roll back, clean up) never does."""
+        for host in (self.source, self.destination):
+            missing = views[host].get('tls_missing')
+            if missing:
+                return ('%s has no migration credentials in %s (missing %s): run the ivshmem.fleet.hypervisor role '
+                        'on it (or ivshmem.fleet.migration_credentials), or move with tls: false on a network '
+                        'private to the two hosts' % (host, self.tls_dirs[host], ', '.join(missing)))
+        return None
 
     def predict(self):
         """Check mode: what run() would do, from a look at both hosts; nothing changes."""
@@ -226,6 +240,9 @@ class GroupMove:
         if not self._whole(views[self.source]['state']):
             raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
                 self.name, self.source, views[self.source]['state']['guests']), self.report)
+        lacking = self._lacking_credentials(views)
+        if lacking:
+            raise MoveFailed(lacking, self.report)
         return dict(self.report, changed=True, outcome='would move')
 
     def _claim(self):

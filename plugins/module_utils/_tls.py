@@ -22,6 +22,7 @@ __metaclass__ = type
 
 import grp
 import os
+import stat
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
@@ -32,6 +33,18 @@ CA = 'ca-cert.pem'
 CERTIFICATES = (CA, 'server-cert.pem', 'client-cert.pem')
 KEYS = ('server-key.pem', 'client-key.pem')
 FILES = CERTIFICATES + KEYS
+DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'  # on the controller
+# ivshmem.fleet.migration_credentials' options (its action plugin adds ``files`` for the module).
+CREDENTIALS_ARGS = dict(
+    state=dict(type='str', default='present', choices=['present', 'absent']),
+    dest=dict(type='path', default=DEFAULT_DIR),
+    group=dict(type='str', default='ivshmem'),
+    pki_dir=dict(type='path', default=DEFAULT_PKI_DIR),
+    names=dict(type='list', elements='str', default=[]),
+    addresses=dict(type='list', elements='str'),
+    valid_days=dict(type='int', default=825),
+    replace_ca=dict(type='bool', default=False),
+)
 CREDS_ID = 'ivshmem-fleet-migration-tls'
 AUTHZ_ID = 'ivshmem-fleet-migration-authz'
 
@@ -84,11 +97,13 @@ def setup_destination(qmp, settings):
     qmp.command('migrate-set-parameters', {'tls-creds': CREDS_ID, 'tls-authz': AUTHZ_ID})
 
 
-def install(directory, files, group, check_mode):
+def install(directory, files, group, check_mode, replace_ca=False):
     """Write the credential files (contents in ``files``); returns the names that changed.
 
-    The directory is root's, readable by ``group`` (QEMU runs as the service account); keys are
-    0640 root:group, certificates 0644. Files are replaced whole, never followed (_host.write_file).
+    The directory is root's, 0750 and readable by ``group`` (QEMU runs as the service account);
+    keys are 0640 root:group, certificates 0644. Files are replaced whole, never followed
+    (_host.write_file). A host that already trusts another CA keeps it unless ``replace_ca``:
+    a second CA made by another controller would split the fleet.
     """
     unknown = sorted(set(files) - set(FILES))
     if unknown or sorted(files) != sorted(FILES):
@@ -99,11 +114,32 @@ def install(directory, files, group, check_mode):
         if check_mode:
             return list(FILES)  # the play creates the group before this task runs for real
         raise ValidationError('group', 'no group %r on this host' % group)
-    changed = [name for name in FILES if _differs(os.path.join(directory, name), files[name], gid)]
+    held_ca = _host.read_own_file(os.path.join(directory, CA))
+    if held_ca is not None and held_ca[0] != files[CA].encode('ascii') and not replace_ca:
+        raise ValidationError('replace_ca', '%s/%s is another CA\'s certificate: this host got its credentials '
+                                            'from another CA (another controller, or another pki_dir). Point pki_dir '
+                                            'at the fleet\'s CA, or set replace_ca to move this host to this one '
+                                            '(moves between hosts of the two CAs fail)' % (directory, CA))
+    changed = [name for name in FILES
+               if _differs(os.path.join(directory, name), files[name], gid, 0o640 if name in KEYS else 0o644)]
+    try:
+        info = os.lstat(directory)
+        dir_differs = (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) != (0, gid, 0o750)
+    except FileNotFoundError:
+        dir_differs = True
+    if dir_differs and not changed:
+        changed = [os.path.basename(directory) + '/']
     if changed and not check_mode:
         _host.ensure_dir(os.path.dirname(directory), 0o755)
         _host.ensure_dir(directory, 0o750, 'root', group)
-        for name in changed:
+        # This directory is the collection's own: its owner and mode are set whatever they were.
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            raise ValidationError('dest', '%s is not a directory' % directory)
+        os.lchown(directory, 0, gid)
+        os.chmod(directory, 0o750)
+        for name in FILES:
+            if name not in changed:
+                continue
             path = os.path.join(directory, name)
             _host.write_file(path, files[name].encode('ascii'), 0o640 if name in KEYS else 0o644)
             os.lchown(path, 0, gid)
@@ -118,6 +154,7 @@ def remove(directory, check_mode):
     return present
 
 
-def _differs(path, content, gid):
+def _differs(path, content, gid, mode):
     found = _host.read_own_file(path)
-    return found is None or found[0] != content.encode('ascii') or found[1].st_gid != gid
+    return found is None or found[0] != content.encode('ascii') or found[1].st_gid != gid or \
+        stat.S_IMODE(found[1].st_mode) != mode

@@ -149,7 +149,10 @@ options:
     type: bool
     default: true
   incoming_uri:
-    description: Where an V(incoming) guest listens for the migration stream; defaults to a UNIX socket in its runtime directory.
+    description:
+      - Where an V(incoming) guest listens for the migration stream; defaults to a UNIX socket in its runtime directory.
+      - A network URI listens in clear, for anyone who reaches it first. Between hosts, move groups with
+        M(ivshmem.fleet.group_migrate), which starts the destination itself and admits only the source over TLS.
     type: str
   restart_on_drift:
     description: Restart a running guest whose settings differ from the asked ones.
@@ -186,11 +189,11 @@ EXAMPLES = r'''
         role: peer
         vectors: 2
 
-- name: The master's migration destination (on the destination host)
+- name: A migration destination for the master on this host (ivshmem.fleet.migrate; between hosts,
+    ivshmem.fleet.group_migrate starts it, over TLS)
   ivshmem.fleet.guest:
-    name: db-master
+    name: db-master-b
     state: incoming
-    incoming_uri: tcp:0.0.0.0:4444
     ivshmem:
       - server: group1
         role: master
@@ -238,7 +241,7 @@ guest:
     incoming_uri:
       description: Where an incoming guest listens.
       type: str
-      sample: tcp:0.0.0.0:4444
+      sample: unix:/run/ivshmem-fleet/guests/db-master-b/incoming.sock
     ivshmem:
       description: Each ivshmem device with its resolved role and IVPOSITION (null while the BARs are unassigned).
       type: list

@@ -42,7 +42,9 @@ options:
     elements: dict
     default: []
   user:
-    description: The service account servers and guests run as (created when missing).
+    description:
+      - The service account servers and guests run as (created when missing), unless an item
+        names its own O(ivshmem.fleet.server#module:user) or O(ivshmem.fleet.guest#module:user).
     type: str
     default: ivshmem
   group:
@@ -82,7 +84,7 @@ guests:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger, HostError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import GateError, HostConverger
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
 
 
@@ -97,7 +99,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_manager(module, HostConverger, 'present', expected_errors=(GuestError, HostError))
+    run_manager(module, HostConverger, 'present', expected_errors=(GuestError, GateError))
 
 
 if __name__ == '__main__':

@@ -59,6 +59,9 @@ options:
   pki_dir:
     description:
       - Directory on the controller that holds the CA key (mode 0600) and the certificates issued.
+      - "Every controller of the fleet must use the same one, and it must outlive the run (in an
+        execution environment, a mounted volume): a run that finds no CA here makes a new one, and
+        hosts given credentials by another CA then refuse it (see O(replace_ca))."
       - Keep it as you keep other secrets of the fleet; whoever reads it can join migrations.
     type: path
     default: ~/.ivshmem-fleet/pki
@@ -77,14 +80,21 @@ options:
     description: Days a new certificate is valid (1 to 3650).
     type: int
     default: 825
+  replace_ca:
+    description:
+      - "Replace a CA certificate the host already holds from another CA. Without it such a host
+        fails the task: a second CA (another controller, another O(pki_dir)) would split the fleet,
+        and moves between hosts of the two CAs would fail."
+    type: bool
+    default: false
   files:
     description: Set by the action plugin (the PEM texts to install); not for playbooks.
     type: dict
 requirements:
   - C(cryptography) on the controller (ansible-core requires it already).
 notes:
-  - The CA certificate is valid 10 years, host certificates O(valid_days); a run within 30 days of a
-    host certificate's end issues a new one.
+  - The CA certificate is valid 10 years, host certificates O(valid_days); a run within 30 days (or
+    a third of O(valid_days) when shorter) of a host certificate's end issues a new one.
 seealso:
   - module: ivshmem.fleet.group_migrate
 '''
@@ -113,19 +123,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import install, remove
+from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CREDENTIALS_ARGS, install, remove
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', default='present', choices=['present', 'absent']),
-            dest=dict(type='path', default='/etc/ivshmem-fleet/tls'),
-            group=dict(type='str', default='ivshmem'),
-            pki_dir=dict(type='path', default='~/.ivshmem-fleet/pki'),
-            names=dict(type='list', elements='str', default=[]),
-            addresses=dict(type='list', elements='str'),
-            valid_days=dict(type='int', default=825),
+            CREDENTIALS_ARGS,
             files=dict(type='dict', no_log=True),
         ),
         supports_check_mode=True,
@@ -138,7 +142,7 @@ def main():
             module.fail_json(msg='files: missing; call this module as a task, so that its action plugin issues them',
                              field='files')
         else:
-            files = install(params['dest'], params['files'], params['group'], module.check_mode)
+            files = install(params['dest'], params['files'], params['group'], module.check_mode, params['replace_ca'])
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field)
     except (HostError, OSError) as exc:

@@ -37,8 +37,7 @@ except ImportError as exc:  # reported when a certificate is needed, not at impo
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CA
 
-DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'
-RENEW_BEFORE = datetime.timedelta(days=30)
+RENEW_BEFORE = datetime.timedelta(days=30)  # at most: a third of a short validity
 CLOCK_SKEW = datetime.timedelta(days=1)
 
 
@@ -57,6 +56,16 @@ def _key_pem(key):
 
 def _cert_pem(cert):
     return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+
+def _not_after(cert):
+    # not_valid_after_utc is cryptography >= 42; distributions ship older ones (Debian 12: 38).
+    found = getattr(cert, 'not_valid_after_utc', None)
+    return found if found is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def _public_bytes(key):
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _subject(name):
@@ -142,11 +151,17 @@ class Authority:
     def credentials(self, host, names, addresses, keep=True):
         """{file name: PEM text} for ``host`` (see _tls.FILES); issues a certificate when needed
         (and keeps it for the next run unless ``keep`` is False: check mode)."""
+        try:
+            return self._credentials(host, names, addresses, keep)
+        except (ValueError, TypeError, UnicodeError) as exc:
+            raise PKIError('cannot issue a certificate for %s: %s' % (host, exc))
+
+    def _credentials(self, host, names, addresses, keep):
         names = [host] + [name for name in names if name != host]
         held = self._read(os.path.join('hosts', host, 'cert.pem'))
         key_pem = self._read(os.path.join('hosts', host, 'key.pem'))
-        cert = x509.load_pem_x509_certificate(held) if held and key_pem else None
-        if cert is None or not self._still_good(cert, names, addresses):
+        cert = self._held(held, key_pem, names, addresses)
+        if cert is None:
             key = ec.generate_private_key(ec.SECP256R1())
             now = _now()
             cert = (x509.CertificateBuilder().subject_name(_subject(host)).issuer_name(self.cert.subject)
@@ -161,19 +176,33 @@ class Authority:
                     .sign(self.key, hashes.SHA256()))
             key_pem = _key_pem(key).encode('ascii')
             if keep:
+                # A run cut between the two writes leaves a pair that does not match: _held
+                # sees that and issues again.
                 self._write(os.path.join('hosts', host, 'key.pem'), key_pem.decode('ascii'), 0o600)
                 self._write(os.path.join('hosts', host, 'cert.pem'), _cert_pem(cert), 0o644)
         cert_text, key_text = _cert_pem(cert), key_pem.decode('ascii')
         return {CA: _cert_pem(self.cert), 'server-cert.pem': cert_text, 'client-cert.pem': cert_text,
                 'server-key.pem': key_text, 'client-key.pem': key_text}
 
-    def _still_good(self, cert, names, addresses):
-        if cert.issuer != self.cert.subject or cert.subject != _subject(names[0]):
-            return False
+    def _held(self, cert_pem, key_pem, names, addresses):
+        """The certificate issued before, if it still serves: this CA's, these names, its own key,
+        and more than RENEW_BEFORE (or a third of its validity) left."""
+        if not cert_pem or not key_pem:
+            return None
         try:
-            cert.verify_directly_issued_by(self.cert)
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            key = serialization.load_pem_private_key(key_pem, None)
             alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            # Signed by this CA (an EC key): the signature over the certificate's body.
+            self.cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                                          ec.ECDSA(cert.signature_hash_algorithm))
         except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
-            return False
-        wanted = set(_alt_names(names, addresses))
-        return set(alt) == wanted and cert.not_valid_after_utc - _now() > RENEW_BEFORE
+            return None
+        if cert.issuer != self.cert.subject or cert.subject != _subject(names[0]):
+            return None
+        if _public_bytes(cert.public_key()) != _public_bytes(key.public_key()):
+            return None
+        renew = min(RENEW_BEFORE, datetime.timedelta(days=self.valid_days) / 3)
+        if set(alt) != set(_alt_names(names, addresses)) or _not_after(cert) - _now() <= renew:
+            return None
+        return cert

@@ -251,7 +251,9 @@ def test_controller_killed_then_the_same_command_resolves(hosts, case):
         'send starts': dict(step='send:a', options=slow),
         'mid-migration': dict(step='verify:b', delay=1.0, options=slow),
         'relayed: verified, before cont': dict(step='mark:a', options=relayed),
-        'relayed: during commit': dict(step='commit:b', delay=0.3, options=relayed),
+        # Struck when the destination journals verified, while it continues and starts its peers
+        # (a fixed delay after the commit call began was a race: the whole move could finish first).
+        'relayed: during commit': dict(when=journal_step(hosts, 'b', 'verified'), options=relayed),
         'channel: during peer start': dict(when=journal_step(hosts, 'b', 'verified'), options=slow),
         'before the source is cleaned': dict(step='finish_source:a', options=slow),
     }[case]

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger, HostError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger, GateError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
 
 
@@ -54,7 +54,7 @@ def test_a_peer_without_the_id_the_group_pins_stops_the_call(builtin_lab):
     converge(builtin_lab, {'servers': params['servers'], 'guests': []})
     builtin_lab.guest('stray', 'g')  # ID 1: the first one no pin reserves
     params['servers'][0]['pins'] = {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}
-    with pytest.raises(HostError) as failed:
+    with pytest.raises(GateError) as failed:
         converge(builtin_lab, params)
     assert 'guests[2].ivshmem[0]: g-peer1 has ID 3 on server g, not 1' in str(failed.value), failed.value
 

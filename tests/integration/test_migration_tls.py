@@ -15,7 +15,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority
 
-from test_group_move import assert_whole_on, hosts  # noqa: F401  # pylint: disable=unused-import
+from test_group_move import assert_whole_on, hosts, run_killed_at  # noqa: F401  # pylint: disable=unused-import
 
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; the socket module does not name it
@@ -113,5 +113,17 @@ def test_a_host_without_credentials_fails_the_move_before_anything_changes(hosts
     with pytest.raises(MoveFailed) as failed:
         hosts.engine('a', 'b', tls_dirs=dirs).run()
     assert 'b has no migration credentials' in str(failed.value) and 'server-key.pem' in str(failed.value)
-    assert hosts.journal('a') is None and hosts.journal('b') is None
+    assert_whole_on(hosts, 'a')  # nothing moved, no lock left
+
+
+def test_a_move_left_in_between_resolves_even_without_credentials(hosts):  # noqa: F811
+    """Resolving needs no TLS: a move killed after verification (source paused) is rolled back
+    by the next run, which then refuses to move in clear."""
+    run_killed_at(hosts, 'mark:a', 0.0, {'relay_checksums': True})
+    assert hosts.where('a')['g-master'] == 'migrated'
+    dirs = hosts.tls_dirs()
+    os.unlink(os.path.join(hosts.tls_dir('b'), 'client-cert.pem'))
+    with pytest.raises(MoveFailed) as failed:
+        hosts.engine('a', 'b', tls_dirs=dirs).run()
+    assert 'b has no migration credentials' in str(failed.value), failed.value
     assert_whole_on(hosts, 'a')

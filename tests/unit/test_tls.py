@@ -120,3 +120,49 @@ def test_the_destination_admits_only_the_expected_source_and_the_source_checks_t
     in_clear = Recorder()
     _tls.setup_source(in_clear, None)
     assert in_clear.calls == [('migrate-set-parameters', {'tls-creds': ''})]
+
+
+def test_a_host_of_another_ca_is_refused_unless_replace_ca(tmp_path):
+    dest = str(tmp_path / 'tls')
+    _tls.install(dest, issue(tmp_path / 'pki-a'), 'root', check_mode=False)
+    other = issue(tmp_path / 'pki-b')
+    with pytest.raises(ValidationError) as failed:
+        _tls.install(dest, other, 'root', check_mode=False)
+    assert failed.value.field == 'replace_ca' and "another CA's certificate" in str(failed.value)
+    assert _tls.install(dest, other, 'root', check_mode=False, replace_ca=True) == list(_tls.FILES)
+
+
+def test_modes_that_drifted_are_set_again(tmp_path):
+    dest = tmp_path / 'tls'
+    files = issue(tmp_path / 'pki')
+    _tls.install(str(dest), files, 'root', check_mode=False)
+    os.chmod(dest / 'server-key.pem', 0o644)
+    assert _tls.install(str(dest), files, 'root', check_mode=False) == ['server-key.pem']
+    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o640
+    os.chmod(dest, 0o777)
+    assert _tls.install(str(dest), files, 'root', check_mode=True) == ['tls/']
+    assert _tls.install(str(dest), files, 'root', check_mode=False) == ['tls/']
+    assert stat.S_IMODE(os.lstat(dest).st_mode) == 0o750
+
+
+def test_a_key_that_does_not_match_its_certificate_is_issued_again(tmp_path):
+    first = issue(tmp_path)
+    other_key = issue(tmp_path / 'elsewhere')['server-key.pem']
+    with open(tmp_path / 'hosts' / 'hv1' / 'key.pem', 'w') as handle:
+        handle.write(other_key)  # as a run cut between writing the key and the certificate leaves it
+    again = issue(tmp_path)
+    assert again['server-cert.pem'] != first['server-cert.pem']
+    assert issue(tmp_path) == again
+
+
+def test_a_short_validity_is_still_idempotent(tmp_path):
+    authority = Authority(str(tmp_path), valid_days=10)
+    with authority.locked():
+        authority.load()
+        first = authority.credentials('hv1', [], [])
+        assert authority.credentials('hv1', [], []) == first
+
+
+def test_a_name_that_cannot_be_in_a_certificate_is_a_pki_error(tmp_path):
+    with pytest.raises(PKIError):
+        issue(tmp_path, names=['h\u00e9te'])
