@@ -67,4 +67,7 @@ step "Molecule on real VMs (one shared lab for every scenario)"
 # extensions/molecule/ for collections, so point its glob here.
 export MOLECULE_GLOB='molecule/*/molecule.yml'
 trap 'python3 tests/lab/lab.py down >/dev/null 2>&1 || true' EXIT
+# A run cut short (Ctrl-C, a killed job) leaves Molecule's state saying the lab exists, and the
+# next run would skip create: start from destroyed.
+molecule destroy --all >/dev/null 2>&1 || true
 molecule test --all
