@@ -108,6 +108,10 @@ def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):
                 gate()  # last look before committing
             sq.command('migrate-continue', {'state': 'pre-switchover'})
         elif status == 'completed':
+            # QEMU sends this event before it computes total-time and downtime (7.2:
+            # migration_completion, then migration_calculate_complete): asked at once, both can
+            # read 0. It enters postmigrate after computing them, so the figures are read then.
+            settle_source(sq)
             info = sq.command('query-migrate')
             if on_progress is not None:
                 on_progress(info)

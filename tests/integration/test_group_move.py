@@ -92,10 +92,9 @@ def test_a_move_is_verified_reports_the_real_outage_and_a_rerun_changes_nothing(
     checks = report['verification']
     assert checks['source_checksums'] == checks['destination_checksums']
     assert checks['source_checksums'][0].startswith('chunked-sha1-32MiB:')
-    # The real outage includes QEMU's downtime and everything after it until the guest runs
-    # (QEMU counts whole milliseconds: a small group's downtime can read 0).
-    assert report['master_outage_ms'] >= report['downtime_ms'] >= 0 and report['total_time_ms'] > 0
-    assert report['master_outage_ms'] > 0
+    # The real outage includes QEMU's downtime and everything after it until the guest runs.
+    # (QEMU's figures read 0 when asked before it computed them: they must not.)
+    assert report['master_outage_ms'] >= report['downtime_ms'] > 0 and report['total_time_ms'] > 0
     assert report['peer_outage_ms'] >= report['master_outage_ms']
     again = hosts.engine('a', 'b').run()
     assert not again['changed'] and again['outcome'] == 'already moved'
