@@ -15,7 +15,7 @@ __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, ServerSpec, ValidationError, check_int, check_name)
+    GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port')
@@ -24,13 +24,6 @@ SERVER_KEYS = ('implementation', 'binary', 'shm_name', 'memory_dir', 'max_client
 GUEST_KEYS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
               'extra_devices', 'extra_args', 'user', 'group', 'sandbox')
 DEFAULT_MIGRATION_PORT = 4444
-
-
-def _prefixed(prefix, build):
-    try:
-        return build()
-    except ValidationError as exc:
-        raise ValidationError('%s.%s' % (prefix, exc.field), str(exc).split(': ', 1)[1])
 
 
 def _only(prefix, data, allowed):
@@ -75,7 +68,7 @@ def normalize_group(index, group, hosts, layout):
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
         _only(field, guest, GUEST_KEYS)
         params = dict(guest, ivshmem=[{'server': name, 'role': role, 'vectors': vectors}])
-        spec = _prefixed(field, lambda: GuestSpec(params, layout))
+        spec = prefixed(field, lambda: GuestSpec(params, layout))
         guests.append((field, spec, params))
     names = [spec.name for _field, spec, _params in guests]
     for position, guest_name in enumerate(names):
@@ -84,7 +77,7 @@ def normalize_group(index, group, hosts, layout):
     server_params = dict(server, name=name, size=group.get('size', '4M'), vectors=vectors)
     if pin_ids and server.get('implementation', 'builtin') == 'builtin':
         server_params['pins'] = dict((guest_name, peer_id) for peer_id, guest_name in enumerate(names))
-    spec = _prefixed(where, lambda: ServerSpec(server_params))
+    spec = prefixed(where, lambda: ServerSpec(server_params))
     port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)
     return {
         'name': name, 'host': host, 'size': spec.size, 'vectors': spec.vectors, 'migration_port': port,

@@ -24,7 +24,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -82,10 +82,7 @@ class HostConverger(StateMachine):
                          if server['implementation'] == 'builtin')
 
     def _manager(self, manager_class, kind, index, params):
-        try:
-            return manager_class(params, self.layout, self.check_mode)
-        except ValidationError as exc:
-            raise ValidationError('%s[%d].%s' % (kind, index, exc.field), str(exc).split(': ', 1)[-1])
+        return prefixed('%s[%d]' % (kind, index), lambda: manager_class(params, self.layout, self.check_mode))
 
     def state_present(self):
         self.result.update(servers={}, guests={})
@@ -117,10 +114,7 @@ class HostConverger(StateMachine):
             os.chmod(path, 0o755)
 
     def _run(self, field, kind, params, manager):
-        try:
-            result = manager.run(params['state'])
-        except ValidationError as exc:
-            raise ValidationError('%s.%s' % (field, exc.field), str(exc).split(': ', 1)[-1])
+        result = prefixed(field, lambda: manager.run(params['state']))
         self.changed = self.changed or result['changed']
         self.warnings.extend(result['warnings'])
         self.before[kind][params['name']] = result['diff']['before']

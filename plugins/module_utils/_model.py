@@ -36,6 +36,14 @@ class ValidationError(Exception):
         self.field = field
 
 
+def prefixed(prefix, build):
+    """``build()``, with any ValidationError's field placed under ``prefix`` (``guests[2].memory``)."""
+    try:
+        return build()
+    except ValidationError as exc:
+        raise ValidationError('%s.%s' % (prefix, exc.field), str(exc).split(': ', 1)[1])
+
+
 def check_name(field, value):
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise ValidationError(field, '%r is not a valid name (letters, digits, "_", "." and "-", '
