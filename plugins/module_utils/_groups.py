@@ -18,7 +18,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
-GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port')
+GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
+              'peer_mode', 'peer_fallback', 'peer_unplug_timeout')
+PEER_MODES = ('restart', 'live')
+PEER_FALLBACKS = ('none', 'restart')
 SERVER_KEYS = ('implementation', 'binary', 'shm_name', 'memory_dir', 'max_clients', 'socket_mode', 'memory_mode',
                'user', 'group')
 GUEST_KEYS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
@@ -43,6 +46,12 @@ def _mapping(field, value):
     return value
 
 
+def _choice(field, value, choices):
+    if value not in choices:
+        raise ValidationError(field, 'must be one of %s, not %r' % (', '.join(choices), value))
+    return value
+
+
 def normalize_group(index, group, hosts, layout):
     """One validated group: its server's and guests' module parameters."""
     where = 'groups[%d]' % index
@@ -63,11 +72,17 @@ def normalize_group(index, group, hosts, layout):
         raise ValidationError(where + '.peers', 'must be a list')
     vectors = check_int(where + '.vectors', group.get('vectors', 1), 1, MAX_VECTORS)
     pin_ids = group.get('pin_ids', True)
+    peer_mode = _choice(where + '.peer_mode', group.get('peer_mode', 'restart'), PEER_MODES)
+    peer_fallback = _choice(where + '.peer_fallback', group.get('peer_fallback', 'none'), PEER_FALLBACKS)
+    unplug_timeout = check_int(where + '.peer_unplug_timeout', group.get('peer_unplug_timeout', 30), 1, 3600)
     guests = []
     for role, field, guest in [('master', where + '.master', master)] + \
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
         _only(field, guest, GUEST_KEYS)
-        params = dict(guest, ivshmem=[{'server': name, 'role': role, 'vectors': vectors}])
+        device = {'server': name, 'role': role, 'vectors': vectors}
+        if role == 'peer' and peer_mode == 'live':
+            device['hotplug'] = True  # unplugged and plugged back when the group moves
+        params = dict(guest, ivshmem=[device])
         spec = prefixed(field, lambda: GuestSpec(params, layout))
         guests.append((field, spec, params))
     names = [spec.name for _field, spec, _params in guests]
@@ -84,6 +99,7 @@ def normalize_group(index, group, hosts, layout):
         'server': server_params, 'memory': spec.memory_path(),
         'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
         'guest_names': names, 'ids': dict(server_params.get('pins', {})),
+        'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
     }
 
 

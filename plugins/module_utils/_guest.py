@@ -12,9 +12,9 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, IvshmemDevice, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -56,6 +56,7 @@ GUEST_ARGS = dict(
         size=dict(type='str'),
         role=dict(type='str', default='peer', choices=['master', 'peer']),
         vectors=dict(type='int'),
+        hotplug=dict(type='bool', default=False),
     )),
     user=dict(type='str', default='ivshmem'),
     group=dict(type='str'),
@@ -89,7 +90,8 @@ def guest_status(layout, name, registers=True):
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
-              'ivshmem': [dict(d, ivposition=None) for d in record['spec']['ivshmem'] if isinstance(d, dict)]}
+              'ivshmem': [dict(d, ivposition=None, plugged=d.get('id') not in (record.get('unplugged') or []))
+                          for d in record['spec']['ivshmem'] if isinstance(d, dict)]}
     if record.get('damaged'):
         status['error'] = 'the record %s is damaged' % paths['record']
     if pid is None:
@@ -140,6 +142,60 @@ def _state_of(status):
     return 'paused' if run_state in RESUMABLE else (run_state or 'unknown')
 
 
+def _set_unplugged(layout, name, ids):
+    """Record which devices are out of the guest now (its record says what runs)."""
+    paths = guest_paths(layout, name)
+    record = _host.read_json(paths['record'])
+    if record is not None and sorted(record.get('unplugged') or []) != sorted(ids):
+        _host.write_json(paths['record'], dict(record, unplugged=sorted(ids)))
+
+
+def _devices(layout, record):
+    return [IvshmemDevice.from_record(d, layout) for d in record['spec']['ivshmem']]
+
+
+def unplug_devices(layout, name, timeout):
+    """Unplug the guest's hotplug-placed ivshmem devices (the guest keeps running).
+    Returns {device ID: time released}; raises _hotplug.HotplugError naming the guest."""
+    status = guest_status(layout, name, registers=False)
+    if status is None or status['pid'] is None:
+        raise GuestError('guest %s is not running, so its devices cannot be unplugged' % name)
+    gone = list(status['record'].get('unplugged') or [])
+    released = {}
+    with QMPClient(status['qmp'], timeout=30) as qmp:
+        for device in _devices(layout, status['record']):
+            if not device.hotplug:
+                raise GuestError('guest %s: its %s is not placed for hotplug (hotplug: true, which needs a restart)' % (
+                    name, device.id))
+            try:
+                released[device.id] = _hotplug.unplug(qmp, device, timeout)
+            except _hotplug.HotplugError as exc:
+                raise _hotplug.HotplugError('guest %s %s' % (name, exc))
+            gone = sorted(set(gone) | set([device.id]))
+            _set_unplugged(layout, name, gone)
+    return released
+
+
+def plug_devices(layout, name):
+    """Plug back the devices the guest's record says are out. Returns {device ID: time plugged}."""
+    status = guest_status(layout, name, registers=False)
+    if status is None or status['pid'] is None:
+        raise GuestError('guest %s is not running, so its devices cannot be plugged back' % name)
+    record = status['record']
+    gone = list(record.get('unplugged') or [])
+    plugged = {}
+    with QMPClient(status['qmp'], timeout=30) as qmp:
+        for device in _devices(layout, record):
+            if device.id in gone:
+                try:
+                    plugged[device.id] = _hotplug.plug(qmp, device, record['spec'].get('machine') or 'pc')
+                except _hotplug.HotplugError as exc:
+                    raise GuestError('guest %s: %s' % (name, exc))
+                gone.remove(device.id)
+                _set_unplugged(layout, name, gone)
+    return plugged
+
+
 def quit_guest(layout, name, timeout):
     """Stop QEMU: QMP quit, then signals. Returns the seconds waited."""
     paths = guest_paths(layout, name)
@@ -167,6 +223,8 @@ class GuestManager(StateMachine):
         self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
         # Set by the move engine: the stream is only accepted over TLS from the expected source.
         self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
+        # Set by the move engine for a peer moved live: started without these devices (plugged later).
+        self.unplugged = list(params.get('unplugged') or [])
         self.paths = guest_paths(layout, self.spec.name)
         self.current = guest_status(layout, self.spec.name, registers=False)
         self.before = self._view(self.current)
@@ -195,6 +253,11 @@ class GuestManager(StateMachine):
             self._start(incoming=False)
         elif self.current['state'] == 'paused':
             self._qmp_change('cont', 'running')
+        if self.running and self.current['record'].get('unplugged'):
+            # A device left unplugged (a live move rolled back or cut short): running means with it.
+            self.after = dict(self.after, plugged=True)
+            if self.change('plug'):
+                plug_devices(self.layout, self.spec.name)
         self._report(wait_bars=True)
 
     def state_paused(self):
@@ -283,10 +346,10 @@ class GuestManager(StateMachine):
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
         _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
         _host.remove_stale_socket(self.paths['qmp'])
-        argv = spec.argv(self.layout, accel, incoming)
+        argv = spec.argv(self.layout, accel, incoming, unplugged=self.unplugged)
         _host.write_json(self.paths['record'], {
             'spec': spec.to_dict(), 'accel': accel, 'incoming': incoming, 'argv': argv,
-            'incoming_uri': self.incoming_uri if incoming else None})
+            'incoming_uri': self.incoming_uri if incoming else None, 'unplugged': sorted(self.unplugged)})
         # Not -daemonize: QEMU's sandbox (spawn=deny) kills the fork. QEMU runs in its own
         # session instead, and readiness is "QMP answers a command" (after the ivshmem handshake).
         process = _host.spawn(argv + ['-pidfile', self.paths['pidfile']], self.paths['log'], spec.user, spec.group)

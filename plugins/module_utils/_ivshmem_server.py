@@ -148,6 +148,8 @@ class Client:
         self.refs = 0
         self.gone = False
         self.watching_writes = False
+        # A pinned ID's eventfds outlive its connections (see Server.absent): closed at shutdown.
+        self.sticky = False
         self.handshake_left = 0
         self.connected_at = time.time()
 
@@ -168,7 +170,9 @@ class Client:
         if self.gone and not self.refs:
             self.close_eventfds()
 
-    def close_eventfds(self):
+    def close_eventfds(self, force=False):
+        if self.sticky and not force:
+            return
         for fd in self.eventfds:
             os.close(fd)
         self.eventfds = []
@@ -211,6 +215,9 @@ class IdAllocator:
             if peer_id not in self._pinned:
                 return peer_id
         return None
+
+    def pinned(self, peer_id):
+        return peer_id in self._pinned
 
     def free(self, peer_id):
         self._in_use.discard(peer_id)
@@ -273,6 +280,13 @@ class IvshmemServer:
         self.config = config
         self.log = log
         self.clients = {}  # socket fd -> Client
+        # Pinned IDs whose guest left: {ID: its last Client}. Its departure is not announced and
+        # its eventfds stay, so the same ID comes back with the same vectors, unannounced.
+        # QEMU's ivshmem (7.2, hw/misc/ivshmem.c) frees a peer's vector table when told the
+        # peer left (close_peer_eventfds) and writes into the freed table when the same ID joins
+        # again (process_msg_connect): heap corruption in every other guest of the server. A
+        # pinned peer that comes back (a restart, a device plugged back) must never be announced.
+        self.absent = {}
         self.ids = IdAllocator(config.pins)
         self.hold = config.hold
         self.refused = 0
@@ -445,6 +459,9 @@ class IvshmemServer:
         _sd_notify('STOPPING=1')
         for client in list(self.clients.values()):
             self._drop(client, 'server shutdown', announce=False)
+        for client in self.absent.values():
+            client.close_eventfds(force=True)
+        self.absent = {}
         for control in list(self._controls.values()):
             control.sock.close()
         for sock, path in ((self.listener, self.config.socket_path), (self.control, self.config.control_path)):
@@ -494,7 +511,8 @@ class IvshmemServer:
         name = guest_name_of(pid) if self.config.pins or self.hold else _UNREAD
         reason = self._refusal(name)
         eventfds = []
-        if not reason:
+        returning = self.absent.get(self.config.pins.get(name)) if name is not _UNREAD else None
+        if not reason and returning is None:
             try:
                 eventfds = self._eventfds()
             except OSError as exc:
@@ -511,7 +529,11 @@ class IvshmemServer:
             self.log('refused pid %d (%s): %s' % (pid, name or 'unnamed', reason))
             sock.close()
             return
+        if returning is not None:
+            del self.absent[peer_id]
+            eventfds = returning.eventfds  # every other guest holds these already
         client = Client(sock, peer_id, pid, uid, name, eventfds)
+        client.sticky = self.ids.pinned(peer_id)
         others = list(self.clients.values())
         self.clients[client.fileno] = client
         self.selector.register(sock, selectors.EVENT_READ, self._client_event)
@@ -521,12 +543,12 @@ class IvshmemServer:
         self._queue(client, encode_message(PROTOCOL_VERSION))
         self._queue(client, encode_message(peer_id))
         self._queue(client, self._memory_message)
-        for owner in others + [client]:
+        for owner in others + list(self.absent.values()) + [client]:
             client.outbox.extend([(message, owner) for message in owner.vectors])
             owner.refs += len(owner.vectors)
         client.handshake_left = len(client.outbox)
         announcement = [(message, client) for message in client.vectors]
-        for other in others:
+        for other in others if returning is None else ():
             other.outbox.extend(announcement)
             self._dirty[other] = None
         client.refs += len(announcement) * len(others)
@@ -654,6 +676,9 @@ class IvshmemServer:
                 owner.release()
         if not client.refs:
             client.close_eventfds()
+        if client.sticky and announce:
+            self.absent[client.peer_id] = client
+            announce = False  # see self.absent
         self.ids.free(client.peer_id)
         self.dropped += fault
         self.log('free peer %d (%s)' % (client.peer_id, why), verbose=not fault)

@@ -108,19 +108,44 @@ def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):
                 gate()  # last look before committing
             sq.command('migrate-continue', {'state': 'pre-switchover'})
         elif status == 'completed':
-            # QEMU sends this event before it computes total-time and downtime (7.2:
-            # migration_completion, then migration_calculate_complete): asked at once, both can
-            # read 0. It enters postmigrate after computing them, so the figures are read then.
-            settle_source(sq)
-            info = sq.command('query-migrate')
-            if on_progress is not None:
-                on_progress(info)
-            report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
-                          setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
-            return report
+            return _completed(sq, report, on_progress)
         elif status in ('failed', 'cancelled'):
             info = sq.command('query-migrate')
             raise MigrationError(info.get('error-desc') or 'migration %s' % status)
+
+
+def _completed(sq, report, on_progress=None):
+    """QEMU's figures of a completed migration. QEMU sends the completed event before it
+    computes total-time and downtime (7.2: migration_completion, then
+    migration_calculate_complete): asked at once, both can read 0. It enters postmigrate after
+    computing them, so the figures are read then."""
+    settle_source(sq)
+    info = sq.command('query-migrate')
+    if on_progress is not None:
+        on_progress(info)
+    report.update(status=info['status'], total_time_ms=info.get('total-time'), downtime_ms=info.get('downtime'),
+                  setup_time_ms=info.get('setup-time'), ram=info.get('ram', {}))
+    return report
+
+
+def finish_started_migration(sq, timeout):
+    """Take over a migration an earlier, cut step started (its events went to a connection that
+    is gone): open its switchover gate and wait until it ends. Returns its figures like
+    follow_migration, or None when no migration runs. Raises MigrationError when it fails."""
+    status = sq.command('query-migrate').get('status') or 'none'
+    if status in ('none', 'failed', 'cancelled'):
+        return None
+    if status == 'pre-switchover':
+        sq.command('migrate-continue', {'state': 'pre-switchover'})
+    try:
+        wait_for('the migration started earlier to end',
+                 lambda: sq.command('query-migrate').get('status') in FINAL, timeout, max_interval=0.5)
+    except WaitTimeout as exc:
+        raise MigrationError(str(exc))
+    info = sq.command('query-migrate')
+    if info['status'] != 'completed':
+        raise MigrationError(info.get('error-desc') or 'migration %s' % info['status'])
+    return _completed(sq, {'events': [], 'stopped_at': None})
 
 
 def progress_of(info):

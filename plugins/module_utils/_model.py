@@ -25,6 +25,7 @@ MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
+HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
 
 
@@ -233,10 +234,11 @@ class IvshmemDevice:
         field = 'ivshmem[%d]' % index
         if not isinstance(params, dict):
             raise ValidationError(field, 'must be a mapping')
-        unknown = set(params) - set(('type', 'server', 'socket', 'memory_path', 'size', 'role', 'vectors'))
+        unknown = set(params) - set(('type', 'server', 'socket', 'memory_path', 'size', 'role', 'vectors', 'hotplug'))
         if unknown:
             raise ValidationError(field, 'unknown option(s) %s' % ', '.join(sorted(unknown)))
         self.id = 'ivshmem%d' % index
+        self.index = index
         self.type = params.get('type') or 'doorbell'
         if self.type not in ('doorbell', 'plain'):
             raise ValidationError(field + '.type', 'must be doorbell or plain')
@@ -263,6 +265,13 @@ class IvshmemDevice:
                     raise ValidationError('%s.%s' % (field, key), 'only for type doorbell')
             self.memory_path = check_path(field + '.memory_path', params.get('memory_path'))
             self.size = check_size(field + '.size', params.get('size'))
+        # Placed where PCI hotplug works, so the device can be unplugged and plugged back (a peer
+        # moved live, see _hotplug.py). Off by default: it changes the guest's PCI topology.
+        self.hotplug = params.get('hotplug', False)
+        if not isinstance(self.hotplug, bool):
+            raise ValidationError(field + '.hotplug', 'must be true or false')
+        if self.hotplug and self.type != 'doorbell':
+            raise ValidationError(field + '.hotplug', 'only for type doorbell (a peer that is unplugged and plugged back)')
 
     @property
     def memory_key(self):
@@ -270,14 +279,55 @@ class IvshmemDevice:
         return ('server', self.socket) if self.type == 'doorbell' else ('file', self.memory_path)
 
     def to_dict(self):
-        return dict((k, getattr(self, k)) for k in ('id', 'type', 'role', 'server', 'socket', 'memory_path', 'size', 'vectors'))
+        data = dict((k, getattr(self, k)) for k in ('id', 'type', 'role', 'server', 'socket', 'memory_path', 'size', 'vectors'))
+        if self.hotplug:
+            data['hotplug'] = True  # only when set: the records of guests started before it stay equal
+        return data
 
-    def argv(self):
+    @classmethod
+    def from_record(cls, data, layout):
+        """The device again from its ``to_dict()`` (a guest's record)."""
+        keys = ('type', 'role', 'vectors', 'hotplug', 'memory_path', 'size')
+        params = dict((k, data[k]) for k in keys if data.get(k) is not None)
+        params.update({'server': data['server']} if data.get('server') else {'socket': data.get('socket')})
+        return cls(int(str(data.get('id', 'ivshmem0'))[len('ivshmem'):] or 0), params, layout)
+
+    def hotplug_placement(self, machine):
+        """(arguments that stay when the device is unplugged, the device's bus properties).
+
+        pc (i440fx): a fixed slot on the root bus, which has ACPI hotplug. q35: a root port of
+        its own (its root bus has no hotplug). The same on both hosts of a move, so a guest
+        started without the device loads the stream of one whose device was unplugged.
+        """
+        slot = HOTPLUG_FIRST_SLOT + self.index
+        if 'q35' in machine:
+            port = '%s-port' % self.id
+            return (['-device', 'pcie-root-port,id=%s,chassis=%d,bus=pcie.0,addr=0x%x' % (port, slot, slot)],
+                    {'bus': port})
+        if machine.startswith('pc') or 'i440fx' in machine:
+            return [], {'bus': 'pci.0', 'addr': '0x%x' % slot}
+        raise ValidationError('ivshmem[%d].hotplug' % self.index,
+                              'machine %s: devices are placed for hotplug on pc and q35 machines only' % machine)
+
+    def qmp_plug(self, machine):
+        """The chardev-add and device_add arguments that plug this device back (hotplug only)."""
+        chardev = {'id': '%s-chr' % self.id, 'backend': {'type': 'socket', 'data': {
+            'addr': {'type': 'unix', 'data': {'path': self.socket}}, 'server': False}}}
+        device = dict(self.hotplug_placement(machine)[1], driver='ivshmem-doorbell', id=self.id,
+                      chardev='%s-chr' % self.id, vectors=self.vectors, master='on' if self.role == 'master' else 'off')
+        return chardev, device
+
+    def argv(self, machine='pc', plugged=True):
+        """The device's command line; ``plugged`` False keeps only its hotplug placement."""
         master = 'on' if self.role == 'master' else 'off'
         if self.type == 'doorbell':
-            return ['-chardev', 'socket,id=%s-chr,path=%s' % (self.id, qemu_opt(self.socket)),
-                    '-device', 'ivshmem-doorbell,id=%s,chardev=%s-chr,vectors=%d,master=%s' % (
-                        self.id, self.id, self.vectors, master)]
+            before, bus = self.hotplug_placement(machine) if self.hotplug else ([], {})
+            if not plugged:
+                return before
+            return before + ['-chardev', 'socket,id=%s-chr,path=%s' % (self.id, qemu_opt(self.socket)),
+                             '-device', 'ivshmem-doorbell,id=%s,chardev=%s-chr,vectors=%d,master=%s%s' % (
+                                 self.id, self.id, self.vectors, master,
+                                 ''.join(',%s=%s' % item for item in sorted(bus.items())))]
         backend = 'memory-backend-file,id=%s-mem,mem-path=%s,size=%d,share=on' % (
             self.id, qemu_opt(self.memory_path), self.size)
         return ['-object', backend,
@@ -330,6 +380,8 @@ class GuestSpec:
             if device.memory_key in seen:
                 raise ValidationError('ivshmem[%d]' % index, 'same shared memory as ivshmem[%d]' % seen[device.memory_key])
             seen[device.memory_key] = index
+            if device.hotplug:
+                device.hotplug_placement(self.machine)  # a machine without a placement fails here
         self.user = check_name('user', params.get('user') or 'ivshmem')
         self.group = check_name('group', params.get('group') or self.user)
         self.sandbox = bool(params.get('sandbox', True))
@@ -345,8 +397,9 @@ class GuestSpec:
     def to_dict(self):
         return dict((field, getattr(self, field)) for field in self.FIELDS)
 
-    def argv(self, layout, accel, incoming):
-        """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S."""
+    def argv(self, layout, accel, incoming, unplugged=()):
+        """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S;
+        the devices whose IDs are in ``unplugged`` are left out (their hotplug placement stays)."""
         directory = layout.guest_dir(self.name)
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
         argv = [self.binary, '-name', self.name, '-machine', self.machine, '-accel', accel_opt,
@@ -367,7 +420,7 @@ class GuestSpec:
         if self.append:
             argv += ['-append', self.append]
         for device in self.devices:
-            argv += device.argv()
+            argv += device.argv(self.machine, plugged=device.id not in unplugged)
         for device in self.extra_devices:
             argv += ['-device', device]
         argv += self.extra_args

@@ -12,9 +12,11 @@ connection lost) is resolved by running the move again. The decisions (finish th
 it back) are the engine's (_move_engine.py); the host side only does and records.
 
 Journal steps on the destination: prepared -> loaded -> verified -> running -> done.
-On the source: sending -> sent -> committing -> done. ``verified`` is written before the
-destination continues, ``committing`` before the engine asks it to: without ``committing`` on
-the source the destination never ran, so the source may always be resumed.
+On the source: [unplugging -> unplugged ->] sending -> sent -> committing -> done. ``verified``
+is written before the destination continues, ``committing`` before the engine asks it to:
+without ``committing`` on the source the destination never ran, so the source may always be
+resumed. Peers moved live (``live_peers``) keep running: unplugged on the source before the
+master moves, migrated one by one once it runs on the destination, plugged back there.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -27,23 +29,27 @@ import threading
 import time
 from contextlib import contextmanager
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import (
+    GuestError, GuestManager, guest_status, plug_devices, unplug_devices)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
-    MigrationError, cancel_and_resume, follow_migration, progress_of, settle_source, start_migration, verify_destination,
-    wait_loaded)
+    MigrationError, cancel_and_resume, finish_started_migration, follow_migration, progress_of, settle_source,
+    start_migration, verify_destination, wait_loaded)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._verify_channel import ChannelError, Listener, exchange
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
 # Journal steps from which a destination may be discarded, and a source resumed.
 DISCARDABLE = ('preparing', 'prepared', 'loaded', 'discarding')
-RESUMABLE = ('sending', 'sent', 'committing', 'resuming')
-STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'send', 'verify', 'commit',
-         'finish_source', 'rollback_source', 'rollback_destination', 'release')
+RESUMABLE = ('unplugging', 'unplugged', 'sending', 'sent', 'committing', 'resuming')
+STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'unplug_peers', 'send', 'verify', 'commit',
+         'prepare_peer', 'send_peer', 'plug_peer', 'finish_source', 'rollback_source', 'rollback_destination',
+         'release')
 # A record whose step is one of these holds no lock.
 FINISHED = ('done',)
 DEFAULT_LEASE = 120
@@ -92,6 +98,8 @@ class HostMove:
             raise ValidationError('step', 'must be one of %s' % ', '.join(STEPS))
         self.master = self.group['master']['name']
         self.peers = [peer['name'] for peer in self.group.get('peers') or []]
+        # The peers this move keeps running (moved live); the others are paused and restarted.
+        self.live = [name for name in params.get('live_peers') or [] if name in self.peers]
         self.server = dict(self.group['server'], **(params.get('server_overrides') or {}))
         self.start_timeout = params.get('start_timeout') or 120
         self.path = journal_path(layout, self.name)
@@ -100,7 +108,7 @@ class HostMove:
 
     def run(self):
         beat = None
-        if self.step in ('send', 'verify'):
+        if self.step in ('send', 'verify', 'send_peer'):
             beat = _Heartbeat(self.renew, 10.0)
         try:
             result = getattr(self, '_step_' + self.step)() or {}
@@ -205,7 +213,8 @@ class HostMove:
             else:
                 data, step = {'taken_over': None}, 'claimed'
                 for key in ('sent', 'verification', 'resumed_at', 'peers_running_at', 'peers_stopped_at',
-                            'progress', 'outcome', 'uri'):
+                            'progress', 'outcome', 'uri', 'live_peers', 'fallback', 'peers_unplugged_at',
+                            'peers_sent', 'peers_plugged'):
                     record.pop(key, None)
                 _host.write_json(self.path, record, 0o600)
             record = self._write_locked(step, data, takeover=True)
@@ -326,13 +335,12 @@ class HostMove:
             answer({'ok': True, 'resumed_at': resumed_at})
         if self._builtin():
             self._server_manager().run('started')  # admission opens for the peers
-        started = self._start_peers()
+        started = self._start_peers([p for p in self.group.get('peers') or [] if p['name'] not in self.live])
         peers_running_at = max(started.values()) if started else record.get('peers_running_at')
         return self._write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)
 
-    def _start_peers(self):
-        """The peers on this host, with their pinned IDs: all at once when pinned, else in order."""
-        peers = self.group.get('peers') or []
+    def _start_peers(self, peers):
+        """Start ``peers`` here, with their pinned IDs: all at once when pinned, else in order."""
         ids = self.group.get('ids') or {}
         started, errors = {}, []
 
@@ -399,6 +407,8 @@ class HostMove:
         peers_stopped_at = None
         try:
             for name in self.peers:
+                if name in self.live:
+                    continue  # unplugged, it keeps running: it migrates after the master
                 peer = guest_status(self.layout, name, registers=False)
                 if peer is not None and peer['state'] == 'running':
                     with QMPClient(peer['qmp'], timeout=30) as pq:
@@ -477,11 +487,128 @@ class HostMove:
         self._server_manager().run('absent')
 
     def _step_finish_source(self):
-        """The group runs on the destination: nothing of it left here."""
+        """The group runs on the destination: nothing of it left here. A peer moved live that
+        still runs here has not reached the destination yet: it is never removed."""
+        for name in self.live:
+            status = guest_status(self.layout, name, registers=False)
+            if status is not None and status['pid'] is not None and status['state'] != 'migrated':
+                raise MoveError('peer %s still runs here (%s): it has not moved yet, so the source is kept' % (
+                    name, status['state']))
         self._write('finishing')
         self._remove_group_here()
         self._write('done', outcome='moved')
         return {}
+
+    # --- peers moved live -------------------------------------------------------------
+    def _live_peer(self):
+        name = self.params.get('peer')
+        if name not in self.live:
+            raise ValidationError('peer', '%r is not a peer this move keeps running (live_peers)' % (name,))
+        return next(p for p in self.group['peers'] if p['name'] == name)
+
+    def _step_unplug_peers(self):
+        """Source: each live peer's device unplugged; the guests release it and keep running.
+
+        A guest that does not release its device fails the step (the engine plugs back the
+        others and resumes the group here), unless the group falls back to restarting it: it is
+        then paused and restarted on the destination like a peer of ``peer_mode: restart``."""
+        record = self._record() or {}
+        if record.get('run_id') == self.run_id and record.get('step') in ('unplugged', 'sending', 'sent', 'committing'):
+            return {'record': record}
+        released = dict(record.get('peers_unplugged_at') or {}) if record.get('run_id') == self.run_id else {}
+        live, fallback = list(self.live), {}
+        self._write('unplugging', live_peers=live, peers_unplugged_at=released)
+        timeout = self.group.get('peer_unplug_timeout') or 30
+        for name in self.live:
+            try:
+                at = unplug_devices(self.layout, name, timeout)
+            except (HotplugError, GuestError) as exc:
+                if self.group.get('peer_fallback') != 'restart':
+                    raise MoveError(str(exc))
+                live.remove(name)  # restarted on the destination instead, as the group allows
+                fallback[name] = str(exc)
+                self._write('unplugging', live_peers=live, fallback=fallback)
+                continue
+            stamps = [stamp for stamp in at.values() if stamp is not None]
+            released[name] = min(stamps) if stamps else released.get(name) or time.time()
+            self._write('unplugging', peers_unplugged_at=released)
+        return {'record': self._write('unplugged', live_peers=live, peers_unplugged_at=released)}
+
+    def _step_prepare_peer(self):
+        """Destination: the live peer started without its device, waiting for its stream (over
+        TLS from the source), unless it already arrived."""
+        peer = self._live_peer()
+        status = guest_status(self.layout, peer['name'], registers=False)
+        if status is not None and status['pid'] is not None and status['state'] in ('incoming', 'paused', 'running'):
+            return {'peer_state': status['state']}
+        GuestManager(dict(name=peer['name'], timeout=30), self.layout, False).run('absent')
+        devices = ['ivshmem%d' % index for index in range(len(peer.get('ivshmem') or []))]
+        self._guest(peer, 'incoming', incoming_uri=self.params['uri'], incoming_tls=self.tls, unplugged=devices)
+        return {'peer_state': 'incoming'}
+
+    def _step_send_peer(self):
+        """Source: migrate the live peer; it runs until its switchover. Fails back to running here."""
+        name = self._live_peer()['name']
+        record = self._record() or {}
+        sent = dict(record.get('peers_sent') or {})
+        status = guest_status(self.layout, name, registers=False)
+        if status is not None and status['state'] == 'migrated':
+            return {'sent': sent.get(name) or {}}
+        if status is None or status['pid'] is None:
+            raise MoveError('peer %s is %s here, not running' % (name, 'absent' if status is None else status['state']))
+        with QMPClient(status['qmp'], timeout=30) as pq:
+            try:
+                # A step cut mid-migration left it running in QEMU: finish that one.
+                report = finish_started_migration(pq, self.params.get('timeout') or 300)
+                if report is None:
+                    if pq.command('query-status')['status'] != 'running':
+                        raise MoveError('peer %s is %s here, not running' % (name, status['state']))
+                    start_migration(pq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
+                                    self.params.get('downtime_limit') or 300, self.tls)
+                    report = follow_migration(pq, self.params.get('timeout') or 300)
+            except (MigrationError, QMPError) as exc:
+                try:
+                    cancel_and_resume(pq)
+                except QMPError:
+                    pass
+                raise MoveError('peer %s did not migrate (%s); it keeps running here' % (name, exc))
+        report.pop('events', None)
+        sent[name] = report
+        self._write(record.get('step') or 'committing', peers_sent=sent)
+        return {'sent': report}
+
+    def _step_plug_peer(self):
+        """Destination: the migrated peer runs, its device plugged back with its pinned ID, and
+        IVPOSITION read back from the device before the peer counts as moved."""
+        name = self._live_peer()['name']
+        status = guest_status(self.layout, name, registers=False)
+        if status is None or status['pid'] is None:
+            raise MoveError('peer %s is not running here; its migration did not arrive' % name)
+        resumed_at = None
+        with QMPClient(status['qmp'], timeout=30) as dq:
+            wait_loaded(dq, self.params.get('timeout') or 300)
+            if dq.command('query-status')['status'] != 'running':
+                dq.command('cont')
+                resumed_at = _event_time(dq, 'RESUME')
+        try:
+            plugged = plug_devices(self.layout, name)
+            _value, _waited = _readiness.wait('bars_assigned', self.start_timeout, status['qmp'])
+        except (GuestError, WaitTimeout) as exc:
+            raise MoveError('peer %s runs here but its device is not back: %s' % (name, exc))
+        device = guest_status(self.layout, name)['ivshmem'][0]
+        want = (self.group.get('ids') or {}).get(name)
+        if self._builtin() and want is not None and device.get('server_id') != want:
+            raise MoveError('peer %s has ID %s on the destination, not its pinned %s' % (name, device.get('server_id'), want))
+        if device.get('server_id') is not None and device.get('ivposition') != device.get('server_id'):
+            raise MoveError('peer %s reads IVPOSITION %s, but the server gave it ID %s' % (
+                name, device.get('ivposition'), device.get('server_id')))
+        record = self._record() or {}
+        done = dict(record.get('peers_plugged') or {})
+        done[name] = dict(done.get(name) or {}, id=device.get('server_id'), ivposition=device.get('ivposition'),
+                          plugged_at=min(plugged.values()) if plugged else (done.get(name) or {}).get('plugged_at'))
+        if resumed_at is not None:
+            done[name]['resumed_at'] = resumed_at
+        return {'record': self._write(record.get('step') or 'running', peers_plugged=done), 'peer': done[name]}
 
 
 class _Heartbeat:
@@ -534,11 +661,9 @@ def _event_time(qmp, name, timeout=5.0):
     """The host wall-clock time QEMU stamped on event ``name`` (seconds, float); None when the
     event did not come (the outage is then reported unknown, never guessed)."""
     try:
-        event = qmp.wait_event((name,), timeout)
+        return event_seconds(qmp.wait_event((name,), timeout))
     except QMPError:
         return None
-    stamp = event.get('timestamp') or {}
-    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else None
 
 
 def _holder_text(holder):

@@ -132,6 +132,9 @@ class GroupMove:
         # Only to show that the failure matrix depends on them: never set outside tests.
         self.disabled = set(self.options.get('disable_for_tests') or ())
         self.observer = observer
+        # Peers kept running through the move (peer_mode: live): unplugged, migrated after the
+        # master, plugged back. The source's journal says which, once they are unplugged.
+        self.live_peers = [p['name'] for p in group.get('peers') or []] if group.get('peer_mode') == 'live' else []
         self.offsets = {}
         self.report = {'group': self.name, 'from': source, 'to': destination, 'run_id': self.run_id,
                        'timeouts_s': {'migration': self.timeout, 'checksum': self.checksum_timeout}}
@@ -144,7 +147,7 @@ class GroupMove:
                       source=self.source, destination=self.destination,
                       role='source' if host == self.source else 'destination',
                       start_timeout=self.options.get('start_timeout'), lease=self.options.get('lease'),
-                      tls=self._tls_for(host))
+                      tls=self._tls_for(host), live_peers=self.live_peers)
         before = time.time()
         result = self.hosts[host].call(params)
         after = time.time()
@@ -304,6 +307,8 @@ class GroupMove:
                                  'those hosts to resolve it' % (self.name, old_source, old_destination), self.report)
         if self._destination_may_run(views[old_destination]):
             self._call(old_destination, 'commit')
+            self.live_peers = (views[old_source]['record'] or {}).get('live_peers') or []
+            self._move_live_peers(old_source, old_destination)
             self._call(old_source, 'finish_source')
             self._call(old_destination, 'release', outcome='moved (resolved)')
             return 'finished the move to %s (its destination was verified)' % old_destination
@@ -333,6 +338,11 @@ class GroupMove:
         src, dst = self.source, self.destination
         try:
             self._call(dst, 'prepare_destination', uri=self.options['uri'])
+            if self.live_peers:
+                unplugged = self._call(src, 'unplug_peers')['record']
+                self.live_peers = unplugged.get('live_peers') or []
+                if unplugged.get('fallback'):
+                    self.report['fallback'] = unplugged['fallback']
             sent, checked = self._send_and_verify(self.options.get('checksum') or 'sha1')
             if checked.get('step') != 'running':
                 if sent['sent']['checksums'] != checked['verification']['checksums']:
@@ -342,6 +352,7 @@ class GroupMove:
                 self._call(dst, 'commit', expected_checksums=sent['sent']['checksums'])
         except (StepFailed, HostUnreachable) as exc:
             self._recover(exc)
+        self._move_live_peers(src, dst)
         self._call(src, 'finish_source')
         self._call(dst, 'release', outcome='moved')
         self._figures(self._call(src, 'inspect')['record'], self._call(dst, 'inspect')['record'])
@@ -448,6 +459,25 @@ class GroupMove:
         raise MoveFailed('%s; group %s runs on %s again, its memory untouched' % (exc, self.name, self.source),
                          dict(self.report, rolled_back=True))
 
+    def _move_live_peers(self, src, dst):
+        """The master runs on ``dst``: each live peer migrates there and is plugged back. Never
+        rolled back (the master has moved): a peer that fails keeps running on ``src`` and the
+        same command moves it."""
+        peers = dict((p['name'], p) for p in self.group.get('peers') or [])
+        for name in self.live_peers:
+            timeout = derived_timeouts({'master': peers[name]}, self.options.get('max_bandwidth') or (10 << 30),
+                                       self.options.get('peer_timeout'))[0]
+            try:
+                self._call(dst, 'prepare_peer', peer=name, uri=self.options['uri'])
+                self._call(src, 'send_peer', peer=name, uri=self.options['uri'], timeout=timeout,
+                           max_bandwidth=self.options.get('max_bandwidth'),
+                           downtime_limit=self.options.get('downtime_limit'))
+                self._call(dst, 'plug_peer', peer=name, timeout=timeout)
+            except (HostUnreachable, StepFailed) as exc:
+                raise MoveFailed('the master of group %s runs on %s, but peer %s has not moved yet (%s); it keeps '
+                                 'running on %s without its shared memory: run the same command again to move it'
+                                 % (self.name, dst, name, exc, src), self.report)
+
     def _figures(self, source_record, destination_record):
         src, dst = self.source, self.destination
         sent = source_record.get('sent') or {}
@@ -461,13 +491,47 @@ class GroupMove:
         resumed = self._local_time(dst, destination_record.get('resumed_at'))
         peers_stopped = self._local_time(src, sent.get('peers_stopped_at'))
         peers_running = self._local_time(dst, destination_record.get('peers_running_at'))
+        peers = self._peer_figures(source_record, destination_record)
+        live = [figures for figures in peers.values() if not figures['restarted']]
+        if live:
+            # Kept running, each peer is out of its shared memory from its unplug to its plug-back.
+            starts = [self._local_time(src, f.pop('_unplugged')) for f in live]
+            ends = [self._local_time(dst, f.pop('_plugged')) for f in live]
+            starts += [peers_stopped] if peers_stopped is not None else []
+            ends += [peers_running] if peers_running is not None else []
+            peers_stopped = None if None in starts else min(starts)
+            peers_running = None if None in ends else max(ends)
         self.report.update({
             'total_time_ms': sent.get('total_time_ms'), 'downtime_ms': sent.get('downtime_ms'),
             'master_outage_ms': _ms(resumed, stopped),
             'peer_outage_ms': _ms(peers_running, peers_stopped) if self.group.get('peers') else None,
+            'peers': peers,
             'clock_uncertainty_ms': round(sum(self.offsets.get(h, (0, 0))[1] for h in (src, dst)) * 500.0, 1),
             'transferred_bytes': (sent.get('ram') or {}).get('transferred'),
         })
+
+    def _peer_figures(self, source_record, destination_record):
+        """Per peer: moved live (its shared-memory outage, QEMU's figures for its own migration)
+        or restarted (a fresh guest on the destination)."""
+        src, dst = self.source, self.destination
+        unplugged = source_record.get('peers_unplugged_at') or {}
+        sent = source_record.get('peers_sent') or {}
+        plugged = destination_record.get('peers_plugged') or {}
+        figures = {}
+        for peer in self.group.get('peers') or []:
+            name = peer['name']
+            if name not in self.live_peers:
+                figures[name] = {'mode': 'restart', 'restarted': True}
+                continue
+            back = plugged.get(name) or {}
+            out, returned = unplugged.get(name), back.get('plugged_at')
+            figures[name] = {
+                'mode': 'live', 'restarted': False, 'id': back.get('id'), 'ivposition': back.get('ivposition'),
+                'shared_memory_outage_ms': _ms(self._local_time(dst, returned), self._local_time(src, out)),
+                'downtime_ms': (sent.get(name) or {}).get('downtime_ms'),
+                'total_time_ms': (sent.get(name) or {}).get('total_time_ms'),
+                '_unplugged': out, '_plugged': returned}
+        return figures
 
 
 def _ms(end, start):

@@ -42,9 +42,13 @@ description:
 
   - "Reports, beside QEMU's total time and downtime, the real outage: C(master_outage_ms) from the
     source's QMP STOP event to the destination's RESUME event, and C(peer_outage_ms) from the first
-    peer stopped to the last peer running on the destination. Host clocks are compared with the
-    controller's; C(clock_uncertainty_ms) bounds the error."
+    peer stopped (or unplugged) to the last peer running (or plugged back) on the destination. Host
+    clocks are compared with the controller's; C(clock_uncertainty_ms) bounds the error."
   - Refuses migration settings that corrupt shared memory (postcopy, C(x-ignore-shared)).
+  - "Peers: a group with C(peer_mode=live) keeps its peers running (QEMU's documented procedure):
+    each peer's device is unplugged on the source (its guest OS releases it), the master moves, then
+    each peer is live-migrated and its device plugged back on the destination with its pinned ID.
+    With C(peer_mode=restart) (the default) the peers are paused and fresh peers start on the destination."
   - Shows progress on the controller while the migration runs (percent, bytes left, throughput, time left).
   - "Host variables: C(ivshmem_fleet_runtime_dir) (default C(/run/ivshmem-fleet)),
     C(ivshmem_fleet_migration_address) (default C(ansible_host)): the address the destination
@@ -196,9 +200,24 @@ move:
       type: int
       sample: 310
     peer_outage_ms:
-      description: The peers' real outage (first peer stopped to last peer running on the destination).
+      description:
+        - The peers' real outage (first peer stopped to last peer running on the destination). With
+          C(peer_mode=live), their shared-memory outage (first unplugged to last plugged back).
       type: int
       sample: 1250
+    peers:
+      description:
+        - Per peer, how it moved - C(mode) V(live) (kept running - C(restarted) false, its
+          C(shared_memory_outage_ms) from unplug to plug-back, QEMU's C(downtime_ms) and C(total_time_ms)
+          of its own migration, its C(id) and C(ivposition) read back on the destination) or
+          V(restart) (a fresh guest on the destination).
+      type: dict
+      sample: {"g1-peer1": {"mode": "live", "restarted": false, "shared_memory_outage_ms": 2100, "downtime_ms": 40,
+                            "total_time_ms": 900, "id": 1, "ivposition": 1}}
+    fallback:
+      description: Peers of a V(live) group restarted instead, as C(peer_fallback=restart) allows, and why.
+      type: dict
+      sample: {"g1-peer2": "guest g1-peer2 did not release its ivshmem device ivshmem0 within 30 s"}
     total_time_ms:
       description: QEMU's total migration time.
       type: int

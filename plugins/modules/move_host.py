@@ -42,8 +42,8 @@ options:
     description: The step to run on this host.
     type: str
     required: true
-    choices: [inspect, claim, mark, progress, prepare_destination, send, verify, commit, finish_source,
-              rollback_source, rollback_destination, release]
+    choices: [inspect, claim, mark, progress, prepare_destination, unplug_peers, send, verify, commit,
+              prepare_peer, send_peer, plug_peer, finish_source, rollback_source, rollback_destination, release]
   group:
     description: The group, as M(ivshmem.fleet.plan) returns it.
     type: dict
@@ -117,6 +117,16 @@ options:
   server_overrides:
     description: Server options that differ on this host (for example O(ivshmem.fleet.server#module:memory_dir)).
     type: dict
+  live_peers:
+    description:
+      - The peers this move keeps running (the group's C(peer_mode=live)) - unplugged on the source
+        (O(step=unplug_peers)), migrated after the master (O(step=prepare_peer), O(step=send_peer)),
+        plugged back on the destination (O(step=plug_peer)). The others are paused and restarted.
+    type: list
+    elements: str
+  peer:
+    description: With O(step=prepare_peer), O(step=send_peer) and O(step=plug_peer), the peer (one of O(live_peers)).
+    type: str
   tls:
     description:
       - The migration's TLS settings for this host, C(dir) (its credentials, see
@@ -187,6 +197,8 @@ def main():
             outcome=dict(type='str'),
             server_overrides=dict(type='dict'),
             tls=dict(type='dict'),
+            live_peers=dict(type='list', elements='str'),
+            peer=dict(type='str'),
         ),
         supports_check_mode=False,
     )

@@ -47,7 +47,12 @@ options:
         C(implementation), C(binary), C(memory_dir), C(max_clients)), C(master) and C(peers) (guest
         options of M(ivshmem.fleet.guest) without C(ivshmem), which the group sets), C(pin_ids)
         (default true, the master gets ID 0 and the peers 1..n in order, whatever the connection
-        order) and C(migration_port) (default 4444).
+        order), C(migration_port) (default 4444), C(peer_mode) (V(restart), the default - peers are
+        paused and restarted on the destination of a move; V(live) - kept running - their devices are
+        placed for hotplug, unplugged before the master moves, the peers migrated and plugged back;
+        their guests need an OS with PCI hotplug), C(peer_fallback) (V(none), the default, or
+        V(restart) - a peer that does not release its device is restarted instead of failing the
+        move) and C(peer_unplug_timeout) (seconds, default 30).
     type: list
     elements: dict
     required: true

@@ -7,9 +7,13 @@
  *         holds exactly what it wrote last (no step lost or repeated, e.g. across a migration);
  *         rings a peer's doorbell at a steady rate.
  * peer:   waits for the master's first step, then reads what the master wrote and checks the
- *         checksum against the data.
+ *         checksum against the data. It survives its device being unplugged (a peer moved
+ *         live): it drops its mappings when the device goes and maps it again when it is back.
+ *         ``life`` counts its loops in its own RAM: it only grows while this guest runs, so a
+ *         peer that migrated (and was not restarted) continues its count.
  * Reports on stdout (the serial console), one line at a time:
- *   IVW <mode> seq=<n> ok   |   IVW <mode> ERROR <what>
+ *   IVW <mode> seq=<n> ok [life=<n>]   |   IVW <mode> ERROR <what>
+ *   IVW peer boot=<boot id>   |   IVW peer released life=<n>   |   IVW peer remapped id=<n> life=<n>
  * Usage: ivshmem-workload master|peer [ring-peer-id]
  */
 #define _GNU_SOURCE
@@ -152,12 +156,36 @@ int main(int argc, char **argv) {
             usleep(2000);
         }
     }
+    char boot[64] = "unknown", resource[600];
+    FILE *b = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (b) { if (fscanf(b, "%63s", boot) != 1) strcpy(boot, "unknown"); fclose(b); }
+    printf("IVW peer boot=%s\n", boot);
+    static volatile uint64_t life; /* in this guest's RAM: migrates with it */
+    snprintf(resource, sizeof resource, "%s/resource2", dir);
     /* Memory the master has not written yet holds no step to check: wait for its first one
      * (the peer's guest may well boot before the master's workload runs). */
     printf("IVW peer waiting for the master's first step\n");
     while (shm->magic != MAGIC)
         usleep(20000);
     for (;;) {
+        life++;
+        if (access(resource, F_OK) != 0) { /* unplugged: release the BARs, wait for the device */
+            munmap((void *)regs, regs_size);
+            munmap(shm, mem_size);
+            printf("IVW peer released life=%llu\n", (unsigned long long)life);
+            double last = now();
+            while (find_device(dir, sizeof dir) < 0 ||
+                   !(regs = map_bar(dir, 0, &regs_size)) || !(shm = map_bar(dir, 2, &mem_size))) {
+                usleep(50000);
+                life++;
+                if (now() - last >= 1.0) {
+                    printf("IVW peer detached life=%llu\n", (unsigned long long)life);
+                    last = now();
+                }
+            }
+            snprintf(resource, sizeof resource, "%s/resource2", dir);
+            printf("IVW peer remapped id=%u life=%llu\n", regs[2], (unsigned long long)life);
+        }
         uint64_t gen = shm->gen;
         __sync_synchronize();
         uint64_t seq = shm->seq;
@@ -165,10 +193,12 @@ int main(int argc, char **argv) {
         int ok = shm->magic == MAGIC && checksum(shm->data) == sum;
         __sync_synchronize();
         if (!(gen & 1) && gen == shm->gen) { /* a consistent snapshot: no step written meanwhile */
+            if (!ok && access(resource, F_OK) != 0)
+                continue; /* unplugged while reading: not an error, the loop's top releases it */
             if (!ok)
                 printf("IVW peer ERROR data at seq %llu does not match its checksum\n", (unsigned long long)seq);
             else if (now() - last_report >= 1.0) {
-                printf("IVW peer seq=%llu ok\n", (unsigned long long)seq);
+                printf("IVW peer seq=%llu ok life=%llu\n", (unsigned long long)seq, (unsigned long long)life);
                 last_report = now();
             }
         }

@@ -33,12 +33,14 @@ def free_port():
 class TwoHosts:
     """Hosts 'a' and 'b' under ``root``; the group's memory file is distinct per host."""
 
-    def __init__(self, root, tag, size='4M', peers=2, memory='64M'):
+    def __init__(self, root, tag, size='4M', peers=2, memory='64M', master=None, peer=None, **group_options):
+        """``master`` and ``peer``: guest options added to the master and to every peer (a kernel
+        to boot, say); ``group_options``: the group's own (peer_mode, ...)."""
         self.root, self.tag = root, tag
         self.layouts = dict((h, Layout(os.path.join(root, h))) for h in ('a', 'b'))
-        group = {'name': 'g', 'host': 'a', 'size': size, 'vectors': 2,
-                 'master': {'name': 'g-master', 'memory': memory, 'accel': 'tcg'},
-                 'peers': [{'name': 'g-peer%d' % i, 'memory': memory, 'accel': 'tcg'} for i in range(1, peers + 1)]}
+        group = dict(group_options, name='g', host='a', size=size, vectors=2,
+                     master=dict(master or {}, name='g-master', memory=memory, accel='tcg'),
+                     peers=[dict(peer or {}, name='g-peer%d' % i, memory=memory, accel='tcg') for i in range(1, peers + 1)])
         self.group = normalize_group(0, group, ['a', 'b'], self.layouts['a'])
         self.port = free_port()
 

@@ -48,6 +48,10 @@ def test_current_host_follows_the_running_master():
     ([group(name='a/b')], 'groups[0].name'),
     ([group(colour='blue')], 'groups[0].colour'),
     ([group(server={'implementation': 'qemu', 'binary': '/x', 'pins': {}})], 'groups[g1].server.pins'),
+    ([group(peer_mode='hot')], 'groups[g1].peer_mode'),
+    ([group(peer_fallback='maybe')], 'groups[g1].peer_fallback'),
+    ([group(peer_unplug_timeout=0)], 'groups[g1].peer_unplug_timeout'),
+    ([group(peer_mode='live', peers=[{'name': 'p', 'machine': 'microvm'}])], 'groups[g1].peers[0].ivshmem[0].hotplug'),
 ])
 def test_plan_errors_name_group_and_field(groups, field):
     assert field_of(groups) == field
@@ -68,3 +72,11 @@ def test_a_move_in_transition_is_planned_from_its_source():
     g1 = plan([group()], facts=facts)['groups'][0]
     assert g1['current_host'] == 'hv2'
     assert g1['in_transition'] == {'source': 'hv2', 'destination': 'hv1', 'steps': {'hv1': 'loaded', 'hv2': 'sent'}}
+
+
+def test_a_live_group_places_its_peers_devices_for_hotplug_and_not_its_master():
+    g1 = plan([group(peer_mode='live')])['groups'][0]
+    assert (g1['peer_mode'], g1['peer_fallback'], g1['peer_unplug_timeout']) == ('live', 'none', 30)
+    assert [p['ivshmem'][0].get('hotplug') for p in g1['peers']] == [True, True]
+    assert 'hotplug' not in g1['master']['ivshmem'][0]
+    assert plan([group()])['groups'][0]['peer_mode'] == 'restart'

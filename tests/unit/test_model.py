@@ -121,3 +121,34 @@ def test_an_unquoted_decimal_mode_is_refused_with_the_fix():
     with pytest.raises(ValidationError) as info:
         ServerSpec({'name': 'a', 'memory_mode': 640})
     assert info.value.field == 'memory_mode' and "'0640'" in str(info.value)
+
+
+@pytest.mark.parametrize('machine,kept,bus', [
+    ('pc', [], ',addr=0x10,bus=pci.0'),
+    ('pc-i440fx-7.2', [], ',addr=0x10,bus=pci.0'),
+    ('q35', ['-device', 'pcie-root-port,id=ivshmem0-port,chassis=16,bus=pcie.0,addr=0x10'], ',bus=ivshmem0-port'),
+])
+def test_a_hotplug_device_has_a_fixed_place_that_stays_when_it_is_unplugged(machine, kept, bus):
+    spec = GuestSpec({'name': 'p', 'machine': machine, 'ivshmem': [{'server': 's', 'vectors': 2, 'hotplug': True}]}, LAYOUT)
+    plugged = spec.argv(LAYOUT, 'tcg', False)
+    assert plugged[-2:] == ['-device', 'ivshmem-doorbell,id=ivshmem0,chardev=ivshmem0-chr,vectors=2,master=off' + bus]
+    unplugged = spec.argv(LAYOUT, 'tcg', True, unplugged=['ivshmem0'])
+    assert not [a for a in unplugged if 'ivshmem-doorbell' in a or 'ivshmem0-chr' in a]
+    assert [a for a in unplugged if 'pcie-root-port' in a] == kept[1:]
+    chardev, device = spec.devices[0].qmp_plug(machine)
+    assert chardev['backend']['data']['addr']['data']['path'] == LAYOUT.server_socket('s')
+    assert ','.join('%s=%s' % (k, v) for k, v in sorted(device.items()) if k in ('addr', 'bus')) in bus
+
+
+def test_without_hotplug_the_command_line_and_record_are_as_before():
+    spec = GuestSpec({'name': 'p', 'ivshmem': [{'server': 's', 'vectors': 2}]}, LAYOUT)
+    assert spec.argv(LAYOUT, 'tcg', False)[-1] == 'ivshmem-doorbell,id=ivshmem0,chardev=ivshmem0-chr,vectors=2,master=off'
+    assert 'hotplug' not in spec.to_dict()['ivshmem'][0]
+
+
+@pytest.mark.parametrize('device,field', [
+    ({'server': 's', 'hotplug': 'yes'}, 'ivshmem[0].hotplug'),
+    ({'type': 'plain', 'memory_path': '/dev/shm/x', 'size': '1M', 'hotplug': True}, 'ivshmem[0].hotplug'),
+])
+def test_hotplug_bad_input_names_the_field(device, field):
+    assert field_of(GuestSpec, {'name': 'p', 'ivshmem': [device]}, LAYOUT) == field

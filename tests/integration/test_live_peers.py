@@ -1,0 +1,155 @@
+"""Peers kept running through a group move (peer_mode: live), on real QEMU with Linux guests.
+
+Two "hosts" (runtime directories, each with its own server of the group) on this machine. The
+master and the peer run tests/guest/ivshmem-workload.c: the master writes a checked sequence;
+the peer checks what it reads, counts its loops in its own RAM (``life``), drops its mappings
+when its device is unplugged and maps it again when it is back. A peer that was not restarted
+continues its count on the destination and never boots there.
+"""
+import os
+import re
+import subprocess
+import uuid
+
+import pytest
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+
+from conftest import REPO, lab_root
+from move_lab import TwoHosts
+from test_group_move import assert_whole_on, run_killed_at, sha1_of
+
+LINE = re.compile(r'IVW (master|peer) (?:seq=(\d+) ok(?: life=(\d+))?|(ERROR .*)|boot=(\S+)|remapped id=(\d+) life=(\d+))')
+
+
+@pytest.fixture(scope='module')
+def test_guest():
+    return subprocess.run([os.path.join(REPO, 'tests', 'guest', 'build-guest.sh')], check=True,
+                          stdout=subprocess.PIPE).stdout.decode().strip().splitlines()[-1]
+
+
+def boot(image, mode):
+    ring = ' ivw.ring=1' if mode == 'master' else ''
+    return dict(kernel=os.path.join(image, 'vmlinuz'), initrd=os.path.join(image, 'initrd.img'),
+                append='console=ttyS0 quiet ivw.mode=%s%s' % (mode, ring))
+
+
+@pytest.fixture
+def live(test_guest):
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peers=1, memory='256M', peer_mode='live',
+                     master=boot(test_guest, 'master'), peer=boot(test_guest, 'peer'))
+    hosts.deploy('a')
+    # Held open: the move removes the source's guest directories, and the consoles with them.
+    hosts.source_consoles = dict((g, open(os.path.join(hosts.layouts['a'].guest_dir(g), 'console.log'), 'rb'))
+                                 for g in ('g-master', 'g-peer1'))
+    wait_for('the peer to check the master', lambda: len(console(hosts, 'a', 'g-peer1')['seq']) >= 2, 90, interval=0.5)
+    yield hosts
+    for handle in hosts.source_consoles.values():
+        handle.close()
+    hosts.teardown()
+
+
+def console(hosts, host, guest):
+    """What a guest's workload reported on ``host``'s serial console."""
+    found = {'seq': [], 'life': [], 'errors': [], 'boots': [], 'remapped': []}
+    held = getattr(hosts, 'source_consoles', {}).get(guest) if host == 'a' else None
+    if held is not None:
+        held.seek(0)
+        text = held.read().decode('utf-8', 'replace')
+    else:
+        try:
+            with open(os.path.join(hosts.layouts[host].guest_dir(guest), 'console.log'), 'rb') as handle:
+                text = handle.read().decode('utf-8', 'replace')
+        except OSError:
+            return found
+    for match in LINE.finditer(text):
+        if match.group(2):
+            found['seq'].append(int(match.group(2)))
+            if match.group(3):
+                found['life'].append(int(match.group(3)))
+        elif match.group(4):
+            found['errors'].append('%s %s: %s' % (guest, host, match.group(4)))
+        elif match.group(5):
+            found['boots'].append(match.group(5))
+        else:
+            found['remapped'].append((int(match.group(6)), int(match.group(7))))
+            found['life'].append(int(match.group(7)))
+    return found
+
+
+def assert_moved_live(hosts):
+    """The group runs whole on b; the peer migrated (one boot, its count continued), got its
+    device back with its ID and reads the master's data written after the move."""
+    where = hosts.where('b')
+    assert (where['g-master'], where['g-peer1'], where['g-master:id'], where['g-peer1:id']) == ('running', 'running', 0, 1)
+    assert where['g-peer1:ivposition'] == 1 and where['g-master:ivposition'] == 0
+    assert set(hosts.where('a').values()) == {'absent'}
+    before_master, before = console(hosts, 'a', 'g-master'), console(hosts, 'a', 'g-peer1')
+    wait_for('the moved peer to read again', lambda: len(console(hosts, 'b', 'g-peer1')['seq']) >= 2, 60, interval=0.5)
+    after = console(hosts, 'b', 'g-peer1')
+    errors = before['errors'] + after['errors'] + before_master['errors'] + console(hosts, 'b', 'g-master')['errors']
+    assert not errors, errors
+    assert len(before['boots']) == 1 and after['boots'] == [], 'the peer booted again: %s' % after['boots']
+    assert after['remapped'] and after['remapped'][0][0] == 1, after['remapped']
+    assert before['life'] and after['life'][0] > before['life'][-1], 'the peer restarted its count'
+    assert all(x <= y for x, y in zip(after["life"], after["life"][1:])) and after["life"][-1] > after["life"][0], after["life"]
+    assert after['seq'][-1] > before_master['seq'][-1], "the peer does not see the master's latest data"
+
+
+def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
+    report = live.engine('a', 'b').run()
+    assert report['outcome'] == 'moved', report
+    peer = report['peers']['g-peer1']
+    assert peer['mode'] == 'live' and peer['restarted'] is False and (peer['id'], peer['ivposition']) == (1, 1)
+    assert peer['shared_memory_outage_ms'] > 0 and peer['downtime_ms'] > 0 and peer['total_time_ms'] > 0
+    assert report['peer_outage_ms'] >= peer['shared_memory_outage_ms']
+    assert_moved_live(live)
+    again = live.engine('a', 'b').run()
+    assert not again['changed']
+
+
+def test_a_live_move_cut_while_the_peer_migrates_is_finished_by_the_same_command(live):
+    run_killed_at(live, step='send_peer:a', delay=0.3)
+    assert live.journal('a')['step'] == 'committing'  # the master moved; the peer had not
+    report = live.engine('a', 'b').run()
+    assert 'finished the move' in report['resolved'], report
+    assert_moved_live(live)
+
+
+def test_a_live_move_cut_before_the_master_moved_rolls_back_with_the_device_plugged_again(live):
+    run_killed_at(live, step='send:a')
+    assert live.where('a')['g-peer1'] == 'running'
+    report = live.engine('a', 'b').run()
+    assert 'rolled back' in report['resolved'] and report['outcome'] == 'moved', report
+    assert_moved_live(live)
+
+
+@pytest.fixture
+def no_os(request):
+    """Guests with no OS: nothing answers an unplug request (the negative control)."""
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peer_mode='live', peer_unplug_timeout=3, **request.param)
+    hosts.deploy('a')
+    with open(hosts.memory('a'), 'r+b') as handle:
+        handle.write(os.urandom(4 << 20))
+    hosts.digest = sha1_of(hosts.memory('a'))
+    yield hosts
+    hosts.teardown()
+
+
+@pytest.mark.parametrize('no_os', [{}], indirect=True)
+def test_a_peer_that_does_not_release_its_device_leaves_the_group_whole_where_it_was(no_os):
+    with pytest.raises(MoveFailed) as info:
+        no_os.engine('a', 'b').run()
+    assert 'guest g-peer1 did not release its ivshmem device' in str(info.value), info.value
+    assert 'runs on a again' in str(info.value)
+    assert_whole_on(no_os, 'a')
+
+
+@pytest.mark.parametrize('no_os', [{'peer_fallback': 'restart'}], indirect=True)
+def test_with_peer_fallback_restart_such_a_peer_is_restarted_on_the_destination(no_os):
+    report = no_os.engine('a', 'b').run()
+    assert report['outcome'] == 'moved'
+    assert set(report['fallback']) == {'g-peer1', 'g-peer2'}, report.get('fallback')
+    assert [report['peers'][p]['mode'] for p in ('g-peer1', 'g-peer2')] == ['restart', 'restart']
+    assert_whole_on(no_os, 'b')
