@@ -11,8 +11,11 @@
  *         live): it drops its mappings when the device goes and maps it again when it is back.
  *         ``life`` counts its loops in its own RAM: it only grows while this guest runs, so a
  *         peer that migrated (and was not restarted) continues its count.
+ * Both count the doorbells they receive (``bells``): with no driver bound, each points its
+ * device's MSI-X vector 0 at a word of its own RAM, so QEMU's MSI write lands there. The master
+ * rings peer ``ring-peer-id``; a peer rings the master (ID 0). Both ring 10 times a second.
  * Reports on stdout (the serial console), one line at a time:
- *   IVW <mode> seq=<n> ok [life=<n>]   |   IVW <mode> ERROR <what>
+ *   IVW <mode> seq=<n> ok [life=<n>] bells=<n>   |   IVW <mode> ERROR <what>
  *   IVW peer boot=<boot id>   |   IVW peer released life=<n>   |   IVW peer remapped id=<n> life=<n>
  * Usage: ivshmem-workload master|peer [ring-peer-id]
  */
@@ -71,6 +74,57 @@ static void *map_bar(const char *dir, int bar, size_t *size) {
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* The guest-physical address of a locked page of ours (root reads it from pagemap). */
+static uint64_t physical(void *page) {
+    uint64_t entry = 0;
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    if (fd < 0) return 0;
+    if (pread(fd, &entry, sizeof entry, ((uintptr_t)page / 4096) * sizeof entry) != sizeof entry) entry = 0;
+    close(fd);
+    if (!(entry >> 63)) return 0;
+    return (entry & ((1ULL << 55) - 1)) * 4096 + ((uintptr_t)page % 4096);
+}
+
+static volatile uint32_t *bell; /* where QEMU writes MSI-X vector 0's data */
+
+/* Memory and bus mastering on, MSI-X vector 0 aimed at ``bell``, MSI-X enabled. */
+static int doorbells_to_ram(const char *dir) {
+    char path[600];
+    uint8_t cfg[256];
+    snprintf(path, sizeof path, "%s/config", dir);
+    int fd = open(path, O_RDWR);
+    if (fd < 0 || pread(fd, cfg, sizeof cfg, 0) != sizeof cfg) { if (fd >= 0) close(fd); return -1; }
+    uint16_t command = cfg[4] | cfg[5] << 8 | 0x6;
+    if (pwrite(fd, &command, 2, 4) != 2) { close(fd); return -1; }
+    int cap = cfg[0x34];
+    while (cap && cfg[cap] != 0x11) cap = cfg[cap + 1];
+    if (!cap) { close(fd); return -1; }
+    uint32_t table = cfg[cap + 4] | cfg[cap + 5] << 8 | cfg[cap + 6] << 16 | (uint32_t)cfg[cap + 7] << 24;
+    size_t size = 0;
+    volatile uint32_t *bar = map_bar(dir, table & 7, &size);
+    if (!bell) {
+        bell = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_LOCKED, -1, 0);
+        if (bell == MAP_FAILED) { bell = NULL; close(fd); return -1; }
+        *bell = 0;
+    }
+    uint64_t at = physical((void *)bell);
+    if (!bar || !at) { close(fd); return -1; }
+    volatile uint32_t *entry = bar + (table & ~7u) / 4;
+    entry[0] = (uint32_t)at;
+    entry[1] = (uint32_t)(at >> 32);
+    entry[2] = 1;
+    entry[3] = 0; /* unmasked */
+    uint16_t control = (cfg[cap + 2] | cfg[cap + 3] << 8 | 0x8000) & ~0x4000;
+    int ok = pwrite(fd, &control, 2, cap + 2) == 2;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+static uint64_t bells;
+static void count_bells(void) {
+    if (bell && *bell) { bells++; *bell = 0; }
+}
+
 static int find_device(char *out, size_t len) {
     DIR *d = opendir("/sys/bus/pci/devices");
     struct dirent *e;
@@ -121,6 +175,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("IVW %s start id=%u size=%zu\n", mode, regs[2], mem_size);
+    if (doorbells_to_ram(dir) < 0) printf("IVW %s ERROR cannot aim MSI-X at RAM\n", mode);
     double last_report = 0, last_ring = 0;
     if (strcmp(mode, "master") == 0) {
         uint64_t seq = shm->magic == MAGIC ? shm->seq : 0; /* resume what the memory holds */
@@ -149,8 +204,9 @@ int main(int argc, char **argv) {
                 regs[3] = ((uint32_t)ring << 16) | 0; /* DOORBELL: peer ID << 16 | vector */
                 last_ring = t;
             }
+            count_bells();
             if (t - last_report >= 1.0) {
-                printf("IVW master seq=%llu ok\n", (unsigned long long)seq);
+                printf("IVW master seq=%llu ok bells=%llu\n", (unsigned long long)seq, (unsigned long long)bells);
                 last_report = t;
             }
             usleep(2000);
@@ -184,6 +240,7 @@ int main(int argc, char **argv) {
                 }
             }
             snprintf(resource, sizeof resource, "%s/resource2", dir);
+            if (doorbells_to_ram(dir) < 0) printf("IVW peer ERROR cannot aim MSI-X at RAM\n");
             printf("IVW peer remapped id=%u life=%llu\n", regs[2], (unsigned long long)life);
         }
         uint64_t gen = shm->gen;
@@ -198,9 +255,15 @@ int main(int argc, char **argv) {
             if (!ok)
                 printf("IVW peer ERROR data at seq %llu does not match its checksum\n", (unsigned long long)seq);
             else if (now() - last_report >= 1.0) {
-                printf("IVW peer seq=%llu ok life=%llu\n", (unsigned long long)seq, (unsigned long long)life);
+                printf("IVW peer seq=%llu ok life=%llu bells=%llu\n", (unsigned long long)seq,
+                       (unsigned long long)life, (unsigned long long)bells);
                 last_report = now();
             }
+        }
+        count_bells();
+        if (now() - last_ring >= 0.1) {
+            regs[3] = 0; /* DOORBELL: the master, ID 0, vector 0 */
+            last_ring = now();
         }
         usleep(20000);
     }

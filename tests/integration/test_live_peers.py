@@ -20,7 +20,8 @@ from conftest import REPO, lab_root
 from move_lab import TwoHosts
 from test_group_move import assert_whole_on, run_killed_at, sha1_of
 
-LINE = re.compile(r'IVW (master|peer) (?:seq=(\d+) ok(?: life=(\d+))?|(ERROR .*)|boot=(\S+)|remapped id=(\d+) life=(\d+))')
+LINE = re.compile(r'IVW (?:master|peer) (?:seq=(?P<seq>\d+) ok(?: life=(?P<life>\d+))?(?: bells=(?P<bells>\d+))?|'
+                  r'(?P<error>ERROR .*)|boot=(?P<boot>\S+)|remapped id=(?P<id>\d+) life=(?P<at>\d+))')
 
 
 @pytest.fixture(scope='module')
@@ -44,6 +45,8 @@ def live(test_guest):
     hosts.source_consoles = dict((g, open(os.path.join(hosts.layouts['a'].guest_dir(g), 'console.log'), 'rb'))
                                  for g in ('g-master', 'g-peer1'))
     wait_for('the peer to check the master', lambda: len(console(hosts, 'a', 'g-peer1')['seq']) >= 2, 90, interval=0.5)
+    bells_grow(hosts, 'a', 'g-peer1')  # doorbells both ways before the move
+    bells_grow(hosts, 'a', 'g-master')
     yield hosts
     for handle in hosts.source_consoles.values():
         handle.close()
@@ -52,7 +55,7 @@ def live(test_guest):
 
 def console(hosts, host, guest):
     """What a guest's workload reported on ``host``'s serial console."""
-    found = {'seq': [], 'life': [], 'errors': [], 'boots': [], 'remapped': []}
+    found = {'seq': [], 'life': [], 'bells': [], 'errors': [], 'boots': [], 'remapped': []}
     held = getattr(hosts, 'source_consoles', {}).get(guest) if host == 'a' else None
     if held is not None:
         held.seek(0)
@@ -64,18 +67,26 @@ def console(hosts, host, guest):
         except OSError:
             return found
     for match in LINE.finditer(text):
-        if match.group(2):
-            found['seq'].append(int(match.group(2)))
-            if match.group(3):
-                found['life'].append(int(match.group(3)))
-        elif match.group(4):
-            found['errors'].append('%s %s: %s' % (guest, host, match.group(4)))
-        elif match.group(5):
-            found['boots'].append(match.group(5))
+        if match.group('seq'):
+            found['seq'].append(int(match.group('seq')))
+            for key in ('life', 'bells'):
+                if match.group(key):
+                    found[key].append(int(match.group(key)))
+        elif match.group('error'):
+            found['errors'].append('%s %s: %s' % (guest, host, match.group('error')))
+        elif match.group('boot'):
+            found['boots'].append(match.group('boot'))
         else:
-            found['remapped'].append((int(match.group(6)), int(match.group(7))))
-            found['life'].append(int(match.group(7)))
+            found['remapped'].append((int(match.group('id')), int(match.group('at'))))
+            found['life'].append(int(match.group('at')))
     return found
+
+
+def bells_grow(hosts, host, guest):
+    """Doorbells keep arriving at ``guest`` on ``host`` (its count grows over two reports)."""
+    first = console(hosts, host, guest)['bells']
+    return wait_for('%s to receive doorbells on %s' % (guest, host), lambda: len(console(hosts, host, guest)['bells']) >
+                    len(first) + 1 and console(hosts, host, guest)['bells'][-1] > (first or [0])[-1], 30, interval=0.5)
 
 
 def assert_moved_live(hosts):
@@ -95,6 +106,8 @@ def assert_moved_live(hosts):
     assert before['life'] and after['life'][0] > before['life'][-1], 'the peer restarted its count'
     assert all(x <= y for x, y in zip(after["life"], after["life"][1:])) and after["life"][-1] > after["life"][0], after["life"]
     assert after['seq'][-1] > before_master['seq'][-1], "the peer does not see the master's latest data"
+    bells_grow(hosts, 'b', 'g-peer1')  # doorbells both ways after the move: master to peer ...
+    bells_grow(hosts, 'b', 'g-master')  # ... and peer to master
 
 
 def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
