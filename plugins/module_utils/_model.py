@@ -25,7 +25,7 @@ MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
-HOTPLUG_FIRST_SLOT = 0x10  # PCI slot of a hotplug-placed ivshmem0 (pc machines)
+HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
 
 
@@ -295,16 +295,19 @@ class IvshmemDevice:
     def hotplug_placement(self, machine):
         """(arguments that stay when the device is unplugged, the device's bus properties).
 
-        pc (i440fx): a fixed slot on the root bus, which has ACPI hotplug. The same on both hosts
-        of a move, so a guest started without the device loads the stream of one whose device was
-        unplugged. q35 is refused: its root bus has no hotplug, and behind a root port of its own
-        the device came back here without its BARs assigned (Linux 6.1 guest, QEMU 7.2).
+        pc (i440fx): a fixed slot on the root bus, which has ACPI hotplug. q35: a root port of
+        its own (its root bus has no hotplug). The same on both hosts of a move, so a guest
+        started without the device loads the stream of one whose device was unplugged.
         """
-        if (machine.startswith('pc') and 'q35' not in machine) or 'i440fx' in machine:
-            return [], {'bus': 'pci.0', 'addr': '0x%x' % (HOTPLUG_FIRST_SLOT + self.index)}
+        slot = HOTPLUG_FIRST_SLOT + self.index
+        if 'q35' in machine:
+            port = '%s-port' % self.id
+            return (['-device', 'pcie-root-port,id=%s,chassis=%d,bus=pcie.0,addr=0x%x' % (port, slot, slot)],
+                    {'bus': port})
+        if machine.startswith('pc') or 'i440fx' in machine:
+            return [], {'bus': 'pci.0', 'addr': '0x%x' % slot}
         raise ValidationError('ivshmem[%d].hotplug' % self.index,
-                              'machine %s: devices are placed for hotplug on pc (i440fx) machines only; on q35 a '
-                              'device plugged back behind a root port did not get its BARs here' % machine)
+                              'machine %s: devices are placed for hotplug on pc and q35 machines only' % machine)
 
     def qmp_plug(self, machine):
         """The chardev-add and device_add arguments that plug this device back (hotplug only)."""

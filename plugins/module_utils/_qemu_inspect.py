@@ -20,11 +20,21 @@ _UNASSIGNED = (-1, 0xffffffffffffffff)
 _XP_RE = re.compile(r':\s*(0x[0-9a-fA-F]+)')
 
 
+def _all_pci_devices(devices):
+    """Every device of a query-pci bus, those behind bridges too (a q35 root port, say)."""
+    found, pending = [], list(devices)
+    while pending:
+        device = pending.pop(0)
+        found.append(device)
+        pending.extend((device.get('pci_bridge') or {}).get('devices') or [])
+    return found
+
+
 def ivshmem_pci_devices(qmp):
     """{qdev id: {'bar0': address or None, 'bar2': address or None, 'bar2_size': bytes}}."""
     devices = {}
     for bus in qmp.command('query-pci'):
-        for device in bus.get('devices', []):
+        for device in _all_pci_devices(bus.get('devices', [])):
             ident = device.get('id', {})
             if ident.get('vendor') != IVSHMEM_VENDOR or ident.get('device') != IVSHMEM_DEVICE:
                 continue

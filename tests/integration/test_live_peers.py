@@ -37,9 +37,11 @@ def boot(image, mode):
 
 
 @pytest.fixture
-def live(test_guest):
+def live(request, test_guest):
+    machine = getattr(request, 'param', 'pc')  # pc: ACPI hotplug on the root bus; q35: a root port
     hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peers=1, memory='256M', peer_mode='live',
-                     master=boot(test_guest, 'master'), peer=boot(test_guest, 'peer'))
+                     master=dict(boot(test_guest, 'master'), machine=machine),
+                     peer=dict(boot(test_guest, 'peer'), machine=machine))
     hosts.deploy('a')
     # Held open: the move removes the source's guest directories, and the consoles with them.
     hosts.source_consoles = dict((g, open(os.path.join(hosts.layouts['a'].guest_dir(g), 'console.log'), 'rb'))
@@ -110,6 +112,7 @@ def assert_moved_live(hosts):
     bells_grow(hosts, 'b', 'g-master')  # ... and peer to master
 
 
+@pytest.mark.parametrize('live', ['pc', 'q35'], indirect=True)
 def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
     report = live.engine('a', 'b').run()
     assert report['outcome'] == 'moved', report
