@@ -17,17 +17,11 @@ __metaclass__ = type
 
 import time
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, event_seconds
 
 
 class HotplugError(Exception):
     """The device could not be unplugged or plugged back; the message says what the guest did not do."""
-
-
-def event_seconds(event):
-    """The host wall-clock time QEMU stamped on an event (seconds), or None."""
-    stamp = (event or {}).get('timestamp') or {}
-    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else None
 
 
 def plugged(qmp, device_id):

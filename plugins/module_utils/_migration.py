@@ -29,7 +29,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALG
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, QMPTimeout
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, QMPTimeout, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
@@ -94,8 +94,7 @@ def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):
                 on_progress(sq.command('query-migrate'))
             continue
         if event['event'] == 'STOP':
-            stamp = event.get('timestamp') or {}
-            report['stopped_at'] = stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6
+            report['stopped_at'] = event_seconds(event)
             continue
         if event['event'] == 'MIGRATION_PASS':
             if on_progress is not None:

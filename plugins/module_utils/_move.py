@@ -33,12 +33,12 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readi
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import (
     GuestError, GuestManager, guest_status, plug_devices, unplug_devices)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError, event_seconds
+from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     MigrationError, cancel_and_resume, finish_started_migration, follow_migration, progress_of, settle_source,
     start_migration, verify_destination, wait_loaded)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._verify_channel import ChannelError, Listener, exchange

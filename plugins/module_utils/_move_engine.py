@@ -491,12 +491,11 @@ class GroupMove:
         resumed = self._local_time(dst, destination_record.get('resumed_at'))
         peers_stopped = self._local_time(src, sent.get('peers_stopped_at'))
         peers_running = self._local_time(dst, destination_record.get('peers_running_at'))
-        peers = self._peer_figures(source_record, destination_record)
-        live = [figures for figures in peers.values() if not figures['restarted']]
-        if live:
+        peers, spans = self._peer_figures(source_record, destination_record)
+        if spans:
             # Kept running, each peer is out of its shared memory from its unplug to its plug-back.
-            starts = [self._local_time(src, f.pop('_unplugged')) for f in live]
-            ends = [self._local_time(dst, f.pop('_plugged')) for f in live]
+            starts = [start for start, _end in spans]
+            ends = [end for _start, end in spans]
             starts += [peers_stopped] if peers_stopped is not None else []
             ends += [peers_running] if peers_running is not None else []
             peers_stopped = None if None in starts else min(starts)
@@ -512,26 +511,27 @@ class GroupMove:
 
     def _peer_figures(self, source_record, destination_record):
         """Per peer: moved live (its shared-memory outage, QEMU's figures for its own migration)
-        or restarted (a fresh guest on the destination)."""
+        or restarted (a fresh guest on the destination). Also (unplugged, plugged back) of each
+        live peer, in controller time."""
         src, dst = self.source, self.destination
         unplugged = source_record.get('peers_unplugged_at') or {}
         sent = source_record.get('peers_sent') or {}
         plugged = destination_record.get('peers_plugged') or {}
-        figures = {}
+        figures, spans = {}, []
         for peer in self.group.get('peers') or []:
             name = peer['name']
             if name not in self.live_peers:
                 figures[name] = {'mode': 'restart', 'restarted': True}
                 continue
             back = plugged.get(name) or {}
-            out, returned = unplugged.get(name), back.get('plugged_at')
+            span = (self._local_time(src, unplugged.get(name)), self._local_time(dst, back.get('plugged_at')))
+            spans.append(span)
             figures[name] = {
                 'mode': 'live', 'restarted': False, 'id': back.get('id'), 'ivposition': back.get('ivposition'),
-                'shared_memory_outage_ms': _ms(self._local_time(dst, returned), self._local_time(src, out)),
+                'shared_memory_outage_ms': _ms(span[1], span[0]),
                 'downtime_ms': (sent.get(name) or {}).get('downtime_ms'),
-                'total_time_ms': (sent.get(name) or {}).get('total_time_ms'),
-                '_unplugged': out, '_plugged': returned}
-        return figures
+                'total_time_ms': (sent.get(name) or {}).get('total_time_ms')}
+        return figures, spans
 
 
 def _ms(end, start):

@@ -30,6 +30,12 @@ class QMPTimeout(QMPError):
     """No answer (or no awaited event) before the deadline."""
 
 
+def event_seconds(event):
+    """The host wall-clock time QEMU stamped on an event (seconds), or None."""
+    stamp = (event or {}).get('timestamp') or {}
+    return stamp.get('seconds', 0) + stamp.get('microseconds', 0) / 1e6 if stamp else None
+
+
 class QMPClient:
     """One QMP connection in command mode. Use as a context manager."""
 
