@@ -13,7 +13,6 @@ Run: PYTHONPATH=.cache/collections .cache/venv/bin/python bench/peer_modes.py [R
 """
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -22,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
-from conftest import lab_root  # noqa: E402
+from conftest import lab_root, build_test_guest  # noqa: E402
 from move_lab import TwoHosts  # noqa: E402
 from test_live_peers import boot, console  # noqa: E402
 
@@ -51,8 +50,7 @@ def one_move(image, mode):
 
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    image = subprocess.run([os.path.join(REPO, 'tests', 'guest', 'build-guest.sh')], check=True,
-                           stdout=subprocess.PIPE).stdout.decode().strip().splitlines()[-1]
+    image = build_test_guest()
     results = {'restart': [], 'live': []}
     for _run in range(runs):
         for mode in results:

@@ -69,6 +69,17 @@ class Lab:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def build_test_guest():
+    """The Linux test guest's directory (vmlinuz, initrd.img), built when its recipe changed."""
+    return subprocess.run([os.path.join(REPO, 'tests', 'guest', 'build-guest.sh')], check=True,
+                          stdout=subprocess.PIPE).stdout.decode().strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='session')
+def test_guest():
+    return build_test_guest()
+
+
 def lab_root():
     # Guests and servers run as the unprivileged service user: pytest's own temporary
     # directories (mode 0700 under root) are out of its reach.

@@ -26,13 +26,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SLOW = 2 << 20  # bytes/s: a 4 MiB region then takes about 2 s, long enough to strike mid-send
 
 
-@pytest.fixture
-def hosts():
-    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6])
+def deployed_with_a_pattern(**options):
+    """The group deployed on host a, its memory filled at random, that content's sha1 kept."""
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], **options)
     hosts.deploy('a')
     with open(hosts.memory('a'), 'r+b') as handle:
         handle.write(os.urandom(4 << 20))
     hosts.digest = sha1_of(hosts.memory('a'))
+    return hosts
+
+
+@pytest.fixture
+def hosts():
+    hosts = deployed_with_a_pattern()
     yield hosts
     hosts.teardown()
 

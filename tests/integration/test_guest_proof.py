@@ -10,23 +10,15 @@ assertions must then fail.
 import os
 import re
 import select
-import subprocess
 
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import REPO, Lab, lab_root
+from conftest import Lab, lab_root
 
 LINE = re.compile(r'IVW (master|peer) (?:seq=(\d+) ok|(ERROR .*))')
-
-
-@pytest.fixture(scope='module')
-def test_guest():
-    out = subprocess.run([os.path.join(REPO, 'tests', 'guest', 'build-guest.sh')], check=True,
-                         stdout=subprocess.PIPE).stdout.decode().strip().splitlines()[-1]
-    return out
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ continues its count on the destination and never boots there.
 """
 import os
 import re
-import subprocess
 import uuid
 
 import pytest
@@ -16,18 +15,12 @@ import pytest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-from conftest import REPO, lab_root
+from conftest import lab_root
 from move_lab import TwoHosts
-from test_group_move import assert_whole_on, run_killed_at, sha1_of
+from test_group_move import assert_whole_on, deployed_with_a_pattern, run_killed_at
 
 LINE = re.compile(r'IVW (?:master|peer) (?:seq=(?P<seq>\d+) ok(?: life=(?P<life>\d+))?(?: bells=(?P<bells>\d+))?|'
                   r'(?P<error>ERROR .*)|boot=(?P<boot>\S+)|remapped id=(?P<id>\d+) life=(?P<at>\d+))')
-
-
-@pytest.fixture(scope='module')
-def test_guest():
-    return subprocess.run([os.path.join(REPO, 'tests', 'guest', 'build-guest.sh')], check=True,
-                          stdout=subprocess.PIPE).stdout.decode().strip().splitlines()[-1]
 
 
 def boot(image, mode):
@@ -144,11 +137,7 @@ def test_a_live_move_cut_before_the_master_moved_rolls_back_with_the_device_plug
 @pytest.fixture
 def no_os(request):
     """Guests with no OS: nothing answers an unplug request (the negative control)."""
-    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peer_mode='live', peer_unplug_timeout=3, **request.param)
-    hosts.deploy('a')
-    with open(hosts.memory('a'), 'r+b') as handle:
-        handle.write(os.urandom(4 << 20))
-    hosts.digest = sha1_of(hosts.memory('a'))
+    hosts = deployed_with_a_pattern(peer_mode='live', peer_unplug_timeout=3, **request.param)
     yield hosts
     hosts.teardown()
 
