@@ -1,13 +1,16 @@
 """The real outage of a group move on the lab: two TCG virtual machines as hypervisor hosts,
 the migrate playbook as an operator runs it, moving one group back and forth.
 
-Side by side in one run, alternating on the same group:
-- baseline: ``-e ivshmem_fleet_verify_channel=false`` (the controller relays the checksums:
+Side by side in one run, alternating on the same group, the engine as shipped (verification
+channel, TLS stream) against a baseline:
+- ``relay``: ``-e ivshmem_fleet_verify_channel=false`` (the controller relays the checksums:
   two module calls on the lab's slow hosts while the master is out);
-- engine: the verification channel (the destination continues on the source's checksums).
+- ``clear``: ``-e ivshmem_fleet_migration_tls=false`` (the stream in clear: what TLS costs).
 Prints the medians of the real outages beside QEMU's own figures, and the issue 8 targets.
 
-Run (root, after scripts/bootstrap.sh): .cache/venv/bin/python bench/move_outage_lab.py [RUNS] [SHM_MIB]
+Run (root, after scripts/bootstrap.sh):
+    .cache/venv/bin/python bench/move_outage_lab.py [RUNS] [SHM_MIB] [BASELINES]
+(BASELINES: relay, clear or relay,clear: the moves cycle through the engine and each baseline.)
 Boots the lab (tests/lab/lab.py) and takes it down at the end.
 """
 import json
@@ -20,6 +23,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
+BASELINES = {'relay': 'ivshmem_fleet_verify_channel=false', 'clear': 'ivshmem_fleet_migration_tls=false'}
 SUMMARY = re.compile(r'master out (\d+) ms, peers out (\d+) ms \(QEMU: total (\d+) ms, downtime (\d+) ms\)')
 
 
@@ -38,6 +42,8 @@ def playbook(inventory, extra, *args):
 def main():
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     shm_mib = int(sys.argv[2]) if len(sys.argv) > 2 else 16
+    baselines = (sys.argv[3] if len(sys.argv) > 3 else 'relay').split(',')
+    modes = ['engine'] + baselines
     inventory = subprocess.run(LAB + ['up', '2'], stdout=subprocess.PIPE, check=True).stdout.decode().strip()
     try:
         extra = os.path.join(tempfile.mkdtemp(), 'groups.json')
@@ -51,13 +57,13 @@ def main():
                         'dd if=/dev/urandom of=/dev/shm/ivshmem-fleet-gb bs=1M count=%d conv=notrunc,nocreat '
                         'status=none' % shm_mib], check=True, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections')))
-        results = {'relay': [], 'channel': []}
+        results = dict((mode, []) for mode in modes)
         where = 'hv1'
-        for index in range(2 * runs):
-            mode = 'relay' if index % 2 == 0 else 'channel'
+        for index in range(len(modes) * runs):
+            mode = modes[index % len(modes)]
             to = 'hv2' if where == 'hv1' else 'hv1'
-            output = playbook(inventory, extra, '-e', 'group=gb', '-e', 'to=%s' % to,
-                              '-e', 'ivshmem_fleet_verify_channel=%s' % (mode == 'channel'),
+            options = ['-e', BASELINES[mode]] if mode in BASELINES else []
+            output = playbook(inventory, extra, '-e', 'group=gb', '-e', 'to=%s' % to, *options,
                               os.path.join(REPO, 'playbooks', 'migrate.yml'))
             match = SUMMARY.search(output)
             if not match:
@@ -71,13 +77,15 @@ def main():
     names = ('master_outage_ms', 'peer_outage_ms', 'total_time_ms', 'downtime_ms')
     print('lab: 2 TCG VMs (1 vCPU, 1 GiB each) on %d cores; %d runs each; %d MiB shared memory, master and 2 peers' % (
         os.cpu_count(), runs, shm_mib))
-    print('%-20s %12s %12s %8s' % ('median', 'relay (base)', 'channel', 'ratio'))
+    print('%-20s %12s' % ('median', 'engine') + ''.join(' %12s %8s' % (b + ' (base)', 'ratio') for b in baselines))
     medians = {}
     for column, name in enumerate(names):
-        base = statistics.median(r[column] for r in results['relay'])
-        new = statistics.median(r[column] for r in results['channel'])
+        new = statistics.median(r[column] for r in results['engine'])
         medians[name] = new
-        print('%-20s %12.0f %12.0f %8.2f' % (name, base, new, base / new if new else float('nan')))
+        line = '%-20s %12.0f' % (name, new)
+        for base in (statistics.median(r[column] for r in results[b]) for b in baselines):
+            line += ' %12.0f %8.2f' % (base, base / new if new else float('nan'))
+        print(line)
     print('master outage beyond QEMU downtime (verification and continuing): %.0f ms' % (
         medians['master_outage_ms'] - medians['downtime_ms']))
     print('peer outage beyond QEMU total time: %.0f ms' % (medians['peer_outage_ms'] - medians['total_time_ms']))

@@ -13,6 +13,7 @@ from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import DEFAULT_DIR as TLS_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
@@ -21,7 +22,6 @@ from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts imp
 
 display = Display()
 
-CHECKSUMS = ['crc32', 'sha1', 'sha256', 'blake2b']
 ARGUMENT_SPEC = dict(
     group=dict(type='dict', required=True),
     destination=dict(type='str', required=True),
@@ -30,7 +30,7 @@ ARGUMENT_SPEC = dict(
     downtime_limit=dict(type='int', default=300),
     timeout=dict(type='int'),
     checksum_timeout=dict(type='int'),
-    checksum=dict(type='str', default='sha1', choices=CHECKSUMS),
+    checksum=dict(type='str', default=DEFAULT_CHECKSUM, choices=list(CHECKSUMS)),
     start_timeout=dict(type='int', default=120),
     attempts=dict(type='int', default=3),
     backoff=dict(type='int', default=5),

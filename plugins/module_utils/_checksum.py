@@ -7,7 +7,12 @@
 
 hashlib and zlib release the GIL on large buffers, so threads use every core. A file's
 checksum is the sha256 of its chunk digests, so it does not depend on the worker count. It is
-not the plain sha1 (sha1sum) of the file, and its label says so: ``chunked-sha1-32MiB:<hex>``.
+not the plain sha1 (sha1sum) of the file, and its label says so: ``chunked-crc32-32MiB:<hex>``.
+
+The default is crc32: it guards against memory lost or mixed up on the way (bugs, a wrong
+device, a stale page), not against an attacker, whom the authenticated TLS stream keeps out.
+It hashes 1 GiB in 0.19 s on two cores here against 0.35 s for sha1 (bench/move_outage.py), and
+the destination's hash is on the master's outage. sha1, sha256 and blake2b stay available.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,6 +27,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 ALGORITHMS = ('crc32', 'sha1', 'sha256', 'blake2b')
+DEFAULT = 'crc32'
 CHUNK = 32 << 20
 
 
@@ -36,7 +42,7 @@ def label(algorithm, chunk=CHUNK):
     return 'chunked-%s-%dMiB' % (algorithm, chunk >> 20) if chunk >= 1 << 20 else 'chunked-%s-%dB' % (algorithm, chunk)
 
 
-def checksum_files(paths, algorithm='sha1', chunk=CHUNK, workers=None):
+def checksum_files(paths, algorithm=DEFAULT, chunk=CHUNK, workers=None):
     """Return ({path: {'checksum': hex, 'size': bytes}}, seconds). Reads never write."""
     if algorithm not in ALGORITHMS:
         raise ValueError('unknown checksum algorithm %r' % algorithm)

@@ -25,7 +25,7 @@ import os
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
@@ -242,7 +242,7 @@ class Migration(StateMachine):
         self.downtime_limit = check_int('downtime_limit', params.get('downtime_limit', 300), 1, 600000)
         self.timeout = check_int('timeout', params.get('timeout', 300), 1, 7 * 86400)
         self.verify = params.get('verify', True)
-        self.checksum = params.get('checksum', 'sha1')
+        self.checksum = params.get('checksum') or DEFAULT_CHECKSUM
         if self.checksum not in CHECKSUMS:
             raise ValidationError('checksum', 'must be one of %s' % ', '.join(CHECKSUMS))
         if not isinstance(self.expected, list) or not all(isinstance(item, str) for item in self.expected):

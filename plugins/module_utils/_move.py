@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import (
     GuestError, GuestManager, guest_status, plug_devices, unplug_devices)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError
@@ -301,7 +301,7 @@ class HostMove:
         timeout = self.params.get('timeout') or 300
         with QMPClient(status['qmp'], timeout=30) as dq:
             waited = wait_loaded(dq, timeout)
-            check = verify_destination(dq, self._memories(), self.params.get('checksum') or 'sha1')
+            check = verify_destination(dq, self._memories(), self.params.get('checksum') or DEFAULT_CHECKSUM)
         if not check['ok']:
             raise MoveError('destination check failed: %s' % check['problem'])
         check['load_wait_s'] = round(waited, 3)
@@ -417,7 +417,7 @@ class HostMove:
                     if at is not None:
                         peers_stopped_at = min(at, peers_stopped_at or at)
             self._write('sending', peers_stopped_at=peers_stopped_at)
-            hashing = _Background(checksum_files, memories, self.params.get('checksum') or 'sha1')
+            hashing = _Background(checksum_files, memories, self.params.get('checksum') or DEFAULT_CHECKSUM)
             with QMPClient(status['qmp'], timeout=30) as sq:
                 start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
                                 self.params.get('downtime_limit') or 300, self.tls)

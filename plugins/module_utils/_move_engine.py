@@ -32,9 +32,12 @@ import threading
 import time
 import uuid
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
 
 GIB = float(1 << 30)
+# Generous on a slow TCG host: a migration's budget grows by this much per GiB moved.
+SECONDS_PER_GIB = 120
 
 
 class HostUnreachable(Exception):
@@ -86,12 +89,16 @@ def holder_alive(record):
     return not record.get('lease_expired', True)
 
 
-def derived_timeouts(group, max_bandwidth, timeout=None, checksum_timeout=None, per_gib=120):
-    """Seconds for the migration and for the checksums, from the sizes and the bandwidth."""
-    ram = check_size('group.master.memory', group['master'].get('memory') or '128M', minimum=1, power_of_two=False)
+def migration_timeout(field, guest, max_bandwidth, shared=0):
+    """Seconds to migrate ``guest`` (its RAM plus ``shared`` bytes of shared memory it carries)."""
+    total = check_size(field, guest.get('memory') or '128M', minimum=1, power_of_two=False) + shared
+    return int(60 + SECONDS_PER_GIB * total / GIB + 2.0 * total / max(1, max_bandwidth))
+
+
+def derived_timeouts(group, max_bandwidth, timeout=None, checksum_timeout=None):
+    """Seconds for the master's migration (it carries the shared memory) and for the checksums."""
     shm = int(group.get('size') or 0)
-    total = ram + shm
-    migration = timeout or int(60 + per_gib * total / GIB + 2.0 * total / max(1, max_bandwidth))
+    migration = timeout or migration_timeout('group.master.memory', group['master'], max_bandwidth, shm)
     checksum = checksum_timeout or int(30 + 60 * shm / GIB)
     return migration, checksum
 
@@ -129,8 +136,12 @@ class GroupMove:
         # (_tls.py). None only when the caller chose a stream in clear.
         self.tls_dirs = self.options.get('tls_dirs')
         self.progress = progress
-        # Only to show that the failure matrix depends on them: never set outside tests.
+        # Only to show that the failure matrix depends on them: never set outside tests. Without
+        # its journal the engine must guess after a failure: 'journal' guesses "roll back" (risks
+        # two masters), 'journal-hold' guesses "touch nothing" (risks a frozen group).
         self.disabled = set(self.options.get('disable_for_tests') or ())
+        if 'journal-hold' in self.disabled:
+            self.disabled.add('journal')
         self.observer = observer
         # Peers kept running through the move (peer_mode: live): unplugged, migrated after the
         # master, plugged back. The source's journal says which, once they are unplugged.
@@ -343,7 +354,7 @@ class GroupMove:
                 self.live_peers = unplugged.get('live_peers') or []
                 if unplugged.get('fallback'):
                     self.report['fallback'] = unplugged['fallback']
-            sent, checked = self._send_and_verify(self.options.get('checksum') or 'sha1')
+            sent, checked = self._send_and_verify(self.options.get('checksum') or DEFAULT_CHECKSUM)
             if checked.get('step') != 'running':
                 if sent['sent']['checksums'] != checked['verification']['checksums']:
                     raise StepFailed('shared memory differs after the migration: source %s, destination %s' % (
@@ -420,6 +431,8 @@ class GroupMove:
         ``committing`` on the source with the destination out of reach means nobody can tell
         (the source stays paused); anything else is rolled back to the source.
         """
+        if 'journal-hold' in self.disabled:
+            raise MoveFailed('%s; (test: no journal) the group is left as it is' % exc, self.report)
         try:
             source_record = self._call(self.source, 'inspect')['record'] or {}
         except (HostUnreachable, StepFailed):
@@ -465,8 +478,9 @@ class GroupMove:
         same command moves it."""
         peers = dict((p['name'], p) for p in self.group.get('peers') or [])
         for name in self.live_peers:
-            timeout = derived_timeouts({'master': peers[name]}, self.options.get('max_bandwidth') or (10 << 30),
-                                       self.options.get('peer_timeout'))[0]
+            # A live peer carries its RAM only: its device, and so the shared memory, is unplugged.
+            timeout = self.options.get('peer_timeout') or migration_timeout(
+                'group.peers.memory', peers[name], self.options.get('max_bandwidth') or (10 << 30))
             try:
                 self._call(dst, 'prepare_peer', peer=name, uri=self.options['uri'])
                 self._call(src, 'send_peer', peer=name, uri=self.options['uri'], timeout=timeout,

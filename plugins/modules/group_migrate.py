@@ -108,10 +108,13 @@ options:
   checksum:
     description:
       - Hash used per 32 MiB chunk; a memory's checksum is the sha256 of its chunk digests, labelled
-        for example C(chunked-sha1-32MiB:...) (it is not the C(sha1sum) of the memory file).
+        for example C(chunked-crc32-32MiB:...) (it is not the C(crc32) or C(sha1sum) of the memory file).
+      - The checksum guards against memory lost or mixed up on the way, not against an attacker (the
+        TLS stream is authenticated). C(crc32) is the fastest here (about 0.19 s per GiB on two cores
+        against 0.35 s for C(sha1)), and the destination's hash is part of the master's outage.
     type: str
     choices: [crc32, sha1, sha256, blake2b]
-    default: sha1
+    default: crc32
   start_timeout:
     description: Seconds a server or guest may take to start.
     type: int
@@ -233,7 +236,7 @@ move:
     verification:
       description: Both sides' checksums, the destination's IVPOSITION and the hashing times.
       type: dict
-      sample: {"source_checksums": ["chunked-sha1-32MiB:5d0c"], "destination_checksums": ["chunked-sha1-32MiB:5d0c"]}
+      sample: {"source_checksums": ["chunked-crc32-32MiB:5d0c"], "destination_checksums": ["chunked-crc32-32MiB:5d0c"]}
     timeouts_s:
       description: The migration and checksum timeouts used.
       type: dict

@@ -81,10 +81,10 @@ options:
     type: bool
     default: true
   checksum:
-    description: Hash used per chunk.
+    description: Hash used per 32 MiB chunk (see M(ivshmem.fleet.group_migrate) for why C(crc32)).
     type: str
     choices: [crc32, sha1, sha256, blake2b]
-    default: sha1
+    default: crc32
   stop_source:
     description: Quit the source QEMU after a verified migration (it must never resume).
     type: bool
@@ -182,13 +182,13 @@ migration:
         destination_ivposition: {"ivshmem0": 0}
         checksum_seconds: 0.004
         memories:
-          - {"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "chunked-sha1-32MiB:c2d4",
-             "destination_checksum": "chunked-sha1-32MiB:c2d4"}
+          - {"source": "/dev/shm/a", "destination": "/dev/shm/b", "source_checksum": "chunked-crc32-32MiB:c2d4",
+             "destination_checksum": "chunked-crc32-32MiB:c2d4"}
     source_checksums:
       description: Checksums of the paused source's shared memories (O(phase=send)).
       type: list
       elements: str
-      sample: ["chunked-sha1-32MiB:c2d4d98fd2154c60"]
+      sample: ["chunked-crc32-32MiB:c2d4d98fd2154c60"]
     source_state:
       description: V(stopped) or V(postmigrate).
       type: str
@@ -205,6 +205,7 @@ migration:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration, MigrationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
 
@@ -222,7 +223,7 @@ def main():
             downtime_limit=dict(type='int', default=300),
             timeout=dict(type='int', default=300),
             verify=dict(type='bool', default=True),
-            checksum=dict(type='str', default='sha1', choices=['crc32', 'sha1', 'sha256', 'blake2b']),
+            checksum=dict(type='str', default=DEFAULT_CHECKSUM, choices=list(CHECKSUMS)),
             stop_source=dict(type='bool', default=True),
         ),
         required_if=[('phase', 'full', ['guest', 'destination']), ('phase', 'send', ['guest', 'uri']),

@@ -166,6 +166,7 @@ host_time:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, MoveError, MoveStep
 
@@ -189,7 +190,7 @@ def main():
             timeout=dict(type='int'),
             start_timeout=dict(type='int'),
             lease=dict(type='int'),
-            checksum=dict(type='str', choices=['crc32', 'sha1', 'sha256', 'blake2b']),
+            checksum=dict(type='str', choices=list(CHECKSUMS)),
             checksum_timeout=dict(type='int'),
             channel_key=dict(type='str', no_log=True),
             expected_checksums=dict(type='list', elements='str'),

@@ -91,7 +91,7 @@ class TwoHosts:
                             progress_interval=0.5), **options)
         if 'tls_dirs' not in options:
             options['tls_dirs'] = self.tls_dirs()  # encrypted, as group_migrate moves by default
-        # IVSHMEM_FLEET_TEST_DISABLE=journal or =lock: run the matrix without them (it must fail).
+        # IVSHMEM_FLEET_TEST_DISABLE=journal, journal-hold or lock: run the matrix without them (it must fail).
         disabled = os.environ.get('IVSHMEM_FLEET_TEST_DISABLE')
         if disabled:
             options['disable_for_tests'] = disabled.split(',')
