@@ -89,7 +89,19 @@ def normalize_group(index, group, hosts, layout):
     for position, guest_name in enumerate(names):
         if guest_name in names[:position]:
             raise ValidationError(guests[position][0] + '.name', 'guest %s appears twice in the group' % guest_name)
+    # The server admits the group's guests only, known by their accounts (each its own).
+    users = {}
+    for field, spec, _params in guests:
+        if spec.user in users:
+            raise ValidationError(field + '.user', 'guest %s runs as %s too: the server tells the guests apart by '
+                                  'their accounts, so each needs its own' % (users[spec.user], spec.user))
+        users[spec.user] = spec.name
     server_params = dict(server, name=name, size=group.get('size', '4M'), vectors=vectors)
+    if server.get('implementation', 'builtin') == 'builtin':
+        server_params['admit'] = list(names)
+        accounts = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
+        if accounts:
+            server_params['accounts'] = accounts
     if pin_ids and server.get('implementation', 'builtin') == 'builtin':
         server_params['pins'] = dict((guest_name, peer_id) for peer_id, guest_name in enumerate(names))
     spec = prefixed(where, lambda: ServerSpec(server_params))

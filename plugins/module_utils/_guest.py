@@ -58,7 +58,7 @@ GUEST_ARGS = dict(
         vectors=dict(type='int'),
         hotplug=dict(type='bool', default=False),
     )),
-    user=dict(type='str', default='ivshmem'),
+    user=dict(type='str'),
     group=dict(type='str'),
     sandbox=dict(type='bool', default=True),
     incoming_uri=dict(type='str'),
@@ -114,13 +114,16 @@ def guest_status(layout, name, registers=True):
         status['error'] = str(exc)
     for device in status['ivshmem']:
         if device.get('server'):
-            device['server_id'] = _server_id(layout, device['server'], name)
+            device['server_id'] = _server_id(layout, device['server'], status['pid'])
     status['state'] = _state_of(status)
     return status
 
 
-def _server_id(layout, server, guest):
-    """The ID a builtin server gave this guest, or None (not admitted, or no status to ask)."""
+def _server_id(layout, server, pid):
+    """The ID a builtin server gave this guest's QEMU (by its pid, which the server has from
+    SO_PEERCRED: a name could be anyone's), or None (not running, not admitted, no status)."""
+    if pid is None:
+        return None
     control = layout.server_control(server)
     if not os.path.exists(control):
         return None
@@ -128,7 +131,7 @@ def _server_id(layout, server, guest):
         clients = control_request(control, 'status', timeout=5.0)['clients']
     except ControlError:
         return None
-    return next((c['id'] for c in clients if c['name'] == guest), None)
+    return next((c['id'] for c in clients if c['pid'] == pid), None)
 
 
 def _state_of(status):
@@ -344,7 +347,8 @@ class GuestManager(StateMachine):
             return
         _host.ensure_account(spec.user, spec.group, False)
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
-        _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
+        # Its own: QMP, console and pidfile are nobody else's (other guests share the group).
+        _host.ensure_dir(self.paths['dir'], 0o700, spec.user, spec.group)
         _host.remove_stale_socket(self.paths['qmp'])
         argv = spec.argv(self.layout, accel, incoming, unplugged=self.unplugged)
         _host.write_json(self.paths['record'], {

@@ -67,12 +67,12 @@ def terminate(pid, marker, timeout):
     raise HostError('pid %d did not exit after SIGKILL' % pid)
 
 
-def spawn(argv, log_path, user=None, group=None, env=None):
+def spawn(argv, log_path, user=None, group=None, env=None, umask=-1):
     """Start a long-running program in its own session, as ``user``; returns the Popen.
 
     The process outlives the module (it is reparented when the module exits).
     """
-    kwargs = {}
+    kwargs = {'umask': umask}
     if user is not None and os.geteuid() == 0:
         account = pwd.getpwnam(user)
         gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
@@ -85,12 +85,12 @@ def spawn(argv, log_path, user=None, group=None, env=None):
             raise HostError('cannot run %s: %s' % (argv[0], exc))
 
 
-def launch_daemon(argv, log_path, timeout, user=None, group=None):
+def launch_daemon(argv, log_path, timeout, user=None, group=None, umask=-1):
     """Run a program that daemonizes itself; wait (bounded) for its launcher to return.
 
     Returns the seconds waited. A launcher still running at the timeout is killed.
     """
-    process = spawn(argv, log_path, user, group)
+    process = spawn(argv, log_path, user, group, umask=umask)
     try:
         _value, waited = wait_for('%s to start' % os.path.basename(argv[0]),
                                   lambda: process.poll() is not None, timeout, interval=0.02)
@@ -283,8 +283,29 @@ def account_exists(user, group):
     return True
 
 
+def ensure_group(group, check_mode):
+    """Create a system group; True when it was (or in check mode would be) created."""
+    try:
+        grp.getgrnam(group)
+        return False
+    except KeyError:
+        pass
+    if not check_mode:
+        _create_accounts([['groupadd', '--system', group]], 'group %s' % group)
+    return True
+
+
+def _create_accounts(commands, what):
+    if os.geteuid() != 0:
+        raise HostError('%s is missing, and only root can create it' % what)
+    for command in commands:
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if result.returncode != 0:
+            raise HostError('%s failed: %s' % (' '.join(command), result.stdout.decode('utf-8', 'replace').strip()))
+
+
 def ensure_account(user, group, check_mode):
-    """Create the unprivileged system user and group guests and servers run as.
+    """Create an unprivileged system user (and its group) a server or guest runs as.
 
     Returns True when something was (or in check mode would be) created.
     """
@@ -292,8 +313,6 @@ def ensure_account(user, group, check_mode):
         return False
     if check_mode:
         return True
-    if os.geteuid() != 0:
-        raise HostError('user %s or group %s is missing, and only root can create them' % (user, group))
     commands = []
     try:
         grp.getgrnam(group)
@@ -304,10 +323,7 @@ def ensure_account(user, group, check_mode):
     except KeyError:
         commands.append(['useradd', '--system', '--no-create-home', '--home-dir', '/nonexistent',
                          '--shell', '/usr/sbin/nologin', '--gid', group, user])
-    for command in commands:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            raise HostError('%s failed: %s' % (' '.join(command), result.stdout.decode('utf-8', 'replace').strip()))
+    _create_accounts(commands, 'user %s or group %s' % (user, group))
     return True
 
 

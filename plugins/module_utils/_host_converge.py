@@ -24,7 +24,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list, prefixed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ValidationError, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -66,11 +66,18 @@ class HostConverger(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(HostConverger, self).__init__(check_mode)
         self.layout = layout
-        self.user = params.get('user') or 'ivshmem'
-        self.group = params.get('group') or self.user
-        account = {'user': self.user, 'group': self.group}
+        # One account for every item, if asked; by default each runs under its own.
+        account = dict((key, params[key]) for key in ('user', 'group') if params.get(key))
+        self.group = params.get('group') or (params.get('user') or SERVICE_GROUP)
         servers = _validated('servers', params.get('servers'), account)
         guests = _validated('guests', params.get('guests'), account)
+        for server in servers:
+            # A server knows its guests by account: those that run as a given one are told so.
+            known = set((server.get('pins') or {})) | set(server.get('admit') or []) | set([server.get('hold_for')])
+            accounts = dict((guest['name'], guest['user']) for guest in guests
+                            if guest.get('user') and guest['name'] in known)
+            if accounts:
+                server['accounts'] = dict(accounts, **(server.get('accounts') or {}))
         self.servers, self.masters, self.peers = [], [], []
         # Build every manager now: each validates its spec, so nothing starts before all are good.
         for index, server in enumerate(servers):
@@ -87,7 +94,7 @@ class HostConverger(StateMachine):
     def state_present(self):
         self.result.update(servers={}, guests={})
         self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
-        if _host.ensure_account(self.user, self.group, self.check_mode):
+        if _host.ensure_group(self.group, self.check_mode):  # the migration credentials' group too
             self.changed = True
         self._runtime_dir()
         for field, params, manager in self.servers:

@@ -10,9 +10,10 @@ Wire-compatible with ivshmem-doorbell and a drop-in for the upstream options
 client: messages a client's socket cannot take yet wait in a per-client queue, and
 only a client that stops reading (a backlog beyond --max-backlog) is dropped. It
 serves as many clients as the fd limit allows, hands out IDs never-used first then
-least recently freed, pins IDs to guest names (learnt from SO_PEERCRED and
-/proc/PID/cmdline), answers status queries and holds admission for a named master
-on a control socket, and recovers from a stale socket.
+least recently freed, knows guests by their account (--account NAME=UID, matched with
+SO_PEERCRED: a process cannot choose it, unlike its -name) to pin their IDs, admit only
+them (--admit-accounts-only) and hold admission for a master, answers status queries on
+a control socket, and recovers from a stale socket.
 
 Standard library only (Python >= 3.10 for os.eventfd): the modules ship this
 file to managed hosts inside a zipapp, and the tests run it directly.
@@ -95,7 +96,8 @@ def round_up_power_of_two(value):
 
 
 def guest_name_of(pid):
-    """The QEMU ``-name`` of a process, or None (not QEMU, gone, nameless, or no pid)."""
+    """The QEMU ``-name`` of a process, or None (not QEMU, gone, nameless, or no pid). Shown in
+    status for a client with no account of ours; never trusted (any process may claim any name)."""
     if pid <= 0:
         return None
     try:
@@ -122,6 +124,17 @@ class ServerError(Exception):
     """A fatal setup error, reported to whoever started the server."""
 
 
+def check_accounts(accounts):
+    """{name: uid} must name each uid once: the uid is how a client is told apart."""
+    seen = {}
+    for name, uid in sorted(accounts.items()):
+        if uid in seen:
+            raise ServerError('--account: uid %d given to both %s and %s; each guest needs its own account' % (
+                uid, seen[uid], name))
+        seen[uid] = name
+    return dict((uid, name) for name, uid in accounts.items())
+
+
 class Client:
     """One connected guest: its ID, its eventfds and the messages it has yet to read.
 
@@ -138,6 +151,7 @@ class Client:
         self.pid = pid
         self.uid = uid
         self._name = name  # _UNREAD: read from /proc when first asked (not on the join's path)
+        self._from_command_line = name is _UNREAD
         self.eventfds = eventfds
         # Encoded once, sent to every peer: the client's vectors (one payload, an fd each) and
         # its departure.
@@ -161,6 +175,8 @@ class Client:
 
     def status(self):
         return {'id': self.peer_id, 'pid': self.pid, 'uid': self.uid, 'name': self.name,
+                # 'account': the name of the account it runs as; 'command line': what it calls itself.
+                'name_from': 'command line' if self._from_command_line else 'account',
                 'connected_at': round(self.connected_at, 3), 'backlog': len(self.outbox),
                 'handshake_done': self.handshake_left == 0}
 
@@ -253,6 +269,8 @@ class Config:
         self.pidfile = args.pidfile
         self.verbose = args.verbose
         self.pins = dict(args.pin or [])
+        self.accounts = dict(args.account or [])  # guest name -> the uid it runs as
+        self.admit_accounts_only = args.admit_accounts_only
         self.hold = args.hold
         self.max_clients = args.max_clients
         self.max_backlog = args.max_backlog
@@ -267,6 +285,13 @@ class Config:
             if peer_id in taken:
                 raise ServerError('--pin: ID %d pinned to both %s and %s' % (peer_id, taken[peer_id], name))
             taken[peer_id] = name
+        check_accounts(self.accounts)
+        for option, name in [('--pin', n) for n in sorted(self.pins)] + [('--hold', self.hold)]:
+            if name is not None and name not in self.accounts:
+                raise ServerError('%s %s: no --account %s=UID; a guest is known by its account, never by '
+                                  'the name it gives itself' % (option, name, name))
+        if self.admit_accounts_only and not self.accounts:
+            raise ServerError('--admit-accounts-only: no --account given, so nobody could join')
 
     @property
     def memory_path(self):
@@ -289,6 +314,8 @@ class IvshmemServer:
         self.absent = {}
         self.ids = IdAllocator(config.pins)
         self.hold = config.hold
+        self.accounts = dict(config.accounts)  # a hold may add the master's (see _control)
+        self.names_by_uid = check_accounts(self.accounts)
         self.refused = 0
         self.dropped = 0
         self.started_at = time.time()
@@ -507,32 +534,32 @@ class IvshmemServer:
             pid, uid, _gid = _peer_credentials(sock)
         except OSError:
             pid, uid = 0, -1
-        # The name decides only pins and the hold; otherwise it is read when asked (status).
-        name = guest_name_of(pid) if self.config.pins or self.hold else _UNREAD
-        reason = self._refusal(name)
+        # Who the client is comes from its account, which the kernel vouches for; a client with
+        # no account of ours has no name here (status shows what it calls itself, read later).
+        name = self.names_by_uid.get(uid)
+        reason = self._refusal(uid, name)
         eventfds = []
-        returning = self.absent.get(self.config.pins.get(name)) if name is not _UNREAD else None
+        returning = self.absent.get(self.config.pins.get(name)) if name is not None else None
         if not reason and returning is None:
             try:
                 eventfds = self._eventfds()
             except OSError as exc:
                 reason = 'cannot create eventfds: %s' % exc.strerror
-        peer_id = None if reason else self.ids.take(None if name is _UNREAD else name)
+        peer_id = None if reason else self.ids.take(name)
         if peer_id is None and not reason:
             reason = 'ID %d is taken' % self.config.pins[name] if name in self.config.pins else 'no free ID'
         if reason:
             for fd in eventfds:
                 os.close(fd)
             self.refused += 1
-            if name is _UNREAD:
-                name = guest_name_of(pid)
-            self.log('refused pid %d (%s): %s' % (pid, name or 'unnamed', reason))
+            self.log('refused pid %d uid %d (%s): %s' % (
+                pid, uid, name or 'calls itself %s' % (guest_name_of(pid) or 'nothing'), reason))
             sock.close()
             return
         if returning is not None:
             del self.absent[peer_id]
             eventfds = returning.eventfds  # every other guest holds these already
-        client = Client(sock, peer_id, pid, uid, name, eventfds)
+        client = Client(sock, peer_id, pid, uid, _UNREAD if name is None else name, eventfds)
         client.sticky = self.ids.pinned(peer_id)
         others = list(self.clients.values())
         self.clients[client.fileno] = client
@@ -575,9 +602,11 @@ class IvshmemServer:
         except OSError:
             pass  # at the fd limit: made at the join, or the join is refused there
 
-    def _refusal(self, name):
+    def _refusal(self, uid, name):
         if len(self.clients) >= self.max_clients:
             return 'client limit %d reached' % self.max_clients
+        if name is None and self.config.admit_accounts_only and uid != 0:  # root could map the memory anyway
+            return 'uid %d is not the account of a guest of this server' % uid
         if self.hold and name != self.hold:
             return 'admission held for master %s' % self.hold
         return None
@@ -741,12 +770,23 @@ class IvshmemServer:
         admin = peer.uid == 0 or (self.config.admin_gid is not None and peer.gid == self.config.admin_gid)
         if command in ('hold', 'release') and not admin:
             # Admission gates migration (peers must not attach early): only root or the admin
-            # group moves it, never the account the server and its guests share.
+            # group moves it, never the server's own account nor a guest's.
             raise ControlError('%s needs root or the admin group (the request came from uid %s)' % (command, peer.uid))
         if command == 'hold':
-            master = request.get('master')
+            master, uid = request.get('master'), request.get('uid')
             if not isinstance(master, str) or not _NAME_RE.match(master):
                 raise ControlError('hold needs a valid master name')
+            if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
+                raise ControlError('hold: uid must be the master\'s account uid')
+            if uid is not None and self.accounts.get(master) != uid:
+                accounts = dict(self.accounts, **{master: uid})
+                try:
+                    self.names_by_uid = check_accounts(accounts)
+                except ServerError as exc:
+                    raise ControlError(str(exc))
+                self.accounts = accounts
+            if master not in self.accounts:
+                raise ControlError('hold %s: its account is unknown here (give its uid)' % master)
             self.hold = master
             self.log('admission held for %s' % master)
             return self.status()
@@ -763,6 +803,7 @@ class IvshmemServer:
             'implementation': 'builtin', 'version': VERSION, 'pid': os.getpid(),
             'socket': cfg.socket_path, 'control': cfg.control_path, 'memory': cfg.memory_path,
             'size': cfg.size, 'vectors': cfg.vectors, 'hold': self.hold, 'pins': cfg.pins,
+            'accounts': self.accounts, 'admit_accounts_only': cfg.admit_accounts_only,
             'max_clients': self.max_clients, 'max_backlog': self.max_backlog, 'fd_limit': self.fd_limit,
             'refused': self.refused, 'dropped': self.dropped, 'queued': sum(c['backlog'] for c in clients),
             'started_at': round(self.started_at, 3), 'clients': clients,
@@ -843,6 +884,13 @@ def _pin(text):
     return name, int(peer_id)
 
 
+def _account(text):
+    name, sep, uid = text.rpartition('=')
+    if not sep or not _NAME_RE.match(name) or not uid.isdigit():
+        raise argparse.ArgumentTypeError('expected NAME=UID, got %r' % text)
+    return name, int(uid)
+
+
 def _name(text):
     if not _NAME_RE.match(text):
         raise argparse.ArgumentTypeError('invalid name %r' % text)
@@ -899,10 +947,15 @@ def build_parser():
                         help='memory size, K/M/G suffixes, rounded up to a power of two')
     parser.add_argument('-n', dest='vectors', default=1, type=_vectors, help='interrupt vectors (0..64)')
     parser.add_argument('--control', help='control socket (status, hold, release); default SOCKET.ctl')
+    parser.add_argument('--account', action='append', type=_account, metavar='NAME=UID',
+                        help='guest NAME runs as UID (each its own): the server knows it by that account, '
+                        'matched with SO_PEERCRED; repeatable')
+    parser.add_argument('--admit-accounts-only', action='store_true',
+                        help='admit only the guests given with --account')
     parser.add_argument('--pin', action='append', type=_pin, metavar='NAME=ID',
-                        help='give the guest named NAME (QEMU -name) always ID; repeatable')
+                        help='give guest NAME (see --account) always ID; repeatable')
     parser.add_argument('--hold', type=_name, metavar='MASTER',
-                        help='start with admission held: admit only this guest until released')
+                        help='start with admission held: admit only guest MASTER (see --account) until released')
     parser.add_argument('--max-clients', type=_positive, help='cap on connected clients '
                         '(default: as many as the fd limit allows, each client costing 1 + vectors fds)')
     parser.add_argument('--max-backlog', type=_positive,

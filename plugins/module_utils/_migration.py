@@ -22,6 +22,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import socket
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
@@ -59,6 +60,9 @@ CORRUPTING = {
 }
 
 
+MIGRATION_FD = 'ivshmem-fleet-migration'
+
+
 def start_migration(sq, uri, max_bandwidth, downtime_limit, tls=None):
     """Refuse corrupting settings, enable events and the switchover gate, start the migration
     (over TLS to the expected destination when ``tls`` is given: see _tls.py)."""
@@ -71,7 +75,24 @@ def start_migration(sq, uri, max_bandwidth, downtime_limit, tls=None):
         {'capability': 'pause-before-switchover', 'state': True}]})
     sq.command('migrate-set-parameters', {'max-bandwidth': max_bandwidth, 'downtime-limit': downtime_limit})
     _tls.setup_source(sq, tls)
-    sq.command('migrate', {'uri': uri})
+    sq.command('migrate', {'uri': _reachable(sq, uri)})
+
+
+def _reachable(sq, uri):
+    """The URI the source QEMU migrates to. A ``unix:`` socket is the destination guest's, in its
+    own directory, out of the source's account's reach (each guest runs under its own): root
+    connects and hands the source QEMU the connection (``fd:``)."""
+    if not uri.startswith('unix:'):
+        return uri
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(uri[len('unix:'):])
+        sq.command('getfd', {'fdname': MIGRATION_FD}, fd=conn.fileno())
+    except OSError as exc:
+        raise MigrationError('cannot reach the destination at %s: %s' % (uri, exc))
+    finally:
+        conn.close()  # the source QEMU holds its own copy now
+    return 'fd:%s' % MIGRATION_FD
 
 
 def follow_migration(sq, timeout, on_progress=None, gate=None, tick=1.0):

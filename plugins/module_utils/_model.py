@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import os
 import re
 
@@ -27,6 +28,36 @@ UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
 HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
+# Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in this
+# group: it opens the servers' sockets and reads the migration credentials. A server admits
+# and pins by the account (SO_PEERCRED), which a process cannot choose, never by a name.
+SERVICE_GROUP = 'ivshmem'
+_ACCOUNT_RE = re.compile(r'^[a-z0-9_-]{1,27}$')
+
+
+def _account(prefix, name):
+    """``prefix-name`` where that is a valid system account name of at most 31 characters; else a
+    readable part of the name and a hash of all of it (names are case-sensitive, accounts not)."""
+    if _ACCOUNT_RE.match(name) and len(prefix) + 1 + len(name) <= 31:
+        return '%s-%s' % (prefix, name)
+    readable = re.sub(r'[^a-z0-9_-]', '_', name.lower())[:17]
+    return '%s-%s-%s' % (prefix, readable, hashlib.sha256(name.encode('utf-8')).hexdigest()[:8])
+
+
+def _user_and_group(params, own_account):
+    """A process's account and group: by default its own account in the service group."""
+    user = check_name('user', params.get('user') or own_account)
+    return user, check_name('group', params.get('group') or (SERVICE_GROUP if user == own_account else user))
+
+
+def guest_account(name):
+    """The account guest ``name``'s QEMU runs as, unless its ``user`` says otherwise."""
+    return _account('ivg', name)
+
+
+def server_account(name):
+    """The account server ``name`` runs as and owns its memory and sockets, unless ``user`` says otherwise."""
+    return _account('ivs', name)
 
 
 class ValidationError(Exception):
@@ -148,7 +179,7 @@ class ServerSpec:
     """A named ivshmem server: which implementation, which memory, which policy."""
 
     FIELDS = ('name', 'implementation', 'binary', 'size', 'vectors', 'shm_name', 'memory_dir',
-              'pins', 'max_clients', 'socket_mode', 'memory_mode', 'user', 'group')
+              'pins', 'admit', 'accounts', 'max_clients', 'socket_mode', 'memory_mode', 'user', 'group')
 
     def __init__(self, params):
         self.name = check_name('name', params.get('name'))
@@ -175,20 +206,38 @@ class ServerSpec:
             if peer_id in self.pins.values():
                 raise ValidationError('pins.%s' % guest, 'ID %d is pinned twice' % peer_id)
             self.pins[guest] = peer_id
+        admit = check_list('admit', params.get('admit'))
+        self.admit = sorted(set(check_name('admit[%d]' % i, guest) for i, guest in enumerate(admit)))
+        accounts = params.get('accounts') or {}
+        if not isinstance(accounts, dict):
+            raise ValidationError('accounts', 'must be a mapping of guest name to the account it runs as')
+        self.accounts = dict((check_name('accounts', guest), check_name('accounts.%s' % guest, user))
+                             for guest, user in sorted(accounts.items()))
         self.max_clients = params.get('max_clients')
         if self.max_clients is not None:  # None: as many as the server's fd limit allows
             self.max_clients = check_int('max_clients', self.max_clients, 1, MAX_PEER_ID + 1)
         self.socket_mode = check_mode('socket_mode', params.get('socket_mode', '0660'))
         self.memory_mode = check_mode('memory_mode', params.get('memory_mode', '0600'))
-        self.user = check_name('user', params.get('user') or 'ivshmem')
-        self.group = check_name('group', params.get('group') or self.user)
+        self.user, self.group = _user_and_group(params, server_account(self.name))
         self.hold = params.get('hold')
         if self.hold is not None:
             check_name('hold', self.hold)
         if self.implementation == 'qemu':
-            for field in ('pins', 'hold'):
+            for field in ('pins', 'admit', 'hold'):
                 if getattr(self, field):
                     raise ValidationError(field, 'needs implementation builtin (upstream has no %s)' % field)
+        named = self.guest_accounts()
+        for guest, user in sorted(named.items()):
+            for other, other_user in sorted(named.items()):
+                if other < guest and other_user == user:
+                    raise ValidationError('accounts.%s' % guest, 'guests %s and %s both run as %s: the server tells '
+                                          'guests apart by their account, so each needs its own' % (other, guest, user))
+
+    def guest_accounts(self):
+        """{guest: the account it runs as} for every guest this server knows by name (pinned,
+        admitted, or the master admission is held for): the server identifies them by that account."""
+        names = set(self.pins) | set(self.admit) | (set([self.hold]) if self.hold else set())
+        return dict((name, self.accounts.get(name) or guest_account(name)) for name in names)
 
     def to_dict(self):
         """The settings that define the running server (a change needs a restart)."""
@@ -204,8 +253,9 @@ class ServerSpec:
             return None if self.implementation == 'qemu' else os.path.join(self.memory_dir, self.shm_name)
         return os.path.join('/dev/shm', self.shm_name)
 
-    def argv(self, layout, python, program, foreground):
-        """The server's command line. ``program`` is the builtin zipapp (ignored for qemu)."""
+    def argv(self, layout, python, program, foreground, uids=None):
+        """The server's command line. ``program`` is the builtin zipapp (ignored for qemu);
+        ``uids``: {guest: uid} of guest_accounts(), resolved on the host."""
         directory = layout.server_dir(self.name)
         common = ['-S', layout.server_socket(self.name), '-M', self.shm_name,
                   '-l', str(self.size), '-n', str(self.vectors), '-p', os.path.join(directory, 'server.pid')]
@@ -220,6 +270,10 @@ class ServerSpec:
             '--socket-mode', '%04o' % self.socket_mode, '--memory-mode', '%04o' % self.memory_mode]
         if self.max_clients is not None:
             argv += ['--max-clients', str(self.max_clients)]
+        for guest, uid in sorted((uids or {}).items()):
+            argv += ['--account', '%s=%d' % (guest, uid)]
+        if self.pins or self.admit:
+            argv += ['--admit-accounts-only']  # the whole group is known: nobody else joins
         for guest, peer_id in sorted(self.pins.items()):
             argv += ['--pin', '%s=%d' % (guest, peer_id)]
         if self.hold:
@@ -382,8 +436,7 @@ class GuestSpec:
             seen[device.memory_key] = index
             if device.hotplug:
                 device.hotplug_placement(self.machine)  # a machine without a placement fails here
-        self.user = check_name('user', params.get('user') or 'ivshmem')
-        self.group = check_name('group', params.get('group') or self.user)
+        self.user, self.group = _user_and_group(params, guest_account(self.name))
         self.sandbox = bool(params.get('sandbox', True))
 
     @property

@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import json
 import socket
+import struct
 import time
 
 
@@ -73,15 +74,21 @@ class QMPClient:
             self._sock.close()
             self._sock = None
 
-    def command(self, name, arguments=None, timeout=None):
-        """Execute one command and return its result; raises QMPError on an error reply."""
+    def command(self, name, arguments=None, timeout=None, fd=None):
+        """Execute one command and return its result; raises QMPError on an error reply.
+        ``fd`` travels with the command (SCM_RIGHTS), as ``getfd`` and ``add-fd`` expect."""
         self._next_id += 1
         request = {'execute': name, 'id': self._next_id}
         if arguments:
             request['arguments'] = arguments
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        data = json.dumps(request).encode('utf-8') + b'\n'
         try:
-            self._sock.sendall(json.dumps(request).encode('utf-8') + b'\n')
+            if fd is None:
+                self._sock.sendall(data)
+            else:
+                sent = self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', fd))])
+                self._sock.sendall(data[sent:])
         except OSError as exc:
             raise QMPError('%s: %s: %s' % (self.path, name, exc))
         while True:

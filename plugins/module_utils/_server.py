@@ -19,7 +19,7 @@ import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ServerSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
@@ -42,12 +42,14 @@ SERVER_ARGS = dict(
     shm_name=dict(type='str'),
     memory_dir=dict(type='path'),
     pins=dict(type='dict'),
+    admit=dict(type='list', elements='str'),
+    accounts=dict(type='dict'),
     admission=dict(type='str', default='open', choices=['open', 'held']),
     hold_for=dict(type='str'),
     max_clients=dict(type='int'),
     socket_mode=dict(type='raw', default='0660'),
     memory_mode=dict(type='raw', default='0600'),
-    user=dict(type='str', default='ivshmem'),
+    user=dict(type='str'),
     group=dict(type='str'),
     supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),
     program_dir=dict(type='path', default='/usr/local/lib/ivshmem-fleet'),
@@ -182,7 +184,19 @@ class ServerManager(StateMachine):
             spec = self.spec
         memory = spec.memory_path()
         if memory and _host.account_exists(self.spec.user, self.spec.group):
-            _host.remove_own_file(memory, pwd.getpwnam(self.spec.user).pw_uid)
+            try:
+                _host.remove_own_file(memory, pwd.getpwnam(self.spec.user).pw_uid)
+            except _host.HostError as exc:  # another account's file (a server of an older version, say)
+                self.warnings.append('memory of server %s left in place: %s' % (self.spec.name, exc))
+
+    def _guest_uids(self):
+        """{guest: uid} of the guests the server knows by account; accounts made as needed (the
+        server starts before its guests, and must know them already)."""
+        uids = {}
+        for guest, user in sorted(self.spec.guest_accounts().items()):
+            _host.ensure_account(user, SERVICE_GROUP, False)
+            uids[guest] = pwd.getpwnam(user).pw_uid
+        return uids
 
     def _start(self):
         self.after = {'state': 'started', 'spec': self._desired_record(),
@@ -204,10 +218,14 @@ class ServerManager(StateMachine):
         _host.write_json(self.paths['record'], self._desired_record())
         foreground = self.supervisor.kind == 'systemd'
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
-        argv = spec.argv(self.layout, python, program, foreground)
+        argv = spec.argv(self.layout, python, program, foreground,
+                         self._guest_uids() if spec.implementation == 'builtin' else None)
         waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
                                        notify=spec.implementation == 'builtin',
-                                       writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'))
+                                       writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'),
+                                       # Upstream's socket takes the umask's mode: its group (the
+                                       # guests') must reach it. Ours sets its modes itself.
+                                       umask=0o007 if spec.implementation == 'qemu' else 0o077)
         _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
         self.result['waited'] = round(waited + gated, 3)
 
@@ -220,7 +238,8 @@ class ServerManager(StateMachine):
         self.after = dict(self.after, hold=self.spec.hold)
         if self.change('hold'):
             if self.spec.hold:
-                control_request(self.paths['control'], 'hold', master=self.spec.hold)
+                control_request(self.paths['control'], 'hold', master=self.spec.hold,
+                                uid=self._guest_uids()[self.spec.hold])
             else:
                 control_request(self.paths['control'], 'release')
 

@@ -27,7 +27,7 @@ HARDENING = [
     'RestrictSUIDSGID=yes', 'LockPersonality=yes', 'MemoryDenyWriteExecute=yes',
     'ProtectKernelTunables=yes', 'ProtectKernelModules=yes', 'ProtectKernelLogs=yes',
     'ProtectControlGroups=yes', 'ProtectClock=yes', 'ProtectHostname=yes', 'ProcSubset=pid',
-    'KeyringMode=private', 'UMask=0077', 'SystemCallArchitectures=native',
+    'KeyringMode=private', 'SystemCallArchitectures=native',
     'SystemCallFilter=@system-service', 'SystemCallFilter=~@privileged', 'SystemCallErrorNumber=EPERM',
 ]
 
@@ -47,8 +47,8 @@ class DaemonSupervisor:
         pid = _host.read_pidfile(self.pidfile)
         return pid if _host.process_alive(pid, self.marker) else None
 
-    def start(self, argv, user, group, timeout, notify, writable=()):
-        return _host.launch_daemon(argv, self.log_path, timeout, user=user, group=group)
+    def start(self, argv, user, group, timeout, notify, writable=(), umask=0o077):
+        return _host.launch_daemon(argv, self.log_path, timeout, user=user, group=group, umask=umask)
 
     def stop(self, timeout):
         pid = self.pid()
@@ -80,7 +80,7 @@ class SystemdSupervisor:
         pid = int(out) if out.isdigit() else 0
         return pid if _host.process_alive(pid, self.marker) else None
 
-    def unit_text(self, argv, user, group, notify, writable=()):
+    def unit_text(self, argv, user, group, notify, writable=(), umask=0o077):
         """The unit. The server needs only its own directory, its memory and UNIX sockets:
         everything else is closed (``systemd-analyze security`` rates it SAFE; a test reads
         the score). ``writable``: the directories it writes (a missing one is skipped)."""
@@ -94,10 +94,11 @@ class SystemdSupervisor:
             'Restart=on-failure', 'RestartSec=1', 'TimeoutStartSec=30',
             'ProtectSystem=strict',
             'ReadWritePaths=%s' % ' '.join('-' + shlex.quote(path) for path in writable),
+            'UMask=%04o' % umask,
         ] + HARDENING + ['', '[Install]', 'WantedBy=multi-user.target', ''])
 
-    def start(self, argv, user, group, timeout, notify, writable=()):
-        if _host.write_file(self.unit_path, self.unit_text(argv, user, group, notify, writable)):
+    def start(self, argv, user, group, timeout, notify, writable=(), umask=0o077):
+        if _host.write_file(self.unit_path, self.unit_text(argv, user, group, notify, writable, umask)):
             self._systemctl('daemon-reload')
         rc, out = self._systemctl('enable', '--now', self.unit)
         if rc != 0:

@@ -147,11 +147,16 @@ options:
         type: bool
         default: false
   user:
-    description: Unprivileged account QEMU runs as (created when missing).
+    description:
+      - Unprivileged account QEMU runs as (created when missing).
+      - By default the guest's own, C(ivg-NAME) (a readable part of NAME and a hash when NAME is
+        long or not lower case). Servers know their guests by this account, so each guest needs its
+        own. Give another one to the server too (its O(ivshmem.fleet.server#module:accounts)).
     type: str
-    default: ivshmem
   group:
-    description: Group QEMU runs as; defaults to O(user). Must be able to reach the servers' sockets.
+    description:
+      - Group QEMU runs as; C(ivshmem) by default (it opens the servers' sockets and reads the
+        migration credentials), O(user) when O(user) is given.
     type: str
   sandbox:
     description: Run QEMU with C(-sandbox on) and every optional restriction.

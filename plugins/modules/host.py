@@ -43,12 +43,16 @@ options:
     default: []
   user:
     description:
-      - The service account servers and guests run as (created when missing), unless an item
-        names its own O(ivshmem.fleet.server#module:user) or O(ivshmem.fleet.guest#module:user).
+      - One account for every server and guest that does not name its own
+        O(ivshmem.fleet.server#module:user) or O(ivshmem.fleet.guest#module:user) (created when missing).
+      - By default each runs under its own account (C(ivs-NAME), C(ivg-NAME)), which is how a
+        server tells its guests apart; guests that share an account cannot be pinned or admitted
+        by a server, and the task says so.
     type: str
-    default: ivshmem
   group:
-    description: Its group; defaults to O(user).
+    description:
+      - The service group (created when missing). Every server and guest runs in it, and it
+        reads the migration credentials. By default C(ivshmem), or O(user) when that is given.
     type: str
 notes:
   - The diff shows, per server and guest, what changes, as the per-item modules show it.
@@ -94,7 +98,7 @@ def main():
             COMMON_ARGS,
             servers=dict(type='list', elements='dict', default=[]),
             guests=dict(type='list', elements='dict', default=[]),
-            user=dict(type='str', default='ivshmem'),
+            user=dict(type='str'),
             group=dict(type='str'),
         ),
         supports_check_mode=True,

@@ -74,7 +74,24 @@ options:
         anonymous file there, which the host cannot checksum.
     type: path
   pins:
-    description: Guest name to ID; a pinned guest always gets its ID whatever the connection order (builtin only).
+    description:
+      - Guest name to ID; a pinned guest always gets its ID whatever the connection order (builtin only).
+      - The server knows a guest by the account its QEMU runs as (SO_PEERCRED), never by the name
+        it gives itself, so a process cannot take a pinned ID by calling itself so. Pinned guests
+        are the only ones admitted, as with O(admit).
+    type: dict
+  admit:
+    description:
+      - The guests admitted, by name. Only their accounts may join, whatever a process calls
+        itself (builtin only). With O(pins) the pinned guests are admitted too, and nobody else.
+      - Without either, anyone who can open the socket (O(group)) joins.
+    type: list
+    elements: str
+  accounts:
+    description:
+      - Guest name to the account it runs as, for a guest whose
+        O(ivshmem.fleet.guest#module:user) is not its own default (C(ivg-NAME)). Each guest needs
+        its own account; an account missing on the host is created in group C(ivshmem).
     type: dict
   admission:
     description:
@@ -84,7 +101,7 @@ options:
     choices: [open, held]
     default: open
   hold_for:
-    description: The master guest admitted while O(admission=held).
+    description: The master guest admitted while O(admission=held), known by its account as in O(pins).
     type: str
   max_clients:
     description:
@@ -108,11 +125,15 @@ options:
     type: raw
     default: '0600'
   user:
-    description: Service account the server runs as (created when missing).
+    description:
+      - Account the server runs as and that owns its memory and sockets (created when missing).
+      - By default its own, C(ivs-NAME) (a readable part of NAME and a hash when NAME is long or
+        not lower case), so no other server or guest can open its memory.
     type: str
-    default: ivshmem
   group:
-    description: Group of the socket and memory file; defaults to O(user).
+    description:
+      - Group of the socket (guests connect through it); C(ivshmem) by default, every guest's
+        group; O(user) when O(user) is given.
     type: str
   supervisor:
     description: V(auto) uses systemd where it runs as PID 1, else a daemon with a pidfile.

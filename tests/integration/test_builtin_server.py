@@ -13,6 +13,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import server_account
 
 from ivshmem_probe import Probe
 
@@ -138,7 +139,7 @@ def test_memory_above_1_gib_with_owner_and_modes(lab):
     assert memory.st_size == 2 << 30
     assert stat.S_IMODE(memory.st_mode) == 0o600 and stat.S_IMODE(sock.st_mode) == 0o660
     import pwd
-    owner = pwd.getpwnam('ivshmem').pw_uid
+    owner = pwd.getpwnam(server_account('big')).pw_uid  # the server's own account
     assert memory.st_uid == owner and sock.st_uid == owner
     assert lab.guest('m', 'big', role='master')['guest']['ivshmem'][0]['ivposition'] == 0
 

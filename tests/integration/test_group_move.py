@@ -165,16 +165,19 @@ def test_destination_qemu_killed_mid_migration_rolls_back_then_the_same_command_
 
 
 def test_a_stray_peer_on_the_destination_server_never_gets_into_the_group(hosts):
-    """A peer already attached to the destination's server of the group (as in the lab's faults
-    scenario, here with two servers on one machine): the move starts a fresh server held for the
-    master, so the stray is stranded, the master gets ID 0 and the peers theirs."""
+    """A peer already attached to the destination's server of the group (two servers on one
+    machine): the move starts a fresh server held for the master, so the stray is stranded, the
+    master gets ID 0 and the peers theirs. (The server admits only the group's accounts, so the
+    stray runs under one of them: a copy of g-peer2 started there too early, say.)"""
     from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, guest_account
     from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 
     layout = hosts.layouts['b']
     ServerManager(dict(hosts.group['server'], timeout=20, **hosts.overrides('b')), layout, False).run('started')
-    stray = GuestManager(dict(name='g-stray', memory='64M', accel='tcg', timeout=60,
-                              ivshmem=[{'server': 'g', 'role': 'peer', 'vectors': 2}]), layout, False).run('running')
+    stray = GuestManager(dict(name='g-stray', memory='64M', accel='tcg', timeout=60, user=guest_account('g-peer2'),
+                              group=SERVICE_GROUP, ivshmem=[{'server': 'g', 'role': 'peer', 'vectors': 2}]),
+                         layout, False).run('running')
     assert stray['guest']['ivshmem'][0]['server_id'] is not None  # attached before the move
     hosts.engine('a', 'b').run()
     assert_whole_on(hosts, 'b')

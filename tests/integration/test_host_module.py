@@ -51,6 +51,8 @@ def test_a_peer_without_the_id_the_group_pins_stops_the_call(builtin_lab):
     stray took ID 1: g-peer1 gets another ID, which the gate catches."""
     params = desired(builtin_lab)
     params['servers'][0]['pins'] = {'g-master': 0, 'g-peer2': 2}
+    # It admits the stray's account too (a server admits only the guests it knows).
+    params['servers'][0]['admit'] = ['g-master', 'g-peer1', 'g-peer2', 'stray']
     converge(builtin_lab, {'servers': params['servers'], 'guests': []})
     builtin_lab.guest('stray', 'g')  # ID 1: the first one no pin reserves
     params['servers'][0]['pins'] = {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}

@@ -3,16 +3,20 @@
 Each case replays an attack from the security review as the attacker would set it up, then runs
 the collection's code as root (the modules run as root) and checks the victim is untouched.
 """
+import grp
 import json
 import os
 import pwd
 import stat
+import subprocess
 
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, ensure_account
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, guest_account, server_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_paths, server_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
 
 @pytest.fixture
@@ -113,9 +117,9 @@ def test_removal_never_follows_the_record_to_a_file_of_the_attackers_choice(lab,
     assert untouched(victim)
 
 
-def as_service_account(action):
-    """Run ``action()`` in a child as the service account (a guest's QEMU runs as it); its result."""
-    account = pwd.getpwnam('ivshmem')
+def as_account(user, action):
+    """Run ``action()`` in a child as ``user``; its result."""
+    account = pwd.getpwnam(user)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -139,10 +143,93 @@ def as_service_account(action):
 def test_only_root_moves_the_admission_hold(lab):
     lab.server('s', admission='held', hold_for='m')
     control = lab.layout.server_control('s')
-    # The control socket belongs to the service account, which every guest's QEMU runs as.
-    answer = as_service_account(lambda: control_request(control, 'release'))
+    # The control socket belongs to the server's own account: even that account may not move the hold.
+    answer = as_account(server_account('s'), lambda: control_request(control, 'release'))
     assert 'ControlError' in answer and 'needs root' in answer
-    answer = as_service_account(lambda: control_request(control, 'status')['hold'])
+    answer = as_account(server_account('s'), lambda: control_request(control, 'status')['hold'])
     assert answer == 'm'  # status is open to the account; the hold stayed
     assert control_request(control, 'status')['hold'] == 'm'
     assert control_request(control, 'release')['hold'] is None  # root may
+
+
+def forger(lab, impersonates, server, user):
+    """A real QEMU started by hand under ``user`` as ``-name impersonates``, its device on the
+    server: what any local process could do. Returns its client entry in the server's status
+    once the server decided (None: refused); the process is gone by then."""
+    ensure_account(user, SERVICE_GROUP, False)
+    argv = ['/usr/bin/qemu-system-x86_64', '-name', impersonates, '-machine', 'pc', '-accel', 'tcg', '-m', '64',
+            '-nodefaults', '-display', 'none', '-chardev', 'socket,path=%s,id=c' % lab.layout.server_socket(server),
+            '-device', 'ivshmem-doorbell,chardev=c,vectors=2']
+    before = server_status(lab.layout, server)['refused']
+    process = subprocess.Popen(argv, user=pwd.getpwnam(user).pw_uid, group=grp.getgrnam(SERVICE_GROUP).gr_gid,
+                               extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def verdict():
+            status = server_status(lab.layout, server)
+            mine = [c for c in status['clients'] if c['pid'] == process.pid]
+            return mine[0] if mine else 'refused' if status['refused'] > before else None
+        entry, _waited = wait_for('the server to admit or refuse the forger', verdict, 60)
+        return None if entry == 'refused' else entry
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_process_calling_itself_the_master_gets_neither_its_id_nor_past_the_hold(lab):
+    """Before, pins and the hold trusted /proc/PID/cmdline: any process started with -name m took
+    ID 0 and passed the hold. Now the server knows m by its account (SO_PEERCRED)."""
+    lab.server('s', pins={'m': 0, 'p': 1}, admission='held', hold_for='m')
+    # A compromised peer (p's own account) and an outsider (an account of no guest of s).
+    for user in (guest_account('p'), guest_account('outsider')):
+        assert forger(lab, 'm', 's', user) is None, user
+    assert server_status(lab.layout, 's')['refused'] == 2
+    master = lab.guest('m', 's', role='master')['guest']['ivshmem'][0]
+    assert (master['server_id'], master['ivposition']) == (0, 0)
+
+
+def test_only_the_group_s_own_accounts_are_admitted(lab):
+    """A server that knows its group admits nobody else, whatever it calls itself; the group's
+    guests get their pinned IDs, and status says where each name comes from."""
+    lab.server('s', pins={'m': 0, 'p': 1})
+    lab.guest('m', 's', role='master')
+    assert forger(lab, 'p', 's', guest_account('outsider')) is None
+    assert server_status(lab.layout, 's')['refused'] == 1  # refused by the server, not by the socket's mode
+    peer = lab.guest('p', 's')['guest']['ivshmem'][0]
+    assert (peer['server_id'], peer['ivposition']) == (1, 1)
+    names = dict((c['id'], (c['name'], c['name_from'], pwd.getpwuid(c['uid']).pw_name))
+                 for c in control_request(lab.layout.server_control('s'), 'status')['clients'])
+    assert names == {0: ('m', 'account', guest_account('m')), 1: ('p', 'account', guest_account('p'))}
+
+
+def test_a_guest_s_account_opens_no_other_group_s_memory_qmp_or_control(lab):
+    """Before, every server and guest ran as one account: a compromised QEMU could open every
+    group's memory, every guest's QMP socket and every server's control socket."""
+    import socket as sockets
+
+    lab.server('a')
+    lab.server('b')
+    lab.guest('a-master', 'a', role='master')
+    lab.guest('b-master', 'b', role='master')
+
+    memory = lab.memory_of('b')
+
+    def reach():
+        found = []
+        try:
+            os.open(memory, os.O_RDWR)
+            found.append('memory of b')
+        except PermissionError:
+            pass
+        for what, path in (('qmp of b-master', lab.layout.guest_qmp('b-master')),
+                           ('control of b', lab.layout.server_control('b'))):
+            conn = sockets.socket(sockets.AF_UNIX)
+            try:
+                conn.connect(path)
+                found.append(what)
+            except PermissionError:
+                pass
+            finally:
+                conn.close()
+        return found
+
+    assert as_account(guest_account('a-master'), reach) == '[]'

@@ -80,7 +80,7 @@ def test_only_a_client_that_stopped_reading_is_dropped_past_its_backlog_bound(pr
 
 
 def test_a_departed_id_is_not_handed_out_again_while_others_are_free(probed):
-    sock, probe = probed(1, '--pin', 'nobody-connects=3')
+    sock, probe = probed(1, '--account', 'nobody-connects=64000', '--pin', 'nobody-connects=3')
     first, second, third = join(probe, 3)
     assert [first.peer_id, second.peer_id, third.peer_id] == [0, 1, 2]
     probe.close(second)

@@ -60,12 +60,35 @@ def test_ids_never_used_first_then_least_recently_freed_and_pins_kept():
 
 
 def test_hold_admits_only_the_master_and_cap_refuses():
-    server = server_with(['--hold', 'm', '--max-clients', '2'])
-    assert server._refusal('m') is None
-    assert 'held' in server._refusal('peer')
-    assert 'held' in server._refusal(None)
+    server = server_with(['--account', 'm=1001', '--account', 'peer=1002', '--hold', 'm', '--max-clients', '2'])
+    assert server._refusal(1001, 'm') is None
+    assert 'held' in server._refusal(1002, 'peer')
+    assert 'held' in server._refusal(1003, None)
     server = server_with(['--max-clients', '1'], clients=[(0, 'a')])
-    assert 'limit' in server._refusal('b')
+    assert 'limit' in server._refusal(1001, None)
+
+
+def test_a_guest_is_known_by_its_account_never_by_a_name():
+    server = server_with(['--account', 'm=1001', '--account', 'p=1002', '--pin', 'm=0', '--admit-accounts-only',
+                          '--max-clients', '4'])
+    assert server.names_by_uid == {1001: 'm', 1002: 'p'}
+    assert server._refusal(1002, 'p') is None
+    assert 'not the account of a guest' in server._refusal(1003, None)
+    open_server = server_with(['--account', 'm=1001', '--pin', 'm=0', '--max-clients', '4'])
+    assert open_server._refusal(1003, None) is None  # without --admit-accounts-only the socket decides
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--pin', 'm=0'], '--pin m: no --account m=UID'),
+    (['--hold', 'm'], '--hold m: no --account m=UID'),
+    (['--account', 'm=5', '--account', 'p=5'], 'uid 5 given to both m and p'),
+    (['--admit-accounts-only'], 'nobody could join'),
+])
+def test_names_without_an_account_are_refused_at_start(args, message):
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import ServerError
+    with pytest.raises(ServerError) as info:
+        Config(build_parser().parse_args(args))
+    assert message in str(info.value)
 
 
 def test_parser_is_a_drop_in_for_upstream_options():
@@ -79,7 +102,7 @@ def test_parser_is_a_drop_in_for_upstream_options():
 def test_conflicting_pins_are_refused():
     from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import ServerError
     with pytest.raises(ServerError):
-        Config(build_parser().parse_args(['--pin', 'a=1', '--pin', 'b=1']))
+        Config(build_parser().parse_args(['--account', 'a=5', '--account', 'b=6', '--pin', 'a=1', '--pin', 'b=1']))
 
 
 def test_guest_name_of_this_process_is_none():

@@ -1,7 +1,7 @@
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, Layout, ServerSpec, ValidationError)
+    GuestSpec, Layout, ServerSpec, ValidationError, guest_account, server_account)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import parse_size, round_up_power_of_two
 
 LAYOUT = Layout('/run/x')
@@ -57,11 +57,13 @@ def test_server_spec_errors_name_the_field(params, field):
 
 def test_builtin_server_argv():
     spec = ServerSpec({'name': 'g1', 'size': '2G', 'vectors': 4, 'pins': {'m': 0}, 'hold': 'm'})
-    argv = spec.argv(LAYOUT, '/usr/bin/python3', '/p.pyz', foreground=False)
+    assert spec.guest_accounts() == {'m': 'ivg-m'} and (spec.user, spec.group) == ('ivs-g1', 'ivshmem')
+    argv = spec.argv(LAYOUT, '/usr/bin/python3', '/p.pyz', foreground=False, uids={'m': 1234})
     assert argv[:2] == ['/usr/bin/python3', '/p.pyz'] and '-F' not in argv
     assert argv[argv.index('-l') + 1] == str(2 << 30)
     assert argv[argv.index('-S') + 1] == '/run/x/servers/g1/ivshmem.sock'
     assert argv[argv.index('--pin') + 1] == 'm=0' and argv[argv.index('--hold') + 1] == 'm'
+    assert argv[argv.index('--account') + 1] == 'm=1234' and '--admit-accounts-only' in argv
     assert spec.memory_path() == '/dev/shm/ivshmem-fleet-g1'
 
 
@@ -158,3 +160,18 @@ def test_hotplug_bad_input_names_the_field(device, field):
 def test_hotplug_is_refused_on_machines_without_a_placement(machine):
     spec = {'name': 'p', 'machine': machine, 'ivshmem': [{'server': 's', 'hotplug': True}]}
     assert field_of(GuestSpec, spec, LAYOUT) == 'ivshmem[0].hotplug'
+
+
+def test_accounts_are_each_guests_own_and_valid_system_names():
+    assert [guest_account('g1-master'), server_account('g1')] == ['ivg-g1-master', 'ivs-g1']
+    long_name, upper = guest_account('x' * 64), guest_account('DB.Master')
+    assert len(long_name) <= 31 and long_name.startswith('ivg-xxx') and long_name != guest_account('x' * 63)
+    assert upper.startswith('ivg-db_master-') and upper != guest_account('db_master')
+    assert GuestSpec({'name': 'm'}, LAYOUT).user == 'ivg-m'
+    assert (GuestSpec({'name': 'm', 'user': 'qemu'}, LAYOUT).group) == 'qemu'
+
+
+def test_two_guests_a_server_knows_under_one_account_are_refused():
+    with pytest.raises(ValidationError) as info:
+        ServerSpec({'name': 's', 'pins': {'a': 0, 'b': 1}, 'accounts': {'a': 'qemu', 'b': 'qemu'}})
+    assert info.value.field == 'accounts.b'
