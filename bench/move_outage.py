@@ -75,7 +75,7 @@ def main():
     print('machine: %d cores, %s; %d runs each; shared memory %d MiB, master and 2 peers (64 MiB RAM, TCG)' % (
         os.cpu_count(), os.uname().release, runs, shm_mib))
     print('%-28s %12s %12s %8s' % ('median', baseline + ' (base)', 'engine', 'ratio'))
-    for key in ('master_outage_ms', 'peer_outage_ms', 'total_time_ms', 'downtime_ms'):
+    for key in ('master_outage_ms', 'peer_outage_ms', 'total_time_ms', 'downtime_ms', 'peers_start_ms'):
         base, new = median(baseline, key), median('engine', key)
         print('%-28s %12.0f %12.0f %8.2f' % (key, base, new, base / new if new else float('nan')))
     for key in ('source_checksum_s', 'destination_checksum_s'):

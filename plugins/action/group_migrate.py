@@ -117,6 +117,8 @@ class ActionModule(ActionBase):
         first = 'first %s; ' % report['resolved'] if report.get('resolved') else ''
         if report.get('outcome') != 'moved':
             return 'group %s: %s%s' % (report['group'], first, report.get('outcome'))
-        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)'
+        started = report.get('peers_start_ms')
+        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)%s'
                 % (report['group'], first, report['from'], report['to'], report.get('master_outage_ms'),
-                   report.get('peer_outage_ms'), report.get('total_time_ms'), report.get('downtime_ms')))
+                   report.get('peer_outage_ms'), report.get('total_time_ms'), report.get('downtime_ms'),
+                   '; restarted peers ran %s ms after the master' % started if started is not None else ''))

@@ -505,6 +505,10 @@ class GroupMove:
         resumed = self._local_time(dst, destination_record.get('resumed_at'))
         peers_stopped = self._local_time(src, sent.get('peers_stopped_at'))
         peers_running = self._local_time(dst, destination_record.get('peers_running_at'))
+        restarted = [p for p in self.group.get('peers') or [] if p['name'] not in self.live_peers]
+        # How long the restarted peers took to run once the master did: QEMUs started (at once
+        # when pinned), admitted with their IDs; their guests' own boot comes after.
+        peers_start_ms = _ms(peers_running, resumed) if restarted else None
         peers, spans = self._peer_figures(source_record, destination_record)
         if spans:
             # Kept running, each peer is out of its shared memory from its unplug to its plug-back.
@@ -518,6 +522,7 @@ class GroupMove:
             'total_time_ms': sent.get('total_time_ms'), 'downtime_ms': sent.get('downtime_ms'),
             'master_outage_ms': _ms(resumed, stopped),
             'peer_outage_ms': _ms(peers_running, peers_stopped) if self.group.get('peers') else None,
+            'peers_start_ms': peers_start_ms,
             'peers': peers,
             'clock_uncertainty_ms': round(sum(self.offsets.get(h, (0, 0))[1] for h in (src, dst)) * 500.0, 1),
             'transferred_bytes': (sent.get('ram') or {}).get('transferred'),

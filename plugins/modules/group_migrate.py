@@ -183,7 +183,8 @@ msg:
   description: One line on what happened.
   returned: always
   type: str
-  sample: "group g1 moved hv1 -> hv2: master out 310 ms, peers out 1250 ms (QEMU: total 3700 ms, downtime 298 ms)"
+  sample: "group g1 moved hv1 -> hv2: master out 310 ms, peers out 1250 ms (QEMU: total 3700 ms, downtime 298 ms);
+    restarted peers ran 640 ms after the master"
 move:
   description: The move's report.
   returned: always
@@ -208,6 +209,13 @@ move:
           C(peer_mode=live), their shared-memory outage (first unplugged to last plugged back).
       type: int
       sample: 1250
+    peers_start_ms:
+      description:
+        - From the master running on the destination to the last restarted peer running there (their
+          QEMUs started, at once when their IDs are pinned, and admitted). Their guests boot after
+          that. Absent when no peer is restarted.
+      type: int
+      sample: 640
     peers:
       description:
         - Per peer, how it moved - C(mode) V(live) (kept running - C(restarted) false, its

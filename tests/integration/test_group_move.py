@@ -109,6 +109,8 @@ def test_a_move_is_verified_reports_the_real_outage_and_a_rerun_changes_nothing(
     # (QEMU's figures read 0 when asked before it computed them: they must not.)
     assert report['master_outage_ms'] >= report['downtime_ms'] > 0 and report['total_time_ms'] > 0
     assert report['peer_outage_ms'] >= report['master_outage_ms']
+    # The restarted peers ran some time after the master did, within their own outage.
+    assert 0 < report['peers_start_ms'] < report['peer_outage_ms']
     again = hosts.engine('a', 'b').run()
     assert not again['changed'] and again['outcome'] == 'already moved'
     assert_whole_on(hosts, 'b')

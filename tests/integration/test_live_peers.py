@@ -113,6 +113,7 @@ def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
     assert peer['mode'] == 'live' and peer['restarted'] is False and (peer['id'], peer['ivposition']) == (1, 1)
     assert peer['shared_memory_outage_ms'] > 0 and peer['downtime_ms'] > 0 and peer['total_time_ms'] > 0
     assert report['peer_outage_ms'] >= peer['shared_memory_outage_ms']
+    assert report['peers_start_ms'] is None  # no peer was restarted
     assert_moved_live(live)
     again = live.engine('a', 'b').run()
     assert not again['changed']
