@@ -367,7 +367,7 @@ class GuestManager(StateMachine):
             raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
         if incoming:
             with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
-                _tls.setup_destination(qmp, self.incoming_tls)
+                _tls.setup_destination(qmp, _tls.for_guest(self.incoming_tls, spec.user, self.layout.runtime_dir))
                 qmp.command('migrate-incoming', {'uri': self.incoming_uri})
         self.result['waited'] = round(waited, 3)
 

@@ -386,6 +386,10 @@ class HostMove:
         return {'discarded': True}
 
     # --- the source ---------------------------------------------------------------------
+    def _tls_for(self, status):
+        """This move's TLS settings for the QEMU of ``status`` (it loads the credentials as its account)."""
+        return _tls.for_guest(self.tls, status['record']['spec']['user'], self.layout.runtime_dir)
+
     def _memories(self):
         path = (server_status(self.layout, self.name) or {}).get('memory')
         if not path:
@@ -420,7 +424,7 @@ class HostMove:
             hashing = _Background(checksum_files, memories, self.params.get('checksum') or DEFAULT_CHECKSUM)
             with QMPClient(status['qmp'], timeout=30) as sq:
                 start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
-                                self.params.get('downtime_limit') or 300, self.tls)
+                                self.params.get('downtime_limit') or 300, self._tls_for(status))
                 # At the switchover gate the master and its peers are stopped: the memory is final,
                 # so it is hashed while the last pass runs, not after it.
                 report = follow_migration(sq, self.params.get('timeout') or 300,
@@ -564,7 +568,7 @@ class HostMove:
                     if pq.command('query-status')['status'] != 'running':
                         raise MoveError('peer %s is %s here, not running' % (name, status['state']))
                     start_migration(pq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
-                                    self.params.get('downtime_limit') or 300, self.tls)
+                                    self.params.get('downtime_limit') or 300, self._tls_for(status))
                     report = follow_migration(pq, self.params.get('timeout') or 300)
             except (MigrationError, QMPError) as exc:
                 try:

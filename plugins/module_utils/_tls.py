@@ -5,10 +5,13 @@
 
 """Encrypted, authenticated migration streams: a host's TLS credentials and QEMU's use of them.
 
-Each hypervisor keeps, in one root-owned directory its service group may read, the fleet CA's
-certificate and its own certificate and key under the names QEMU's ``tls-creds-x509`` loads:
-``server-*`` when it receives a migration, ``client-*`` when it sends one (one certificate, good
-for both). A host's certificate names it: subject ``CN=<inventory name>`` and that DNS name.
+Each hypervisor keeps, in one root-owned directory, the fleet CA's certificate and its own
+certificate and key under the names QEMU's ``tls-creds-x509`` loads: ``server-*`` when it
+receives a migration, ``client-*`` when it sends one (one certificate, good for both). A host's
+certificate names it: subject ``CN=<inventory name>`` and that DNS name. The key is root's alone
+(0600): a QEMU gets a copy only to load it for a migration (``handed_over``), readable by its
+own account only and removed as soon as QEMU has loaded it, so a compromised guest that is not
+migrating cannot take the host's migration identity.
 
 During a move the destination admits only the source it expects (``authz-simple`` on the source's
 subject) and presents its own certificate; the source checks that certificate against the
@@ -22,7 +25,11 @@ __metaclass__ = type
 
 import grp
 import os
+import pwd
+import shutil
 import stat
+import tempfile
+from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
@@ -77,22 +84,62 @@ def _replace_object(qmp, arguments):
     qmp.command('object-add', arguments)
 
 
+def for_guest(settings, account, runtime_dir):
+    """``settings`` (check_settings) for the QEMU that runs as ``account``; None stays None."""
+    if settings is None:
+        return None
+    return dict(settings, account=account, handover_dir=os.path.join(runtime_dir, 'tls-handover'))
+
+
+@contextmanager
+def handed_over(settings):
+    """A directory with a copy of the host's credentials that only ``settings['account']`` may
+    read, for as long as QEMU takes to load them. It is made by root, in a root-owned directory
+    the account can enter but not change, so nothing planted there is followed; removed after."""
+    _host.ensure_dir(settings['handover_dir'], 0o711)
+    work = tempfile.mkdtemp(prefix='tls.', dir=settings['handover_dir'])
+    try:
+        os.chmod(work, 0o711)
+        uid = pwd.getpwnam(settings['account']).pw_uid
+        for name in FILES:
+            found = _host.read_own_file(os.path.join(settings['dir'], name))
+            if found is None:
+                raise ValidationError('tls', '%s/%s is missing or not a plain file of root\'s' % (settings['dir'], name))
+            fd = os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o400)
+            try:
+                os.fchown(fd, uid, -1)
+                os.write(fd, found[0])
+            finally:
+                os.close(fd)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _add_credentials(qmp, settings, endpoint):
+    with handed_over(settings) as directory:
+        # QEMU reads the files while it completes the object; later sessions use what it loaded.
+        _replace_object(qmp, {'qom-type': 'tls-creds-x509', 'id': CREDS_ID, 'dir': directory,
+                              'endpoint': endpoint, 'verify-peer': True})
+
+
 def setup_source(qmp, settings):
-    """The sending QEMU: TLS client, checking the destination's certificate names ``peer``."""
+    """The sending QEMU: TLS client, checking the destination's certificate names ``peer``.
+    ``settings``: for_guest()'s, or None for a stream in clear."""
     if settings is None:
         qmp.command('migrate-set-parameters', {'tls-creds': ''})
         return
-    _replace_object(qmp, {'qom-type': 'tls-creds-x509', 'id': CREDS_ID, 'dir': settings['dir'],
-                          'endpoint': 'client', 'verify-peer': True})
+    _add_credentials(qmp, settings, 'client')
     qmp.command('migrate-set-parameters', {'tls-creds': CREDS_ID, 'tls-hostname': settings['peer']})
 
 
 def setup_destination(qmp, settings):
-    """The receiving QEMU: TLS server, admitting only a client whose certificate names ``peer``."""
+    """The receiving QEMU: TLS server, admitting only a client whose certificate names ``peer``.
+    ``settings``: for_guest()'s, or None for a stream in clear."""
     if settings is None:
         return
-    _replace_object(qmp, {'qom-type': 'tls-creds-x509', 'id': CREDS_ID, 'dir': settings['dir'],
-                          'endpoint': 'server', 'verify-peer': True})
+    _add_credentials(qmp, settings, 'server')
     _replace_object(qmp, {'qom-type': 'authz-simple', 'id': AUTHZ_ID, 'identity': identity(settings['peer'])})
     qmp.command('migrate-set-parameters', {'tls-creds': CREDS_ID, 'tls-authz': AUTHZ_ID})
 
@@ -100,8 +147,8 @@ def setup_destination(qmp, settings):
 def install(directory, files, group, check_mode, replace_ca=False):
     """Write the credential files (contents in ``files``); returns the names that changed.
 
-    The directory is root's, 0750 and readable by ``group`` (QEMU runs as the service account);
-    keys are 0640 root:group, certificates 0644. Files are replaced whole, never followed
+    The directory is root's, 0750 and readable by ``group``; certificates are 0644 root:group,
+    keys 0600 root:root (a QEMU gets them through handed_over). Files are replaced whole, never followed
     (_host.write_file). A host that already trusts another CA keeps it unless ``replace_ca``:
     a second CA made by another controller would split the fleet.
     """
@@ -120,8 +167,7 @@ def install(directory, files, group, check_mode, replace_ca=False):
                                             'from another CA (another controller, or another pki_dir). Point pki_dir '
                                             'at the fleet\'s CA, or set replace_ca to move this host to this one '
                                             '(moves between hosts of the two CAs fail)' % (directory, CA))
-    changed = [name for name in FILES
-               if _differs(os.path.join(directory, name), files[name], gid, 0o640 if name in KEYS else 0o644)]
+    changed = [name for name in FILES if _differs(os.path.join(directory, name), files[name], *_owner(name, gid))]
     try:
         info = os.lstat(directory)
         dir_differs = (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) != (0, gid, 0o750)
@@ -141,9 +187,15 @@ def install(directory, files, group, check_mode, replace_ca=False):
             if name not in changed:
                 continue
             path = os.path.join(directory, name)
-            _host.write_file(path, files[name].encode('ascii'), 0o640 if name in KEYS else 0o644)
-            os.lchown(path, 0, gid)
+            file_gid, mode = _owner(name, gid)
+            _host.write_file(path, files[name].encode('ascii'), mode)
+            os.lchown(path, 0, file_gid)
     return changed
+
+
+def _owner(name, gid):
+    """(group, mode) of a credential file: keys are root's alone."""
+    return (0, 0o600) if name in KEYS else (gid, 0o644)
 
 
 def remove(directory, check_mode):

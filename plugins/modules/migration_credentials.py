@@ -19,8 +19,8 @@ description:
     reused while it still matches and has more than 30 days left.
   - On the host, installs the CA certificate and the host's certificate and key in O(dest) under
     the names QEMU's C(tls-creds-x509) reads (C(ca-cert.pem), C(server-cert.pem),
-    C(server-key.pem), C(client-cert.pem), C(client-key.pem)), owned by root and readable by
-    O(group) (QEMU runs as the service account).
+    C(server-key.pem), C(client-cert.pem), C(client-key.pem)), owned by root; certificates are
+    readable by O(group), keys by root alone (a QEMU gets a copy only to load it for a migration).
   - M(ivshmem.fleet.group_migrate) uses them so that a group's migration stream is encrypted, the
     destination accepts only the expected source, and the source only the expected destination.
 author:

@@ -44,7 +44,9 @@ def test_migration_credentials_are_root_s_and_the_keys_private(host):
     directory = host.file('/etc/ivshmem-fleet/tls')
     key = host.file('/etc/ivshmem-fleet/tls/server-key.pem')
     assert (directory.user, directory.group, directory.mode) == ('root', 'ivshmem', 0o750)
-    assert (key.user, key.group, key.mode) == ('root', 'ivshmem', 0o640)
+    assert (key.user, key.group, key.mode) == ('root', 'root', 0o600)  # a QEMU gets a copy only to load it
+    handover = host.file('/run/ivshmem-fleet/tls-handover')
+    assert not handover.exists or host.check_output('ls -A /run/ivshmem-fleet/tls-handover') == ''
 
 
 def test_no_guest_without_its_server(host, facts):

@@ -67,7 +67,7 @@ def test_install_writes_once_with_private_keys_and_never_follows_a_link(tmp_path
     os.symlink(str(victim), str(dest / 'server-key.pem'))
     assert _tls.install(str(dest), files, 'root', check_mode=False) == list(_tls.FILES)
     assert victim.read_text() == 'keep me'
-    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o600  # root's alone
     assert stat.S_IMODE(os.lstat(dest / 'ca-cert.pem').st_mode) == 0o644
     assert _tls.missing(str(dest)) == []
     assert _tls.install(str(dest), files, 'root', check_mode=False) == []
@@ -108,10 +108,29 @@ class Recorder:
         return {}
 
 
-def test_the_destination_admits_only_the_expected_source_and_the_source_checks_the_destination():
-    destination, source = Recorder(), Recorder()
-    _tls.setup_destination(destination, {'dir': '/etc/tls', 'peer': 'hv1'})
-    _tls.setup_source(source, {'dir': '/etc/tls', 'peer': 'hv2'})
+def installed(tmp_path):
+    dest = tmp_path / 'tls'
+    _tls.install(str(dest), issue(tmp_path / 'pki'), 'root', check_mode=False)
+    return str(dest)
+
+
+class Loader(Recorder):
+    """Records what QEMU would have read when it completes tls-creds-x509."""
+
+    def command(self, name, arguments=None):
+        if name == 'object-add' and arguments['qom-type'] == 'tls-creds-x509':
+            directory = arguments['dir']
+            self.seen = dict((n, (os.stat(os.path.join(directory, n)).st_uid,
+                                  stat.S_IMODE(os.stat(os.path.join(directory, n)).st_mode))) for n in _tls.FILES)
+            self.directory = directory
+        return Recorder.command(self, name, arguments)
+
+
+def test_the_destination_admits_only_the_expected_source_and_the_source_checks_the_destination(tmp_path):
+    destination, source = Loader(), Loader()
+    tls = installed(tmp_path)
+    _tls.setup_destination(destination, _tls.for_guest({'dir': tls, 'peer': 'hv1'}, 'nobody', str(tmp_path)))
+    _tls.setup_source(source, _tls.for_guest({'dir': tls, 'peer': 'hv2'}, 'nobody', str(tmp_path)))
     added = dict((args['qom-type'], args) for name, args in destination.calls if name == 'object-add')
     assert added['tls-creds-x509']['endpoint'] == 'server' and added['tls-creds-x509']['verify-peer'] is True
     assert added['authz-simple']['identity'] == 'CN=hv1'
@@ -120,6 +139,16 @@ def test_the_destination_admits_only_the_expected_source_and_the_source_checks_t
     in_clear = Recorder()
     _tls.setup_source(in_clear, None)
     assert in_clear.calls == [('migrate-set-parameters', {'tls-creds': ''})]
+
+
+def test_a_qemu_loads_a_copy_only_its_account_reads_and_the_copy_is_gone_after(tmp_path):
+    import pwd
+    loader = Loader()
+    _tls.setup_source(loader, _tls.for_guest({'dir': installed(tmp_path), 'peer': 'hv2'}, 'nobody', str(tmp_path)))
+    nobody = pwd.getpwnam('nobody').pw_uid
+    assert loader.seen == dict((name, (nobody, 0o400)) for name in _tls.FILES)
+    assert os.path.dirname(loader.directory) == str(tmp_path / 'tls-handover')
+    assert not os.path.exists(loader.directory) and os.listdir(str(tmp_path / 'tls-handover')) == []
 
 
 def test_a_host_of_another_ca_is_refused_unless_replace_ca(tmp_path):
@@ -138,7 +167,7 @@ def test_modes_that_drifted_are_set_again(tmp_path):
     _tls.install(str(dest), files, 'root', check_mode=False)
     os.chmod(dest / 'server-key.pem', 0o644)
     assert _tls.install(str(dest), files, 'root', check_mode=False) == ['server-key.pem']
-    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(dest / 'server-key.pem').st_mode) == 0o600
     os.chmod(dest, 0o777)
     assert _tls.install(str(dest), files, 'root', check_mode=True) == ['tls/']
     assert _tls.install(str(dest), files, 'root', check_mode=False) == ['tls/']
