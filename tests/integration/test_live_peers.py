@@ -109,8 +109,8 @@ def assert_moved_live(hosts):
 # assigned the BARs of the device plugged back (60 s), as if its pciehp missed the hot-add right
 # after the migration; a rerun then waits again rather than plugging anew. Known, not yet fixed:
 # marked so that it shows (XPASS / XFAIL) without failing the suite.
-Q35_PLUG = pytest.param('q35', marks=pytest.mark.xfail(strict=False, reason='q35 hot-add after migration is '
-                                                        'sometimes missed by the guest (see comment above)'))
+Q35_MISSED_HOT_ADD = 'q35 hot-add after migration is sometimes missed by the guest (see comment above)'
+Q35_PLUG = pytest.param('q35', marks=pytest.mark.xfail(strict=False, reason=Q35_MISSED_HOT_ADD))
 
 
 @pytest.mark.parametrize('live', ['pc', Q35_PLUG], indirect=True)
