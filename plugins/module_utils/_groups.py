@@ -16,6 +16,7 @@ __metaclass__ = type
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
@@ -111,6 +112,7 @@ def normalize_group(index, group, hosts, layout):
         'server': server_params, 'memory': spec.memory_path(),
         'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
         'guest_names': names, 'ids': dict(server_params.get('pins', {})),
+        'guest_memory': sum(spec.memory for _f, spec, _p in guests) << 20,
         'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
     }
 
@@ -135,6 +137,8 @@ class GroupPlan(StateMachine):
             for group, record in _mapping(where + '.moves', facts.get('moves')).items():
                 self.moves.setdefault(group, {})[host] = _mapping('%s.moves.%s' % (where, group), record)
         self.layout = layout
+        self.facts = params.get('facts') or {}
+        self.rollout = params.get('rollout')
 
     def state_planned(self):
         if not isinstance(self.groups, list):
@@ -155,6 +159,8 @@ class GroupPlan(StateMachine):
             plan.append(normalized)
         by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
         self.result.update(groups=plan, by_host=by_host)
+        if self.rollout is not None:
+            self.result['rollout'] = place(plan, self.hosts, self.facts, self.rollout)
 
     def _transition(self, group):
         """A move of the group left open (journal steps per host), or None."""

@@ -15,6 +15,26 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._server import serve
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 
+MEMINFO = '/proc/meminfo'
+
+
+def host_memory(path=MEMINFO):
+    """The host's MemTotal and MemAvailable in bytes, or None where the kernel does not say."""
+    values = {}
+    try:
+        with open(path) as handle:
+            for line in handle:
+                key, _sep, rest = line.partition(':')
+                fields = rest.split()
+                if key in ('MemTotal', 'MemAvailable') and fields and fields[0].isdigit():
+                    values[key] = int(fields[0]) * (1024 if fields[1:] == ['kB'] else 1)
+    except (IOError, OSError):
+        return None
+    if len(values) < 2:
+        return None
+    return {'total': values['MemTotal'], 'available': values['MemAvailable']}
+
+
 class HostInfo(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(HostInfo, self).__init__(check_mode)
@@ -39,4 +59,5 @@ class HostInfo(StateMachine):
                               'holder': record.get('holder'), 'history': record.get('history')})
                      for group, record in transitions(self.layout).items())
         self.result['ansible_facts'] = {'ivshmem_fleet': {
-            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests, 'moves': moves}}
+            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests, 'moves': moves,
+            'host_memory': host_memory()}}

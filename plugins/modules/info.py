@@ -15,6 +15,8 @@ version_added: 1.0.0
 description:
   - Reads every server and guest the collection manages under O(runtime_dir) and returns them as
     the fact C(ivshmem_fleet), with the groups whose move is in transition on this host.
+  - Also reports the host's total and available memory (C(host_memory), from C(/proc/meminfo)), which
+    M(ivshmem.fleet.plan) uses to place groups during a rollout.
   - Guests are asked over QMP for their run state, migration state and blockers, and each ivshmem
     device's role and IVPOSITION; builtin servers are asked for their clients and admission hold.
 author:
@@ -82,6 +84,13 @@ ansible_facts:
               its lock, and the steps so far. Running the same move again resolves it.
           type: dict
           sample: {"g1": {"step": "sent", "role": "source", "source": "hv1", "destination": "hv2", "run_id": "3f2a9c0d11aa"}}
+        host_memory:
+          description:
+            - The host's memory in bytes, from C(/proc/meminfo) - C(total) (MemTotal) and C(available) (MemAvailable,
+              what the kernel estimates new processes can take without swapping). V(null) where the kernel does not
+              report both.
+          type: dict
+          sample: {"total": 1027772416, "available": 812384256}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -21,6 +21,16 @@ description:
     in transition (see C(in_transition); M(ivshmem.fleet.group_migrate) resolves it before anything
     else), else the host whose I(running) guests include its master (a paused, incoming or migrated
     master does not count), else the host the inventory names.
+  - With O(rollout), also places a rollout batch - where each group of the batch's hosts waits while its
+    host changes. Each group is placed once, on a destination outside the batch, the largest group first,
+    each on the destination with the most room left (the moves spread over the destinations). A
+    destination's room is its available memory (never more than its total less what the servers and
+    running guests on it are given) less O(rollout.reserve), capped by O(rollout.capacity), and it
+    shrinks with every group placed on it in the batch. A group needs its guests' RAM,
+    O(rollout.guest_overhead) per guest and its shared memory. Before placing the batch, every group
+    of the inventory must fit alone on some destination other than its own host, else the error names
+    the first that does not and by how much; a batch whose groups do not fit together fails naming the
+    group left over. Nothing moves either way.
   - Pure logic; runs anywhere, usually once on the controller.
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
@@ -64,6 +74,42 @@ options:
   facts:
     description: Each host's C(ivshmem_fleet) fact from M(ivshmem.fleet.info), to find where groups run now.
     type: dict
+  rollout:
+    description:
+      - Place a rollout batch (see the description); the result is RV(rollout). O(facts) must hold every
+        destination's, with C(host_memory) (M(ivshmem.fleet.info) reports it).
+    type: dict
+    version_added: 1.2.0
+    suboptions:
+      batch:
+        description: The hosts changing together now. Their groups move out; none of them is a destination.
+        type: list
+        elements: str
+        default: []
+      skip:
+        description: Hosts of the batch whose groups stay (the change is on them already).
+        type: list
+        elements: str
+        default: []
+      destinations:
+        description:
+          - The hosts that may keep groups meanwhile (spares), or V(any) - every host of O(hosts) outside the
+            batch, including hosts that serve groups of their own (their room counts those).
+          - A list must not name a host of the batch.
+        type: raw
+        default: any
+      reserve:
+        description: Memory each destination keeps for itself (bytes, or a size such as V(256M)).
+        type: raw
+        default: 256M
+      guest_overhead:
+        description: Memory one QEMU takes beyond its guest's RAM (bytes, or a size).
+        type: raw
+        default: 64M
+      capacity:
+        description: At most this much memory (a size) of a destination host goes to the rollout, by host.
+        type: dict
+        default: {}
 seealso:
   - module: ivshmem.fleet.info
 '''
@@ -75,6 +121,18 @@ EXAMPLES = r'''
     hosts: "{{ groups['hypervisors'] }}"
   run_once: true
   register: fleet_plan
+
+- name: Place the groups of hv1 and hv2 on the spares s1 and s2 while those two hosts change
+  ivshmem.fleet.plan:
+    groups: "{{ ivshmem_fleet_groups }}"
+    hosts: "{{ groups['hypervisors'] }}"
+    facts: "{{ dict(groups['hypervisors'] | zip(groups['hypervisors'] | map('extract', hostvars, ['ansible_facts', 'ivshmem_fleet']))) }}"
+    rollout:
+      batch: [hv1, hv2]
+      destinations: [s1, s2]
+      capacity: {s2: 8G}
+  run_once: true
+  register: fleet_placed
 '''
 
 RETURN = r'''
@@ -101,6 +159,30 @@ by_host:
   returned: success
   type: dict
   sample: {"hv1": ["g1"], "hv2": []}
+rollout:
+  description: The batch's placement, with O(rollout) only.
+  returned: when rollout is given
+  type: dict
+  contains:
+    batch:
+      description: The hosts of the batch.
+      type: list
+      elements: str
+      sample: [hv1, hv2]
+    assignment:
+      description: Each group of the batch that moves, with its destination.
+      type: dict
+      sample: {"g1": "s1", "g2": "s2"}
+    moves:
+      description:
+        - By host of the batch, the groups to move out - C(name), C(destination), C(need) (bytes) and
+          C(group) (as in RV(groups)). Empty for a host in O(rollout.skip) or one that serves no group.
+      type: dict
+      sample: {"hv1": [{"name": "g1", "destination": "s1", "need": 243269632, "group": {"name": "g1"}}], "hv2": []}
+    destinations:
+      description: By destination, its room (bytes), what is C(left) after this batch, and its C(groups).
+      type: dict
+      sample: {"s1": {"room": 812384256, "left": 569114624, "groups": ["g1"]}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -116,6 +198,14 @@ def main():
             groups=dict(type='list', elements='dict', required=True),
             hosts=dict(type='list', elements='str', required=True),
             facts=dict(type='dict'),
+            rollout=dict(type='dict', options=dict(
+                batch=dict(type='list', elements='str', default=[]),
+                skip=dict(type='list', elements='str', default=[]),
+                destinations=dict(type='raw', default='any'),
+                reserve=dict(type='raw', default='256M'),
+                guest_overhead=dict(type='raw', default='64M'),
+                capacity=dict(type='dict', default={}),
+            )),
         ),
         supports_check_mode=True,
     )

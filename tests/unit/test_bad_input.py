@@ -24,6 +24,13 @@ def group(**changes):
     return {'hosts': ['hv1'], 'groups': [dict(GROUP, **changes)]}
 
 
+def rollout(facts=None, **options):
+    """The plan's rollout for the group on hv1, with hv2 as the spare (1 GiB, all of it available)."""
+    memory = {'hv2': {'host_memory': {'total': 1 << 30, 'available': 1 << 30}}}
+    return {'hosts': ['hv1', 'hv2'], 'groups': [GROUP], 'facts': memory if facts is None else facts,
+            'rollout': dict({'batch': ['hv1'], 'destinations': ['hv2']}, **options)}
+
+
 CASES = [
     # server module
     (ServerManager, 'started', {}, 'name'),
@@ -112,6 +119,26 @@ CASES = [
     (GroupPlan, 'planned', dict(group(), facts='hv1'), 'facts'),
     (GroupPlan, 'planned', dict(group(), facts={'hv1': {'guests': {'m': 'running'}}}), 'facts.hv1.guests.m'),
     (GroupPlan, 'planned', dict(group(), facts={'hv1': {'moves': {'g': 'sending'}}}), 'facts.hv1.moves.g'),
+    # plan's rollout placement
+    (GroupPlan, 'planned', dict(rollout(), rollout=['hv1']), 'rollout'),
+    (GroupPlan, 'planned', rollout(colour='red'), 'rollout.colour'),
+    (GroupPlan, 'planned', rollout(batch='hv1'), 'rollout.batch'),
+    (GroupPlan, 'planned', rollout(batch=['hv9']), 'rollout.batch[0]'),
+    (GroupPlan, 'planned', rollout(batch=['hv1', 'hv1']), 'rollout.batch[1]'),
+    (GroupPlan, 'planned', rollout(skip=['hv2']), 'rollout.skip[0]'),
+    (GroupPlan, 'planned', rollout(destinations=[]), 'rollout.destinations'),
+    (GroupPlan, 'planned', rollout(destinations='spares'), 'rollout.destinations'),
+    (GroupPlan, 'planned', rollout(destinations=['hv1']), 'rollout.destinations[0]'),
+    (GroupPlan, 'planned', rollout(destinations=['hv2', 'hv2']), 'rollout.destinations[1]'),
+    (GroupPlan, 'planned', rollout(reserve='lots'), 'rollout.reserve'),
+    (GroupPlan, 'planned', rollout(guest_overhead=-1), 'rollout.guest_overhead'),
+    (GroupPlan, 'planned', rollout(capacity=['hv2']), 'rollout.capacity'),
+    (GroupPlan, 'planned', rollout(capacity={'hv9': '1G'}), 'rollout.capacity.hv9'),
+    (GroupPlan, 'planned', rollout(capacity={'hv2': True}), 'rollout.capacity.hv2'),
+    (GroupPlan, 'planned', rollout(facts={}), 'facts.hv2.host_memory'),
+    (GroupPlan, 'planned', rollout(facts={'hv2': {'host_memory': {'total': '1G', 'available': 1}}}),
+     'facts.hv2.host_memory'),
+    (GroupPlan, 'planned', rollout(capacity={'hv2': '16M'}), 'groups[g]'),
 ]
 
 

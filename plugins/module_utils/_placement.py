@@ -1,0 +1,162 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) ivshmem.fleet contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Where a rollout batch's groups wait while their hosts change (ivshmem.fleet.plan's rollout).
+
+Pure logic: given the validated groups (their host now and their memory), the hosts of the batch,
+the destinations a rollout may use and what each has room for, one destination per group of the
+batch, or an error naming the group that does not fit and by how much. Each group is placed once;
+a host of the batch is never a destination; the room a destination has left counts the groups
+already placed on it in this batch.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list, check_size
+
+ANY = 'any'
+MIB = 1 << 20
+# What a rollout leaves free on a destination for its own system, and what one QEMU costs beyond
+# its guest's RAM (the process, and TCG's translation buffer: tb-size 64 on the lab).
+DEFAULT_RESERVE = '256M'
+DEFAULT_GUEST_OVERHEAD = '64M'
+
+
+def mib(value):
+    """Bytes as MiB for messages (rounded up: a shortfall of 1 byte is not 0 MiB)."""
+    return '%d MiB' % -(-value // MIB)
+
+
+def _size(field, value, default):
+    if isinstance(value, bool):
+        raise ValidationError(field, '%r is not a size (bytes, or a number with K, M, G or T)' % (value,))
+    return check_size(field, default if value is None else value, minimum=0, maximum=1 << 50, power_of_two=False)
+
+
+def _hosts(field, value, known):
+    """A list of distinct inventory hosts."""
+    hosts = check_list(field, value)
+    for index, host in enumerate(hosts):
+        if host not in known:
+            raise ValidationError('%s[%d]' % (field, index), '%r is not a host of the inventory' % (host,))
+        if host in hosts[:index]:
+            raise ValidationError('%s[%d]' % (field, index), '%s is given twice' % host)
+    return hosts
+
+
+def group_need(group, overhead):
+    """Bytes a group takes on a host: its guests' RAM and QEMU overhead, and its shared memory."""
+    guests = len(group['guest_names'])
+    return group['guest_memory'] + guests * overhead + group['size']
+
+
+def host_room(host, facts, capacity, reserve, overhead):
+    """Bytes a destination can take: what it has available, never more than its total less what its
+    servers and running guests are given, less the reserve, capped by ``capacity`` when set."""
+    where = 'facts.%s' % host
+    memory = (facts or {}).get('host_memory')
+    if not isinstance(memory, dict) or not all(
+            isinstance(memory.get(k), int) and not isinstance(memory.get(k), bool) for k in ('total', 'available')):
+        raise ValidationError(where + '.host_memory', 'unknown: a rollout destination needs the total and available '
+                                                     'memory that ivshmem.fleet.info reports (gather it first)')
+    committed = 0
+    for guest in (facts.get('guests') or {}).values():
+        if isinstance(guest, dict) and guest.get('state') != 'stopped':
+            memory_mib = guest.get('memory_mib')
+            committed += (memory_mib << 20 if isinstance(memory_mib, int) else 0) + overhead
+    for server in (facts.get('servers') or {}).values():
+        if isinstance(server, dict) and server.get('state') == 'started':
+            size = (server.get('spec') or {}).get('size')
+            committed += size if isinstance(size, int) else 0
+    room = min(memory['available'], memory['total'] - committed) - reserve
+    if capacity is not None:
+        room = min(room, capacity)
+    return max(room, 0)
+
+
+def _describe(group, need, overhead):
+    return '%s (guests %s + QEMU overhead %s + shared memory %s)' % (
+        mib(need), mib(group['guest_memory']), mib(len(group['guest_names']) * overhead), mib(group['size']))
+
+
+def place(groups, hosts, facts, options):
+    """The rollout placement for ``options`` (the plan module's ``rollout``): a dict with ``moves``
+    (by source host, each move a group's name, its destination and need), ``assignment`` (group ->
+    destination) and ``destinations`` (room, need and what is left, per destination)."""
+    options = options if isinstance(options, dict) else None
+    if options is None:
+        raise ValidationError('rollout', 'must be a mapping')
+    unknown = sorted(set(options) - set(('batch', 'skip', 'destinations', 'reserve', 'guest_overhead', 'capacity')))
+    if unknown:
+        raise ValidationError('rollout.%s' % unknown[0], 'unknown option')
+    batch = _hosts('rollout.batch', options.get('batch'), hosts)
+    skip = _hosts('rollout.skip', options.get('skip'), hosts)
+    for index, host in enumerate(skip):
+        if host not in batch:
+            raise ValidationError('rollout.skip[%d]' % index, '%s is not in the batch' % host)
+    reserve = _size('rollout.reserve', options.get('reserve'), DEFAULT_RESERVE)
+    overhead = _size('rollout.guest_overhead', options.get('guest_overhead'), DEFAULT_GUEST_OVERHEAD)
+    wanted = options.get('destinations', ANY)
+    if wanted is None or wanted == ANY:
+        candidates = list(hosts)
+    else:
+        candidates = _hosts('rollout.destinations', wanted, hosts)
+        if not candidates:
+            raise ValidationError('rollout.destinations', 'give at least one host, or %s' % ANY)
+        for index, host in enumerate(candidates):
+            if host in batch:
+                raise ValidationError('rollout.destinations[%d]' % index,
+                                      '%s is in the batch: a host that changes cannot keep groups meanwhile' % host)
+    capacity = options.get('capacity') or {}
+    if not isinstance(capacity, dict):
+        raise ValidationError('rollout.capacity', 'must be a mapping of host to size')
+    for host in sorted(capacity):
+        if host not in hosts:
+            raise ValidationError('rollout.capacity.%s' % host, 'not a host of the inventory')
+    facts = facts or {}
+    rooms = dict((host, host_room(host, facts.get(host), None if capacity.get(host) is None else
+                                  _size('rollout.capacity.%s' % host, capacity[host], 0), reserve, overhead))
+                 for host in candidates)
+    needs = dict((group['name'], group_need(group, overhead)) for group in groups)
+    # Before anything moves: every group fits somewhere other than its own host, alone.
+    for group in groups:
+        others = [host for host in candidates if host != group['current_host']]
+        best = max(others, key=lambda host: rooms[host]) if others else None
+        if best is None or needs[group['name']] > rooms[best]:
+            raise ValidationError('groups[%s]' % group['name'], 'needs %s, more than any rollout destination has room '
+                                  'for (%s): %s short' % (
+                                      _describe(group, needs[group['name']], overhead),
+                                      'most: %s with %s' % (best, mib(rooms[best])) if best else 'none but its own host',
+                                      mib(needs[group['name']] - (rooms[best] if best else 0))))
+    # The batch: the largest group first, each to the destination with the most room left (the
+    # moves spread over the destinations); a host of the batch is never one.
+    usable = [host for host in candidates if host not in batch]
+    left = dict((host, rooms[host]) for host in usable)
+    placed = dict((host, []) for host in usable)
+    moving = sorted((g for g in groups if g['current_host'] in batch and g['current_host'] not in skip),
+                    key=lambda g: (-needs[g['name']], g['name']))
+    assignment, moves = {}, dict((host, []) for host in batch)
+    for group in moving:
+        name, need = group['name'], needs[group['name']]
+        fitting = [host for host in usable if left[host] >= need]
+        if not fitting:
+            best = max(usable, key=lambda host: left[host]) if usable else None
+            raise ValidationError('groups[%s]' % name, 'needs %s; with this batch\'s groups placed before it (%s) the '
+                                  'most room left is %s: %s short (a smaller rollout_serial or more destinations)' % (
+                                      _describe(group, need, overhead),
+                                      ', '.join('%s on %s' % (g, h) for h in usable for g in placed[h]) or 'none',
+                                      '%s on %s' % (mib(left[best]), best) if best else 'none (no destination)',
+                                      mib(need - (left[best] if best else 0))))
+        destination = max(fitting, key=lambda host: left[host])
+        left[destination] -= need
+        placed[destination].append(name)
+        assignment[name] = destination
+        moves[group['current_host']].append({'name': name, 'destination': destination, 'need': need, 'group': group})
+    return {
+        'batch': batch, 'assignment': assignment, 'moves': moves,
+        'destinations': dict((host, {'room': rooms[host], 'left': left[host], 'groups': placed[host]}) for host in usable),
+    }
