@@ -126,3 +126,62 @@ def run_playbook_output(args):
 
 def recap_changed(output):
     return sum(int(n) for n in re.findall(r'^\S+\s+: ok=\d+\s+changed=(\d+)', output, re.M))
+
+
+def rollout_placements(tmp_path, *extra):
+    """ivshmem.fleet.rollout in check mode with --tags plan on five local 'hosts' (own runtime
+    directories, nothing deployed): the assignment each batch's plan step printed, in order."""
+    lines = ['all:', '  children:', '    hypervisors:', '      hosts:']
+    for name in ('hv1', 'hv2', 'hv3', 's1', 's2'):
+        lines += ['        %s:' % name, '          ansible_connection: local',
+                  '          ansible_python_interpreter: %s' % sys.executable,
+                  '          ivshmem_fleet_runtime_dir: %s' % (tmp_path / name)]
+    inventory = tmp_path / 'inventory.yml'
+    inventory.write_text('\n'.join(lines) + '\n')
+
+    def group(name, host, peers):
+        return {'name': name, 'host': host, 'size': '4M', 'master': {'name': name + '-m', 'memory': '32M'},
+                'peers': [{'name': '%s-p%d' % (name, i), 'memory': '32M'} for i in range(peers)]}
+    # Needs with the defaults (64M per QEMU): a and c 196 MiB, b and d 100 MiB.
+    groups = tmp_path / 'groups.json'
+    groups.write_text(json.dumps({
+        'ivshmem_fleet_groups': [group('a', 'hv1', 1), group('b', 'hv1', 0), group('c', 'hv2', 1), group('d', 'hv3', 0)],
+        'ivshmem_fleet_rollout_capacity': {'hv1': '100M', 'hv2': '100M', 'hv3': '400M', 's1': '300M', 's2': '200M'}}))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, '.cache', 'collections'),
+               ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), 'ansible-playbook'), '-i', str(inventory), '-e', '@%s' % groups,
+         '-e', 'rollout_id=placement-test-%s' % os.getpid(), '--check', '--tags', 'plan'] + list(extra) +
+        [os.path.join(REPO, 'playbooks', 'rollout.yml')],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300, check=False)
+    output = result.stdout.decode('utf-8', 'replace')
+    placements = []
+    for block in output.split("TASK [The batch's placement]")[1:]:
+        text = block[block.index('=> {'):]
+        placements.append(json.loads(text[3:text.index('\n}\n') + 2])['msg'])
+    return result.returncode, output, placements
+
+
+def test_rollout_plan_places_batches_on_several_spares_in_check_mode(tmp_path):
+    code, output, placements = rollout_placements(tmp_path, '-e', 'spares=s1,s2', '-e', 'rollout_serial=2')
+    assert code == 0, output[-4000:]
+    # Batch hv1+hv2: a (196 MiB) on s1, c on s2 (s1 has 104 left), b (100) on s1; then d alone.
+    assert placements == [{'a': 's1', 'b': 's1', 'c': 's2'}, {'d': 's1'}], output[-4000:]
+    assert 'changed=0' in output and 'changed=1' not in output
+
+
+def test_rollout_plan_single_spare_and_any_host(tmp_path):
+    code, output, placements = rollout_placements(tmp_path, '-e', 'spare=s1')
+    assert code == 0, output[-4000:]
+    assert placements == [{'a': 's1', 'b': 's1'}, {'c': 's1'}, {'d': 's1'}, {}], output[-4000:]
+    code, output, placements = rollout_placements(tmp_path, '-e', 'rollout_destinations=any', '-e', 'rollout_serial=2')
+    assert code == 0, output[-4000:]
+    # Every host changes, two at a time, its groups on the hosts outside the batch with the most room
+    # (capped: hv1 and hv2 100M, hv3 400M, s1 300M, s2 200M).
+    assert placements == [{'a': 'hv3', 'b': 'hv3', 'c': 's1'}, {'d': 's2'}, {}], output[-4000:]
+
+
+def test_rollout_plan_names_a_group_that_fits_nowhere_before_anything_moves(tmp_path):
+    code, output, placements = rollout_placements(tmp_path, '-e', 'spares=s2', '-e', 'rollout_guest_overhead=128M')
+    assert code != 0 and placements == []
+    assert 'groups[a]: needs 324 MiB' in output and '124 MiB short' in output, output[-4000:]
