@@ -61,8 +61,8 @@ def host_room(host, facts, capacity, reserve, overhead):
     memory = (facts or {}).get('host_memory')
     if not isinstance(memory, dict) or not all(
             isinstance(memory.get(k), int) and not isinstance(memory.get(k), bool) for k in ('total', 'available')):
-        raise ValidationError(where + '.host_memory', 'unknown: a rollout destination needs the total and available '
-                                                     'memory that ivshmem.fleet.info reports (gather it first)')
+        raise ValidationError(where + '.host_memory', 'unknown: a rollout destination needs the total and '
+                              'available memory that ivshmem.fleet.info reports (gather it first)')
     committed = 0
     for guest in (facts.get('guests') or {}).values():
         if isinstance(guest, dict) and guest.get('state') != 'stopped':

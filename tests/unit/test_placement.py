@@ -19,8 +19,8 @@ def group(name, host, guests_mib=(32,), size='4M'):
 
 def room(total_mib, available_mib=None, guests=None, servers=None):
     """A host's facts as ivshmem.fleet.info gives them."""
-    return {'host_memory': {'total': total_mib * M, 'available': (total_mib if available_mib is None else
-                                                                   available_mib) * M},
+    available = total_mib if available_mib is None else available_mib
+    return {'host_memory': {'total': total_mib * M, 'available': available * M},
             'guests': guests or {}, 'servers': servers or {}, 'moves': {}}
 
 
@@ -60,8 +60,8 @@ PLACEMENTS = [
      {'batch': ['hv1', 'hv2'], 'destinations': 'any'},
      {'a': 'hv3', 'b': 's1'}),
     ('a host of the batch already changed keeps its groups',
-     [group('a', 'hv1'), group('b', 'hv2')], {'s1': 100}, {'batch': ['hv1', 'hv2'], 'skip': ['hv2'],
-                                                              'destinations': ['s1']},
+     [group('a', 'hv1'), group('b', 'hv2')], {'s1': 100},
+     {'batch': ['hv1', 'hv2'], 'skip': ['hv2'], 'destinations': ['s1']},
      {'a': 's1'}),
     ('available memory below total less committed is the room',
      [group('a', 'hv1', (60,))], {'s1': room(1000, 70), 's2': room(1000, 900, guests={
