@@ -60,7 +60,9 @@ def terminate(pid, marker, timeout):
         except OSError:
             return waited
         try:
-            _value, spent = wait_for('pid %d to exit' % pid, lambda: not process_alive(pid, marker), timeout)
+            # First look after 10 ms: a QEMU told to quit exits within milliseconds, and the
+            # caller (a migration's source, a guest's restart) waits on it.
+            _value, spent = wait_for('pid %d to exit' % pid, lambda: not process_alive(pid, marker), timeout, interval=0.01)
             return waited + spent
         except WaitTimeout as exc:
             waited += exc.waited
