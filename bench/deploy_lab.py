@@ -4,7 +4,8 @@ same run, on the same lab host, for growing numbers of groups (a master and two 
 the first run and an unchanged rerun of each.
 
 Targets (issue 12): an unchanged rerun <= 15 % of the first run's time; deploy time grows
-sub-linearly with the groups on a host.
+sub-linearly with the groups on a host. Prints its markdown section for docs/benchmarks.md
+(bench/report.py), the verdicts computed from the run.
 
 Run (root, after scripts/bootstrap.sh): .cache/venv/bin/python bench/deploy_lab.py [GROUPS ...]
 (default 1 3: a lab host has 1 GiB, which holds about 3 groups of three 32 MiB TCG guests).
@@ -20,6 +21,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
 RESET = os.path.join(REPO, 'molecule', 'resources', 'prepare.yml')
+sys.path.insert(0, os.path.join(REPO, 'bench'))
+
+from report_section import header, progress, ratio, table, verdict  # noqa: E402
 
 
 def playbook(inventory, extra, path):
@@ -55,21 +59,34 @@ def main():
                                   ('host', os.path.join(REPO, 'playbooks', 'deploy.yml'))):
                 playbook(inventory, extra, RESET)
                 row[variant] = (playbook(inventory, extra, path), playbook(inventory, extra, path))
-                print('%d groups, %s: first %.1f s, unchanged rerun %.1f s' % ((count, variant) + row[variant]),
-                      flush=True)
+                progress('%d groups, %s: first %.1f s, unchanged rerun %.1f s' % ((count, variant) + row[variant]))
             rows.append(row)
         playbook(inventory, extra, RESET)
     finally:
         subprocess.run(LAB + ['down'], check=False)
-    print('lab: 1 TCG VM (1 vCPU, 1 GiB) on %d cores; groups of a master and two peers (32 MiB TCG guests)'
-          % os.cpu_count())
-    print('| groups | naive first | host first | ratio | naive rerun | host rerun | ratio | host rerun / first |')
-    print('|---:|---:|---:|---:|---:|---:|---:|---:|')
+    table_rows = []
     for row in rows:
         (naive_first, naive_rerun), (host_first, host_rerun) = row['naive'], row['host']
-        print('| %d | %.1f s | %.1f s | %.2f | %.1f s | %.1f s | %.2f | %.0f %% |' % (
-            row['groups'], naive_first, host_first, naive_first / host_first, naive_rerun, host_rerun,
-            naive_rerun / host_rerun, 100.0 * host_rerun / host_first))
+        table_rows.append((row['groups'], '%.1f s' % naive_first, '%.1f s' % host_first, ratio(naive_first, host_first),
+                           '%.1f s' % naive_rerun, '%.1f s' % host_rerun, ratio(naive_rerun, host_rerun),
+                           '%.0f %%' % (100.0 * host_rerun / host_first)))
+    print(header('Deploying a host in one call (issue 12): `bench/deploy_lab.py`', 1, '(one first run and one unchanged rerun '
+                 'per variant and size)'))
+    print('One lab host (a TCG VM, 1 vCPU, 1 GiB, on %d cores) and the deploy playbook as an operator runs it against the '
+          'same playbook written as before `ivshmem.fleet.host`: a task per server and per guest '
+          '(`bench/deploy_naive.yml`, the baseline), each from a reset host, then an unchanged rerun. Groups of a '
+          'master and two peers (32 MiB TCG guests).\n' % os.cpu_count())
+    print(table(('groups', 'naive first (baseline)', 'host first', 'ratio', 'naive rerun (baseline)', 'host rerun', 'ratio',
+                 'host rerun / first'), table_rows))
+    print('Against the targets:')
+    worst = max(row['host'][1] / row['host'][0] for row in rows)
+    print(verdict('unchanged rerun <= 15 % of the first run', worst <= 0.15, 'at most %.0f %%' % (100 * worst)))
+    if len(rows) > 1:
+        low, high = rows[0], rows[-1]
+        growth, naive_growth = high['host'][0] / low['host'][0], high['naive'][0] / low['naive'][0]
+        print(verdict('deploy time grows sub-linearly with the groups', growth < high['groups'] / low['groups'],
+                      '%d groups take %.1fx the time of %d, against %.1fx for the baseline' % (
+                          high['groups'], growth, low['groups'], naive_growth)))
 
 
 if __name__ == '__main__':

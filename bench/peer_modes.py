@@ -8,6 +8,7 @@ the group on host a and moves it to b, alternating the two modes. Printed per mo
 - ``peer reads again``: from the start of the move until the peer's workload on b reports the
   master's data again. A restarted peer's guest boots first; a live one never stopped;
 - whether the peer kept its RAM (its ``life`` count continued on b).
+Prints its markdown section for docs/benchmarks.md (bench/report.py).
 
 Run: PYTHONPATH=.cache/collections .cache/venv/bin/python bench/peer_modes.py [RUNS]
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 
 from conftest import lab_root, build_test_guest  # noqa: E402
 from move_lab import TwoHosts  # noqa: E402
+from report_section import header, progress, ratio, table  # noqa: E402
 from test_live_peers import boot, console  # noqa: E402
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for  # noqa: E402
@@ -55,13 +57,25 @@ def main():
     for _run in range(runs):
         for mode in results:
             results[mode].append(one_move(image, mode))
-    print('median of %d | restart (baseline) | live | live / restart' % runs)
-    for key in ('master_outage_ms', 'peer_outage_ms', 'peer_reads_again_ms', 'total_time_ms'):
+            progress('%s: %s' % (mode, results[mode][-1]))
+    labels = (('master_outage_ms', 'master outage'), ('peer_outage_ms', 'peer outage, as the engine reports it'),
+              ('peer_reads_again_ms', 'peer reads the shared memory again (from the move\'s start)'),
+              ('total_time_ms', 'QEMU total time (master)'))
+    rows = []
+    for key, label in labels:
         base = statistics.median(r[key] for r in results['restart'])
         live = statistics.median(r[key] for r in results['live'])
-        print('%s | %d | %d | %.2f' % (key, base, live, live / base if base else float('nan')))
-    for mode, rows in results.items():
-        print('%s: peer kept its RAM in %d of %d runs' % (mode, sum(r['kept_ram'] for r in rows), len(rows)))
+        rows.append((label, '%d ms' % base, '%d ms' % live, ratio(live, base)))
+    rows.append(('peer kept its RAM (its count continued)',) + tuple(
+        '%d of %d' % (sum(r['kept_ram'] for r in results[mode]), runs) for mode in ('restart', 'live')) + ('',))
+    print(header('What a move costs the peers (issue 9): `bench/peer_modes.py`', runs))
+    print('Two servers as two hosts on this machine, a master and one peer, both Linux test guests (`tests/guest/`, '
+          '256 MiB, TCG) running the workload, 4 MiB shared; each run deploys the group and moves it once, '
+          'alternating `peer_mode: restart` (the baseline) and `live`. In `restart` the engine\'s peer outage ends '
+          'when the fresh peer\'s QEMU has started (its guest then still boots: the "reads again" line); in `live` it '
+          'runs from the unplug to the plug-back. "Reads again" comes from the workload\'s console reports, about '
+          'one per second, so it is coarse to about 1 s. No target of its own.\n')
+    print(table(('median', 'restart (baseline)', 'live', 'live / restart'), rows))
 
 
 if __name__ == '__main__':
