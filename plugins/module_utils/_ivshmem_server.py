@@ -26,6 +26,7 @@ __metaclass__ = type
 import argparse
 import collections
 import errno
+import itertools
 import os
 import re
 import resource
@@ -42,7 +43,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     MAX_VECTORS,
     PROTOCOL_VERSION,
     SHM_MARKER,
-    encode_message,
+    best_sender,
 )
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import (
     ControlError,
@@ -65,7 +66,6 @@ _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
 _SEND_BUDGET = 1024  # messages sent per loop round
 _UNREAD = object()
-_FD = struct.Struct('i')  # an fd in SCM_RIGHTS
 _SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)\s*$', re.IGNORECASE)
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _SUFFIX_SHIFT = {'': 0, 'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
@@ -144,7 +144,7 @@ class Client:
     until the message is sent or discarded.
     """
 
-    def __init__(self, sock, peer_id, pid, uid, name, eventfds):
+    def __init__(self, sock, peer_id, pid, uid, name, eventfds, messages):
         self.sock = sock
         self.fileno = sock.fileno()
         self.peer_id = peer_id
@@ -153,11 +153,10 @@ class Client:
         self._name = name  # _UNREAD: read from /proc when first asked (not on the join's path)
         self._from_command_line = name is _UNREAD
         self.eventfds = eventfds
-        # Encoded once, sent to every peer: the client's vectors (one payload, an fd each) and
-        # its departure.
-        self.departure = encode_message(peer_id)
-        payload = self.departure[0]
-        self.vectors = [(payload, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _FD.pack(fd))]) for fd in eventfds]
+        # Encoded once, sent to every peer: the client's vectors (its ID with an eventfd each),
+        # then its ID alone (its departure, and its own ID in its handshake).
+        self.vectors, self.departure = messages[:-1], messages[-1]
+        self.announced = False  # whether other clients were told of it (and so must hear it left)
         self.outbox = collections.deque()  # (encoded message, owner of the fd it carries or None)
         self.refs = 0
         self.gone = False
@@ -280,6 +279,7 @@ class Config:
         self.memory_mode = args.memory_mode
         self.keep_memory = args.keep_memory
         self.admin_gid = args.admin_group
+        self.batch_send = not args.no_sendmmsg
         taken = {}
         for name, peer_id in self.pins.items():
             if peer_id in taken:
@@ -324,6 +324,7 @@ class IvshmemServer:
         self.control = None
         self.shm_fd = None
         self._memory_message = None  # the handshake's memory message, encoded once the memory is open
+        self._version_message = None
         self.fd_limit = None
         self.max_clients = config.max_clients
         self.max_backlog = config.max_backlog
@@ -335,6 +336,8 @@ class IvshmemServer:
         self._retry_at = None
         self._paused = {}  # listener -> (callback, monotonic time to listen again)
         self._spare = []  # eventfds made ahead for the next newcomer
+        self._spare_messages = None  # and their messages, encoded ahead (the ID is set at the join)
+        self.sender = best_sender(config.batch_send, _HANDSHAKE_QUANTUM)
 
     # --- setup -------------------------------------------------------------------------
     def setup(self):
@@ -350,7 +353,8 @@ class IvshmemServer:
             longest_handshake = 3 + self.max_clients * max(self.config.vectors, 1)
             self.max_backlog = _BACKLOG_FLOOR + 2 * longest_handshake
         self.shm_fd = self._open_memory()
-        self._memory_message = encode_message(SHM_MARKER, self.shm_fd)
+        self._memory_message = self.sender.encode(SHM_MARKER, [self.shm_fd]).messages[0]
+        self._version_message = self.sender.encode(PROTOCOL_VERSION).messages[0]
         self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
         self.control = self._listen(self.config.control_path, 0o600)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept_client)
@@ -362,9 +366,9 @@ class IvshmemServer:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
         if self.config.pidfile:
             _write_atomic(self.config.pidfile, '%d\n' % os.getpid(), 0o644)
-        self.log('listening on %s (memory %s, %d bytes, %d vectors, up to %d clients%s)' % (
+        self.log('listening on %s (memory %s, %d bytes, %d vectors, up to %d clients, sending with %s%s)' % (
             self.config.socket_path, self.config.memory_path, self.config.size, self.config.vectors,
-            self.max_clients, ', held for %s' % self.hold if self.hold else ''))
+            self.max_clients, self.sender.name, ', held for %s' % self.hold if self.hold else ''))
 
     def _open_memory(self):
         """Create the memory file exclusively; reuse only a stale one of ours, never a squatted one.
@@ -431,7 +435,7 @@ class IvshmemServer:
                 key.data(key.fileobj, mask)
             self._on_time()
             self._settle()
-            if not self._dirty and len(self._spare) < self.config.vectors:
+            if not self._dirty and self._spare_messages is None:
                 self._make_spare()
         self.shutdown()
 
@@ -523,13 +527,19 @@ class IvshmemServer:
 
     # --- clients -----------------------------------------------------------------------
     def _accept_client(self, listener, _mask):
-        for _turn in range(_ACCEPT_BATCH):  # the rest next round: a burst of joins takes turns too
+        # The rest next round: a burst of joins takes turns too, its handshakes within one
+        # round's budget (see _settle).
+        sent = 0
+        for _turn in range(_ACCEPT_BATCH):
+            if sent >= _SEND_BUDGET:
+                return
             sock = self._accept(listener, self._accept_client)
             if sock is None:
                 return
-            self._admit(sock)
+            sent += self._admit(sock)
 
     def _admit(self, sock):
+        """Admit or refuse a new connection; returns how many handshake messages went out now."""
         try:
             pid, uid, _gid = _peer_credentials(sock)
         except OSError:
@@ -538,11 +548,11 @@ class IvshmemServer:
         # no account of ours has no name here (status shows what it calls itself, read later).
         name = self.names_by_uid.get(uid)
         reason = self._refusal(uid, name)
-        eventfds = []
+        eventfds, messages = [], None
         returning = self.absent.get(self.config.pins.get(name)) if name is not None else None
         if not reason and returning is None:
             try:
-                eventfds = self._eventfds()
+                eventfds, messages = self._eventfds()
             except OSError as exc:
                 reason = 'cannot create eventfds: %s' % exc.strerror
         peer_id = None if reason else self.ids.take(name)
@@ -555,52 +565,63 @@ class IvshmemServer:
             self.log('refused pid %d uid %d (%s): %s' % (
                 pid, uid, name or 'calls itself %s' % (guest_name_of(pid) or 'nothing'), reason))
             sock.close()
-            return
+            return 0
         if returning is not None:
             del self.absent[peer_id]
-            eventfds = returning.eventfds  # every other guest holds these already
-        client = Client(sock, peer_id, pid, uid, _UNREAD if name is None else name, eventfds)
+            # Every other guest holds these eventfds already (and the messages say the same ID).
+            client = Client(sock, peer_id, pid, uid, name, returning.eventfds, returning.vectors + [returning.departure])
+            client.announced = True
+        else:
+            messages.set_value(peer_id)
+            client = Client(sock, peer_id, pid, uid, _UNREAD if name is None else name, eventfds, messages.messages)
         client.sticky = self.ids.pinned(peer_id)
         others = list(self.clients.values())
         self.clients[client.fileno] = client
         self.selector.register(sock, selectors.EVENT_READ, self._client_event)
-        # The handshake (spec order): version, own ID, the memory, every peer's vectors,
-        # then the client's own vectors. Then every peer learns the newcomer's vectors.
-        # Queued in bulk (a join queues peers x vectors messages twice): see _queue for one.
-        self._queue(client, encode_message(PROTOCOL_VERSION))
-        self._queue(client, encode_message(peer_id))
-        self._queue(client, self._memory_message)
+        # The handshake (spec order): version, own ID, the memory, every peer's vectors, then the
+        # client's own vectors; then every peer learns the newcomer's vectors. Queued in bulk (a
+        # join queues peers x vectors messages twice). The handshake goes out at once, as far as
+        # the socket takes it, before anything else: its QEMU waits on it.
+        client.outbox.extend(((self._version_message, None), (client.departure, None), (self._memory_message, None)))
         for owner in others + list(self.absent.values()) + [client]:
             client.outbox.extend([(message, owner) for message in owner.vectors])
             owner.refs += len(owner.vectors)
         client.handshake_left = len(client.outbox)
+        sent = self._flush(client, _HANDSHAKE_QUANTUM)
+        if client.gone:
+            return sent  # it left at once; nobody was told of it
         announcement = [(message, client) for message in client.vectors]
         for other in others if returning is None else ():
             other.outbox.extend(announcement)
             self._dirty[other] = None
         client.refs += len(announcement) * len(others)
+        client.announced = True
         if self.config.verbose:
             self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, client.name or 'unnamed'), verbose=True)
+        return sent
 
     def _eventfds(self):
-        """A newcomer's eventfds: those made ahead while the server was idle, completed as needed."""
-        fds, self._spare = self._spare, []
-        try:
-            while len(fds) < self.config.vectors:
-                fds.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
-        except OSError:
-            for fd in fds:
+        """A newcomer's eventfds and their messages: those made ahead while the server was idle,
+        else made now."""
+        failure = self._make_spare() if self._spare_messages is None else None
+        if failure is not None:
+            for fd in self._spare:
                 os.close(fd)
-            raise
-        return fds
+            self._spare = []
+            raise failure
+        fds, messages = self._spare, self._spare_messages
+        self._spare, self._spare_messages = [], None
+        return fds, messages
 
     def _make_spare(self):
-        """While idle, the next newcomer's eventfds (they are off its join's path then)."""
+        """The next newcomer's eventfds and their messages, made while idle (off its join's path)."""
         try:
             while len(self._spare) < self.config.vectors:
                 self._spare.append(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
-        except OSError:
-            pass  # at the fd limit: made at the join, or the join is refused there
+        except OSError as exc:
+            return exc  # at the fd limit: tried again at the join, which is refused if it still fails
+        self._spare_messages = self.sender.encode(-1, self._spare + [None])  # the vectors, then the ID alone
+        return None
 
     def _refusal(self, uid, name):
         if len(self.clients) >= self.max_clients:
@@ -624,26 +645,18 @@ class IvshmemServer:
         server's innermost loop (every message of every client passes here once), kept lean.
         """
         outbox = client.outbox
-        sendmsg = client.sock.sendmsg
-        popleft = outbox.popleft
-        failure = None
-        sent = 0
-        for _message in range(min(quantum, len(outbox))):
-            (buffers, ancillary), owner = outbox[0]
-            try:
-                # A UNIX stream socket takes a message this small whole or not at all.
-                sendmsg(buffers, ancillary, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                failure = exc
-                break
-            popleft()
-            sent += 1
-            if owner is not None:  # owner.release(), inlined
-                owner.refs -= 1
-                if owner.gone and not owner.refs:
-                    owner.close_eventfds()
+        sent, failure = self.sender.send(client.sock, outbox, quantum)
+        if sent:
+            # The messages sent release the eventfds they carried, counted per owner: a turn
+            # carries long runs of one owner's vectors.
+            for owner, count in collections.Counter(entry[1] for entry in itertools.islice(outbox, sent)).items():
+                if owner is not None:
+                    owner.refs -= count
+                    if owner.gone and not owner.refs:
+                        owner.close_eventfds()
+            popleft = outbox.popleft
+            for _message in range(sent):
+                popleft()
         if client.handshake_left:
             client.handshake_left = max(0, client.handshake_left - sent)
         if failure is not None:
@@ -708,6 +721,7 @@ class IvshmemServer:
         if client.sticky and announce:
             self.absent[client.peer_id] = client
             announce = False  # see self.absent
+        announce = announce and client.announced
         self.ids.free(client.peer_id)
         self.dropped += fault
         self.log('free peer %d (%s)' % (client.peer_id, why), verbose=not fault)
@@ -805,6 +819,7 @@ class IvshmemServer:
             'size': cfg.size, 'vectors': cfg.vectors, 'hold': self.hold, 'pins': cfg.pins,
             'accounts': self.accounts, 'admit_accounts_only': cfg.admit_accounts_only,
             'max_clients': self.max_clients, 'max_backlog': self.max_backlog, 'fd_limit': self.fd_limit,
+            'sender': self.sender.name,
             'refused': self.refused, 'dropped': self.dropped, 'queued': sum(c['backlog'] for c in clients),
             'started_at': round(self.started_at, 3), 'clients': clients,
         }
@@ -969,6 +984,9 @@ def build_parser():
     parser.add_argument('--admin-group', type=_gid,
                         help='besides root, the group whose processes may hold and release admission')
     parser.add_argument('--keep-memory', action='store_true', help='keep the memory file on shutdown')
+    parser.add_argument('--no-sendmmsg', action='store_true',
+                        help='send each message with its own system call (sendmsg), as where the C library has no '
+                        'sendmmsg (default: a client\'s turn of messages in one sendmmsg call)')
     return parser
 
 

@@ -1,4 +1,5 @@
 """Real QEMU, real servers, real QMP: a small lab on this machine for the integration tests."""
+import ctypes
 import os
 import resource
 import shutil
@@ -17,6 +18,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
+_PR_SET_MDWE = 65  # prctl: deny memory that is both writable and executable, kept across exec
+_PR_MDWE_REFUSE_EXEC_GAIN = 1
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER',
                           os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
 
@@ -114,12 +117,14 @@ def builtin_lab():
 def start_server():
     """Our server as a foreground process started directly, as an operator would.
 
-    ``start(*options, fd_limit=None)`` returns (process, socket path, log path). At the end each
-    server is stopped and must have removed its socket and memory.
+    ``start(*options, fd_limit=None, deny_write_execute=False)`` returns (process, socket path, log
+    path); ``deny_write_execute`` starts it under the kernel's MDWE, what systemd's
+    MemoryDenyWriteExecute gives the server's unit. At the end each server is stopped and must have
+    removed its socket and memory.
     """
     started = []
 
-    def start(*options, fd_limit=None):
+    def start(*options, fd_limit=None, deny_write_execute=False):
         root = lab_root()
         sock = os.path.join(root, 's.sock')
         name = 'srv-%d-%d' % (os.getpid(), len(started))
@@ -130,6 +135,8 @@ def start_server():
         def limit_fds():
             if fd_limit:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+            if deny_write_execute and ctypes.CDLL(None).prctl(_PR_SET_MDWE, _PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0):
+                os._exit(97)  # the kernel has no MDWE (before 6.3): the test fails on the missing server
         with open(log, 'wb') as stderr:
             process = subprocess.Popen(argv + list(options), env=dict(os.environ, PYTHONPATH=COLLECTIONS),
                                        stderr=stderr, preexec_fn=limit_fds)

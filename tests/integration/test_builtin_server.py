@@ -39,6 +39,7 @@ def test_misbehaving_clients_cost_only_their_own_connection(server):
     try:
         keeper = probe.connect()
         assert probe.until(lambda: probe.settled(keeper), 5) and keeper.peer_id == 0
+        probe.until(lambda: False, 0.3)  # the server, idle, makes the next newcomer's eventfds ahead
         baseline = fd_count(process.pid)
         for _round in range(200):  # connect and vanish at once, mid-handshake
             flood = socket.socket(socket.AF_UNIX)

@@ -16,14 +16,17 @@ from ivshmem_probe import Probe
 from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
 
 
-@pytest.fixture
-def probed(start_server):
+@pytest.fixture(params=['sendmmsg', 'sendmsg'])
+def probed(request, start_server):
     """``probed(vectors, *options)``: our server with these options and a probe on it,
-    as (socket path, probe). The probes are closed at the end, before the servers stop."""
+    as (socket path, probe), once with each way of sending (a turn of messages per system call,
+    and the fallback of one per call). The probes are closed at the end, before the servers stop."""
     probes = []
 
     def start(vectors, *options):
-        _process, sock, _log = start_server('-n', str(vectors), *options)
+        sender = ('--no-sendmmsg',) if request.param == 'sendmsg' else ()
+        _process, sock, _log = start_server('-n', str(vectors), *(sender + options))
+        assert status(sock)['sender'] == request.param
         probes.append(Probe(sock, vectors))
         return sock, probes[-1]
 
@@ -86,6 +89,19 @@ def test_a_departed_id_is_not_handed_out_again_while_others_are_free(probed):
     probe.close(second)
     wait_for('the departure', lambda: len(status(sock)['clients']) == 2, 5)
     assert [c.peer_id for c in join(probe, 2)] == [4, 5]  # 3 stays pinned, 1 is reused last
+
+
+def test_the_batch_sender_works_in_the_server_unit_s_sandbox(start_server):
+    """The unit denies writable executable memory (MemoryDenyWriteExecute): the batch sender's
+    foreign calls (ctypes) still work there, and long handshakes go out whole."""
+    _process, sock, _log = start_server('-n', '64', deny_write_execute=True)
+    assert status(sock)['sender'] == 'sendmmsg'
+    probe = Probe(sock, 64)
+    try:
+        clients = [join(probe, 1)[0] for _client in range(8)]  # the 8th handshake: 515 messages
+        assert probe.until(lambda: all(probe.knows_everyone(c) for c in clients), 30)
+    finally:
+        probe.close()
 
 
 def test_the_fd_limit_is_raised_to_the_hard_limit_and_sets_the_client_cap(start_server):
