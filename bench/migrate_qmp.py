@@ -14,9 +14,12 @@ its own fresh server held for it. Then one of four ways migrates it over a ``uni
   ``completed`` event, wait for the destination to load, hash both memories the module's way
   (``_checksum.checksum_files``, crc32), compare, ``cont`` the destination, ``quit`` the source
   and wait for its monitor to close (the module stops the source too);
+- ``bare, hashed, with the switchover gate``: bare hashed with QEMU's settings as the module sets
+  them: ``pause-before-switchover`` on, and ``migrate-continue`` at the gate;
 - ``bare``: the same without waiting for the load and hashing (``cont`` on a loading destination
   makes it run once loaded).
-Like-for-like pairs: module (verify on) with bare hashed; module verify false with bare.
+Like-for-like pairs: module (verify on) with bare hashed (with and without the gate); module
+verify false with bare.
 
 Ansible's fixed cost per task is measured in the same ansible-playbook run, and a callback
 (bench/callback_plugins/task_times.py, ansible-core only) records each task's own time from its
@@ -32,7 +35,7 @@ connection to the source's exit. Target (issue 12): module minus ping <= 1.1 x b
 like for like.
 
 Run: PYTHONPATH=.cache/collections .cache/venv/bin/python bench/migrate_qmp.py [RUNS_64MIB] [RUNS_1GIB]
-(default 5 and 3; the modes alternate within each run; about 2 minutes with the defaults).
+(default 5 and 3; the modes alternate within each run; about 4 minutes with the defaults).
 """
 import json
 import os
@@ -58,7 +61,12 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_checksum.__file__), *['..'] * 5))
 MAX_BANDWIDTH = 10 << 30  # the module's default, set by both
 DOWNTIME_LIMIT = 300
-MODES = (('module', True), ('bare', True), ('module', False), ('bare', False))
+# (how, verify, switchover gate): the module always opens QEMU's switchover gate (pause-before-switchover).
+MODES = (('module', True, True), ('bare', True, False), ('bare', True, True), ('module', False, True), ('bare', False, False))
+# Table rows: (verify, the bare script's gate, label); the module's row is always (verify, gate on).
+ROWS = ((True, False, 'verify on (default) / bare hashed'),
+        (True, True, 'verify on (default) / bare hashed, with the switchover gate'),
+        (False, False, 'verify: false / bare'))
 
 
 def prepare(size_mib, block):
@@ -99,13 +107,15 @@ def module_run(lab, verify):
             'hash': (migration['verification'].get('checksum_seconds') or 0.0)}
 
 
-def bare_run(lab, verify):
-    """The same migration in plain QMP: its seconds, and QEMU's migration time (from the events' stamps)."""
+def bare_run(lab, verify, gate):
+    """The same migration in plain QMP: its seconds, and QEMU's migration time (from the events' stamps).
+    ``gate``: with QEMU's switchover gate as the module sets it (pause-before-switchover, then continue)."""
     source, destination = lab.status('m'), lab.status('m-b')
     memories = [lab.memory_of('a'), lab.memory_of('b')]
     started = time.monotonic()
     with QMPClient(source['qmp'], timeout=30) as sq, QMPClient(destination['qmp'], timeout=30) as dq:
-        sq.command('migrate-set-capabilities', {'capabilities': [{'capability': 'events', 'state': True}]})
+        sq.command('migrate-set-capabilities', {'capabilities': [{'capability': 'events', 'state': True},
+                                                                 {'capability': 'pause-before-switchover', 'state': gate}]})
         sq.command('migrate-set-parameters', {'max-bandwidth': MAX_BANDWIDTH, 'downtime-limit': DOWNTIME_LIMIT})
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:  # the destination's socket is root's
             conn.connect(destination['incoming_uri'][len('unix:'):])
@@ -116,6 +126,8 @@ def bare_run(lab, verify):
             event = sq.wait_event(('MIGRATION',), 300)
             status = event['data']['status']
             stamps[status] = event_seconds(event)
+            if status == 'pre-switchover':
+                sq.command('migrate-continue', {'state': 'pre-switchover'})
         assert status == 'completed', sq.command('query-migrate')
         if verify:
             wait_for('the destination to load', lambda: dq.command('query-status')['status'] != 'inmigrate', 60,
@@ -141,10 +153,10 @@ def measure(size_mib, runs):
         for mode in MODES:
             lab = prepare(size_mib, block)
             try:
-                figures[mode].append(module_run(lab, mode[1]) if mode[0] == 'module' else bare_run(lab, mode[1]))
+                figures[mode].append(module_run(lab, mode[1]) if mode[0] == 'module' else bare_run(lab, mode[1], mode[2]))
             finally:
                 lab.teardown()
-            progress('%d MiB run %d %s verify=%s: %s' % (size_mib, run + 1, mode[0], mode[1], figures[mode][-1]))
+            progress('%d MiB run %d %s verify=%s gate=%s: %s' % ((size_mib, run + 1) + mode + (figures[mode][-1],)))
     return figures
 
 
@@ -155,24 +167,23 @@ def section(results, runs):
         def median(mode, key):
             return statistics.median(run[key] for run in figures[mode])
 
-        for verify, label in ((True, 'verify on (default) / bare hashed'), (False, 'verify: false / bare')):
-            module, bare = median(('module', verify), 'task'), median(('bare', verify), 'task')
-            ping, ping_again = median(('module', verify), 'ping'), median(('module', verify), 'ping_again')
+        for verify, gate, label in ROWS:
+            mod, base = ('module', verify, True), ('bare', verify, gate)
+            module, bare = median(mod, 'task'), median(base, 'task')
+            ping, ping_again = median(mod, 'ping'), median(mod, 'ping_again')
             own = module - ping
             rows.append(('%s, %s' % (size_label(size_mib), label), ms(bare), ms(module), ms(ping), ms(own), ratio(own, bare),
-                         ms(ping_again), ms(module - ping_again),
-                         '%s / %s' % (ms(median(('bare', verify), 'qemu')), ms(median(('module', verify), 'qemu')))))
+                         ms(ping_again), ms(module - ping_again), '%s / %s' % (ms(median(base, 'qemu')), ms(median(mod, 'qemu')))))
             limit = 1.1 * bare + 0.05
             verdicts.append(verdict('%s, %s: module minus ping <= 1.1 x bare + 50 ms' % (size_label(size_mib), label),
                                     own <= limit, '%s against %s; with the second ping, %s' % (
                                         ms(own), ms(limit), ms(module - ping_again))))
-        for verify in (True, False):
-            beyond = [statistics.median(run['task'] - run['qemu'] - run.get('ping', 0.0) for run in figures[(kind, verify)])
-                      for kind in ('module', 'bare')]
+        for verify, gate, label in ROWS:
+            beyond = [statistics.median(run['task'] - run['qemu'] - run.get('ping', 0.0) for run in figures[mode])
+                      for mode in (('module', verify, True), ('bare', verify, gate))]
             notes.append('- %s, %s: beyond QEMU\'s own migration time, the module (minus ping) took %s and the bare '
-                         'script %s.' % (size_label(size_mib), 'verify on' if verify else 'verify: false', ms(beyond[0]),
-                                         ms(beyond[1])))
-        inside = [ms(median(('module', True), key)) for key in ('elapsed', 'hash', 'again', 'ping_again')]
+                         'script %s.' % (size_label(size_mib), label, ms(beyond[0]), ms(beyond[1])))
+        inside = [ms(median(('module', True, True), key)) for key in ('elapsed', 'hash', 'again', 'ping_again')]
         notes.append('- %s, verify on: inside the module, the migration from its first QMP command to the source\'s exit '
                      'took %s (hashing both sides %s); the same task run again, finding the migration done, took %s '
                      '(second ping: %s).' % tuple([size_label(size_mib)] + inside))
@@ -188,8 +199,11 @@ def section(results, runs):
            'one after it (payload built); '
            '`bare`: the same migration in plain QMP from Python (the baseline). Each row is like for like: verify '
            'on (crc32 of both sides while paused, before the destination runs) against the bare script hashing the '
-           'same way; `verify: false` against the bare script without hashing. QEMU\'s own migration time varies '
-           'from run to run on this shared machine (its last column), most with 1 GiB.', '',
+           'same way; `verify: false` against the bare script without hashing. The module opens QEMU\'s switchover '
+           'gate (`pause-before-switchover`, to look at the destination before the source commits); the row "with '
+           'the switchover gate" gives the bare script the same QEMU settings, so the difference between the two '
+           'bare rows is what the gate costs inside QEMU. QEMU\'s own migration time (last column) also varies from '
+           'run to run on this shared machine, most with 1 GiB.', '',
            table(('median', 'bare QMP (baseline)', 'module task', 'ping (first use)', 'module minus ping', 'ratio to bare',
                   'second ping', 'module minus second ping', 'QEMU migration time, bare / module'), rows),
            'Against the target:']
