@@ -31,8 +31,9 @@ BENCHMARKS = (
     Benchmark('move_outage_tls', ['bench/move_outage.py', '3', '64,1024', 'clear'], False, '5 min'),
     Benchmark('move_outage_lab', ['bench/move_outage_lab.py', '4', '16', 'relay,clear'], True, '17-25 min'),
     Benchmark('peer_modes', ['bench/peer_modes.py', '3'], False, '5 min'),
-    Benchmark('server_scale', ['bench/server_scale.py', '--runs', '3'], False, '12 min'),
+    Benchmark('server_scale', ['bench/server_scale.py', '--runs', '3'], False, '15 min'),
     Benchmark('deploy_lab', ['bench/deploy_lab.py', '1', '3'], True, '12 min'),
+    Benchmark('rollout_lab', ['bench/rollout_lab.py', '1'], True, '15 min'),
     Benchmark('verify_cost', ['bench/verify_cost.py', '512'], False, '1 min'),
 )
 
@@ -89,7 +90,7 @@ def assemble():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--only', help='comma-separated names of the benchmarks to rerun')
     parser.add_argument('--no-lab', action='store_true', help='skip the benchmarks that boot the lab')
     parser.add_argument('--assemble', action='store_true', help='run nothing, rebuild docs/benchmarks.md')

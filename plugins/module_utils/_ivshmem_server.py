@@ -30,6 +30,7 @@ import itertools
 import os
 import re
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -43,8 +44,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     MAX_VECTORS,
     PROTOCOL_VERSION,
     SHM_MARKER,
-    best_sender,
 )
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_send import best_sender
+from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size, round_up_power_of_two
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import (
     ControlError,
     encode_response,
@@ -66,33 +68,8 @@ _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
 _SEND_BUDGET = 1024  # messages sent per loop round
 _UNREAD = object()
-_SIZE_RE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)\s*$', re.IGNORECASE)
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
-_SUFFIX_SHIFT = {'': 0, 'b': 0, 'k': 10, 'm': 20, 'g': 30, 't': 40, 'p': 50, 'e': 60}
 _CONTROL_LIMIT = 4096
-
-
-def parse_size(text):
-    """Parse an upstream-style size (bytes, or K/M/G/T/P/E suffixed) into bytes."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise ValueError('invalid size %r' % text)
-    number, suffix = match.groups()
-    if '.' in number and not suffix:
-        raise ValueError('invalid size %r: a fraction needs a suffix' % text)
-    if len(number) > 30:  # beyond any memory: refused before arithmetic
-        raise ValueError('invalid size %r: too large' % text)
-    whole, _dot, fraction = number.partition('.')
-    shift = _SUFFIX_SHIFT[suffix.lower()]
-    value = (int(whole) << shift) + (int(fraction) << shift) // 10 ** len(fraction) if fraction else int(whole) << shift
-    if value <= 0:
-        raise ValueError('invalid size %r: must be positive' % text)
-    return value
-
-
-def round_up_power_of_two(value):
-    """The device's BAR is a power of two: upstream rounds the size up the same way."""
-    return 1 << (value - 1).bit_length()
 
 
 def guest_name_of(pid):
@@ -336,6 +313,7 @@ class IvshmemServer:
         self._retry_at = None
         self._paused = {}  # listener -> (callback, monotonic time to listen again)
         self._spare = []  # eventfds made ahead for the next newcomer
+        self._arrivals = None
         self._spare_messages = None  # and their messages, encoded ahead (the ID is set at the join)
         self.sender = best_sender(config.batch_send, _HANDSHAKE_QUANTUM)
 
@@ -358,6 +336,9 @@ class IvshmemServer:
         self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
         self.control = self._listen(self.config.control_path, 0o600)
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept_client)
+        self._arrivals = select.poll()  # the listeners alone, polled between turns (see _arriving)
+        for sock in (self.listener, self.control):
+            self._arrivals.register(sock, select.POLLIN)
         self.selector.register(self.control, selectors.EVENT_READ, self._accept_control)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w)
@@ -435,9 +416,15 @@ class IvshmemServer:
                 key.data(key.fileobj, mask)
             self._on_time()
             self._settle()
-            if not self._dirty and self._spare_messages is None:
+            if not self._dirty and self._spare_messages is None and not self._arriving():
                 self._make_spare()
         self.shutdown()
+
+    def _arriving(self):
+        """Whether a connection waits to be accepted: work that can wait (the rest of a round's
+        sends, the next newcomer's eventfds) yields to it, so a join never waits behind the
+        announcements of the one before it."""
+        return bool(self._arrivals.poll(0)) and not self._paused
 
     def _next_timeout(self):
         if self._dirty:
@@ -465,12 +452,13 @@ class IvshmemServer:
                 self.selector.register(listener, selectors.EVENT_READ, callback)
 
     def _settle(self):
-        # Sending is done here, never from inside an event handler: a client that fails
-        # while others are being told about a departure is dropped without recursion.
+        # Sending is done here, never from inside an event handler (but a newcomer's own
+        # handshake, see _admit): a client that fails while others are being told about a
+        # departure is dropped without recursion.
         # Each client sends a quantum in turn, and a round ends after a budget: a burst of
         # long handshakes never keeps the loop from others (a status request, a newcomer).
         budget = _SEND_BUDGET
-        while self._dirty and budget > 0:
+        while self._dirty and budget > 0 and not self._arriving():
             client = self._dirty.popitem(last=False)[0]
             # A newcomer's handshake goes first, in large turns: its QEMU waits on it.
             budget -= self._flush(client, _HANDSHAKE_QUANTUM if client.handshake_left else _CLIENT_QUANTUM)

@@ -18,7 +18,7 @@ import os
 import re
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import parse_size
+from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
 NAME_PATTERN = r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 _NAME_RE = re.compile(NAME_PATTERN)

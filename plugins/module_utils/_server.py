@@ -9,7 +9,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import importlib
 import io
 import os
 import pwd
@@ -18,6 +17,9 @@ import sys
 import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+# The builtin server's program, shipped in its zipapp (imported here so that Ansible packs them)
+from ansible_collections.ivshmem.fleet.plugins.module_utils import (
+    _control_protocol, _ivshmem_protocol, _ivshmem_send, _ivshmem_server, _sizes)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -25,7 +27,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import s
 
 PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
 _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
-_PROGRAM_MODULES = ('_ivshmem_server', '_ivshmem_protocol', '_control_protocol')
+_PROGRAM = (_ivshmem_server, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol)
 # The server runs as the service user: the interpreter must be one that user may run
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
 SYSTEM_PYTHON = '/usr/bin/python3'
@@ -68,9 +70,8 @@ def builtin_program():
         parts = _PACKAGE.split('.')
         for depth in range(1, len(parts) + 1):
             add('/'.join(parts[:depth]) + '/__init__.py', '')
-        for name in _PROGRAM_MODULES:
-            module = importlib.import_module('%s.%s' % (_PACKAGE, name))
-            add('%s/%s.py' % (_PACKAGE.replace('.', '/'), name), module.__spec__.loader.get_source(module.__name__))
+        for module in _PROGRAM:
+            add('%s.py' % module.__name__.replace('.', '/'), module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
 
 

@@ -2,7 +2,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     GuestSpec, Layout, ServerSpec, ValidationError, guest_account, server_account)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import parse_size, round_up_power_of_two
+from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size, round_up_power_of_two
 
 LAYOUT = Layout('/run/x')
 

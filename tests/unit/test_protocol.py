@@ -7,7 +7,8 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, read_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import (
-    BatchSender, ClientState, MessageSender, ProtocolError, best_sender, receive_message, send_message)
+    ClientState, ProtocolError, receive_message, send_message)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_send import BatchSender, MessageSender, best_sender
 
 SENDERS = {'sendmmsg': lambda: best_sender(most=512), 'sendmsg': MessageSender}
 
