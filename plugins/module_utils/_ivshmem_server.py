@@ -457,11 +457,15 @@ class IvshmemServer:
         # departure is dropped without recursion.
         # Each client sends a quantum in turn, and a round ends after a budget: a burst of
         # long handshakes never keeps the loop from others (a status request, a newcomer).
+        # A waiting connection ends the round early, but never before its first turn: a flood
+        # of connections cannot starve the clients already served.
         budget = _SEND_BUDGET
-        while self._dirty and budget > 0 and not self._arriving():
+        while self._dirty and budget > 0:
             client = self._dirty.popitem(last=False)[0]
             # A newcomer's handshake goes first, in large turns: its QEMU waits on it.
             budget -= self._flush(client, _HANDSHAKE_QUANTUM if client.handshake_left else _CLIENT_QUANTUM)
+            if self._arriving():
+                break
 
     def _on_signal(self, signum, _frame):
         self.log('signal %d: shutting down' % signum)

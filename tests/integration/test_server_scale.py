@@ -10,7 +10,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
-from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 from ivshmem_probe import Probe
 from qtest_guest import guest_driven_by_qtest, msix_pending_bits_address, pending, ring
@@ -135,7 +135,11 @@ def test_six_guests_with_64_vectors_ring_from_the_last_to_the_first_and_back(bui
                 # A guest learns a newcomer's vectors asynchronously: ring until the doorbell lands.
                 ring(qtests[ringer], bar0[ringer], ids[target], vector)
                 return pending(qtests[target], pba[target], vector)
-            wait_for('%s to receive the doorbell of %s on vector %d' % (target, ringer, vector), rung, 20)
+            try:
+                wait_for('%s to receive the doorbell of %s on vector %d' % (target, ringer, vector), rung, 20)
+            except WaitTimeout as exc:  # say whether the server still holds messages for them
+                clients = control_request(lab.layout.server_control('s'), 'status')['clients']
+                raise AssertionError('%s; server: %s' % (exc, [(c['name'], c['backlog'], c['handshake_done']) for c in clients]))
         assert control_request(lab.layout.server_control('s'), 'status')['dropped'] == 0
     finally:
         for qtest in qtests.values():
