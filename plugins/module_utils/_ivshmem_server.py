@@ -138,8 +138,9 @@ class Client:
         self.refs = 0
         self.gone = False
         self.watching_writes = False
-        # A pinned ID's eventfds outlive its connections (see Server.absent): closed at shutdown.
-        self.sticky = False
+        self.pinned = False  # its ID is pinned to its name
+        # Gone but kept in Server.absent: its eventfds outlive the connection (closed at shutdown).
+        self.kept = False
         self.handshake_left = 0
         self.connected_at = time.time()
 
@@ -163,7 +164,7 @@ class Client:
             self.close_eventfds()
 
     def close_eventfds(self, force=False):
-        if self.sticky and not force:
+        if self.kept and not force:
             return
         for fd in self.eventfds:
             os.close(fd)
@@ -566,7 +567,7 @@ class IvshmemServer:
         else:
             messages.set_value(peer_id)
             client = Client(sock, peer_id, pid, uid, _UNREAD if name is None else name, eventfds, messages.messages)
-        client.sticky = self.ids.pinned(peer_id)
+        client.pinned = self.ids.pinned(peer_id)
         others = list(self.clients.values())
         self.clients[client.fileno] = client
         self.selector.register(sock, selectors.EVENT_READ, self._client_event)
@@ -708,12 +709,15 @@ class IvshmemServer:
             owner = client.outbox.popleft()[1]
             if owner is not None:
                 owner.release()
-        if not client.refs:
-            client.close_eventfds()
-        if client.sticky and announce:
-            self.absent[client.peer_id] = client
-            announce = False  # see self.absent
         announce = announce and client.announced
+        if client.pinned and announce:
+            # Others hold its vectors: it comes back with them, unannounced (see self.absent).
+            # One that left before anyone was told of it comes back as a newcomer, announced.
+            self.absent[client.peer_id] = client
+            client.kept = True
+            announce = False
+        elif not client.refs:
+            client.close_eventfds()
         self.ids.free(client.peer_id)
         self.dropped += fault
         self.log('free peer %d (%s)' % (client.peer_id, why), verbose=not fault)
@@ -734,7 +738,9 @@ class IvshmemServer:
             self.selector.register(sock, selectors.EVENT_READ, self._control_event)
 
     def _control_event(self, sock, _mask):
-        control = self._controls[sock.fileno()]
+        control = self._controls.get(sock.fileno())
+        if control is None:
+            return  # closed earlier in the same round (to make room for a newer connection)
         if control.response is None:
             try:
                 data = sock.recv(_CONTROL_LIMIT)

@@ -98,6 +98,11 @@ class Probe:
         client = ProbeClient(sock, self.vectors)
         sock.settimeout(10)
         sock.connect(self.path)
+        return self.adopt(sock, client)
+
+    def adopt(self, sock, client=None):
+        """A client on a connection made elsewhere (by another account, say)."""
+        client = client or ProbeClient(sock, self.vectors)
         sock.setblocking(False)
         self.clients.append(client)
         self.selector.register(sock, selectors.EVENT_READ, client)

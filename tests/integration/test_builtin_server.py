@@ -15,6 +15,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import server_account
 
+from accounts import connect_as
 from ivshmem_probe import Probe
 
 
@@ -133,6 +134,30 @@ def test_a_pinned_peer_that_comes_back_is_never_announced_again(builtin_lab):
         probe.close()
 
 
+def test_a_pinned_guest_that_left_before_anyone_heard_of_it_is_announced_when_it_comes_back(start_server):
+    """A pinned guest whose connection is gone before its handshake went out was never announced:
+    back with the same ID, the others must be told of it as of any newcomer, or they never learn
+    its vectors (the server once kept it as a pinned guest away, back unannounced)."""
+    process, sock, log = start_server('-v', '-n', '2', '--account', 'p=0', '--pin', 'p=1', '--socket-mode', '0666')
+    probe = Probe(sock, 2)
+    try:
+        watcher = probe.adopt(connect_as('nobody', sock))  # stands for the other guests (root is p)
+        assert probe.until(lambda: probe.settled(watcher), 5) and watcher.peer_id == 0
+        os.kill(process.pid, signal.SIGSTOP)  # p connects and is gone before the server looks
+        try:
+            early = socket.socket(socket.AF_UNIX)
+            early.connect(sock)
+            early.close()
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        wait_for('the early connection freed', lambda: 'free peer 1 ' in open(log).read(), 5)
+        guest = probe.connect()
+        assert probe.until(lambda: probe.settled(guest) and probe.knows_everyone(watcher), 5), watcher.peers
+        assert (guest.peer_id, guest.closed, watcher.peers[1], guest.peers[0]) == (1, None, 2, 2)
+    finally:
+        probe.close()
+
+
 def test_memory_above_1_gib_with_owner_and_modes(lab):
     result = lab.server('big', size='2G', socket_mode='0660', memory_mode='0600')['server']
     memory = os.stat(result['memory'])
@@ -174,6 +199,28 @@ def test_bad_control_requests_get_errors_and_idle_connections_cannot_lock_out_st
     assert idle[-1].recv(1) == b''  # and an idle one is closed after the idle timeout
     assert time.monotonic() - start < 4.0
     for conn in idle:
+        conn.close()
+
+
+def test_a_request_on_a_connection_closed_to_make_room_is_ignored(start_server):
+    """In one round of events, a new control connection can close the oldest (the cap of 64)
+    whose request is in the same round: the server skips it (it once died of a KeyError)."""
+    process, sock, _log = start_server('-n', '1')
+    control = sock + '.ctl'
+    idle = [control_connection(control) for _conn in range(64)]
+    time.sleep(0.3)  # all accepted, none idle long enough to be closed (2 s)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        newest = control_connection(control)  # ready first: accepted first, closing the oldest
+        idle[0].sendall(b'{"command": "status"}\n')
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    try:
+        idle[0].recv(1)  # closed unanswered (or, had its request come first, answered)
+    except ConnectionResetError:
+        pass
+    assert process.poll() is None and control_request(control, 'status', timeout=5)['pid'] == process.pid
+    for conn in idle + [newest]:
         conn.close()
 
 

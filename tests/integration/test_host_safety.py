@@ -18,6 +18,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVIC
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_paths, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
+from accounts import as_account
+
 
 @pytest.fixture
 def lab(builtin_lab):
@@ -115,29 +117,6 @@ def test_removal_never_follows_the_record_to_a_file_of_the_attackers_choice(lab,
     except HostError as exc:  # refusing is fine; deleting is not
         assert 'not removed' in str(exc)
     assert untouched(victim)
-
-
-def as_account(user, action):
-    """Run ``action()`` in a child as ``user``; its result."""
-    account = pwd.getpwnam(user)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(account.pw_gid)
-            os.setuid(account.pw_uid)
-            os.write(write_end, str(action()).encode())
-        except BaseException as exc:  # noqa: B036 (the child reports whatever happened)
-            os.write(write_end, ('%s: %s' % (type(exc).__name__, exc)).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        result = pipe.read()
-    os.waitpid(pid, 0)
-    return result
 
 
 def test_only_root_moves_the_admission_hold(lab):
