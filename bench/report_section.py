@@ -20,6 +20,7 @@ def progress(message):
 
 
 def _first_line(argv):
+    """The first line ``argv`` prints; 'unknown' if it prints nothing or cannot run."""
     try:
         return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO,
                               check=False).stdout.decode('utf-8', 'replace').strip().splitlines()[0]
@@ -47,6 +48,9 @@ def command_line():
 def header(title, runs, setup=''):
     """The section's title and where, when, how it was measured."""
     commit = _first_line(['git', 'rev-parse', '--short', 'HEAD'])
+    # What ran is the checkout: say so when the code measured differs from the commit named.
+    if _first_line(['git', 'status', '--porcelain', '--untracked-files=no', '--', 'plugins', 'bench/*.py', 'tests']) != 'unknown':
+        commit += ' with uncommitted changes'
     lines = ['## %s' % title, '',
              'Measured %s on %s, commit %s; median of %d run%s%s.' % (
                  datetime.date.today().isoformat(), machine(), commit, runs, '' if runs == 1 else 's', (' ' + setup) if setup else ''), '',

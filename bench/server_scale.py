@@ -234,14 +234,15 @@ def main():
 
     print(header('The server at scale (issue 11): `bench/server_scale.py`', args.runs,
                  '(fd limit %d for both servers)' % hard))
+    where = ('The probe (and the status requests) run on core %d and the server on core %d, but in the rows marked '
+             'shared cores.' % (PROBE_CPU, SERVER_CPU) if PINNED else 'The probe shares the machine\'s cores with the server.')
     print('Our server against QEMU\'s upstream `ivshmem-server` (built from Debian\'s QEMU source by '
           '`scripts/build-upstream-ivshmem.sh`), in the same run, with the same probe '
           '(`tests/integration/ivshmem_probe.py`): clients in one process, each reading every message as QEMU\'s '
           'device does and closing each fd at once. Clients join one at a time up to %d, until one is refused or a '
           'handshake stalls for %.0f s. Handshake latency runs from `connect()` to the client\'s last own vector. '
           '"In groups" compares latency where both servers work: groups as large as upstream took, joined many '
-          'times over on one server, pooled (rounds x clients). The probe shares the machine\'s cores with the '
-          'server it measures.\n' % (args.clients, JOIN_TIMEOUT))
+          'times over on one server, pooled (rounds x clients). %s\n' % (args.clients, JOIN_TIMEOUT, where))
     rows = []
     for vectors in vector_counts:
         for kind in KINDS:
