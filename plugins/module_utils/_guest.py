@@ -134,6 +134,23 @@ def _server_id(layout, server, pid):
     return next((c['id'] for c in clients if c['pid'] == pid), None)
 
 
+def _refusal(layout, devices, pid):
+    """Why a builtin server refused the QEMU of ``pid`` (its status keeps the latest refusals),
+    or None."""
+    for device in devices:
+        control = layout.server_control(device.server) if device.server else None
+        if control is None or not os.path.exists(control):
+            continue
+        try:
+            refusals = control_request(control, 'status', timeout=5.0).get('refusals') or []
+        except ControlError:
+            continue
+        for refusal in refusals:
+            if refusal.get('pid') == pid:
+                return 'the ivshmem server %s refused it: %s' % (device.server, refusal.get('reason'))
+    return None
+
+
 def _state_of(status):
     run_state = status['run_state']
     if run_state == 'inmigrate' or (status['incoming'] and run_state in ('prelaunch',)):
@@ -358,7 +375,8 @@ class GuestManager(StateMachine):
         # session instead, and readiness is "QMP answers a command" (after the ivshmem handshake).
         process = _host.spawn(argv + ['-pidfile', self.paths['pidfile']], self.paths['log'], spec.user, spec.group)
         try:
-            _value, waited = _readiness.wait('qmp_answers', self.timeout, self.paths['qmp'], process.poll)
+            _value, waited = _readiness.wait('qmp_answers', self.timeout, self.paths['qmp'], process.poll,
+                                             lambda: _refusal(self.layout, spec.devices, process.pid))
         except (WaitTimeout, _host.HostError) as exc:
             if process.poll() is None:
                 process.kill()

@@ -70,6 +70,7 @@ _SEND_BUDGET = 1024  # messages sent per loop round
 _UNREAD = object()
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _CONTROL_LIMIT = 4096
+_REFUSALS_KEPT = 32  # the latest refusals, in status (see _admit)
 
 
 def guest_name_of(pid):
@@ -295,6 +296,7 @@ class IvshmemServer:
         self.accounts = dict(config.accounts)  # a hold may add the master's (see _control)
         self.names_by_uid = check_accounts(self.accounts)
         self.refused = 0
+        self.refusals = collections.deque(maxlen=_REFUSALS_KEPT)
         self.dropped = 0
         self.started_at = time.time()
         self.selector = selectors.DefaultSelector()
@@ -555,6 +557,10 @@ class IvshmemServer:
             for fd in eventfds:
                 os.close(fd)
             self.refused += 1
+            # A refused QEMU (7.2, seen here) spins on the closed connection and its monitor
+            # never answers: whoever starts it learns why from here (ivshmem.fleet.guest fails
+            # at once, with this reason, instead of at its timeout).
+            self.refusals.append({'pid': pid, 'uid': uid, 'name': name, 'reason': reason, 'at': round(time.time(), 3)})
             self.log('refused pid %d uid %d (%s): %s' % (
                 pid, uid, name or 'calls itself %s' % (guest_name_of(pid) or 'nothing'), reason))
             sock.close()
@@ -818,7 +824,7 @@ class IvshmemServer:
             'accounts': self.accounts, 'admit_accounts_only': cfg.admit_accounts_only,
             'max_clients': self.max_clients, 'max_backlog': self.max_backlog, 'fd_limit': self.fd_limit,
             'sender': self.sender.name,
-            'refused': self.refused, 'dropped': self.dropped, 'queued': sum(c['backlog'] for c in clients),
+            'refused': self.refused, 'refusals': list(self.refusals), 'dropped': self.dropped, 'queued': sum(c['backlog'] for c in clients),
             'started_at': round(self.started_at, 3), 'clients': clients,
         }
 

@@ -20,11 +20,15 @@ def _server_listening(socket_path, pid_source):
     return bool(pid) and _host.unix_listening(socket_path, pid)
 
 
-def _qmp_answers(qmp_path, exit_code=None):
+def _qmp_answers(qmp_path, exit_code=None, refusal=None):
     # QEMU greets on QMP before its devices are set up; only a command's answer shows
-    # that the ivshmem handshake is done (see the facts file).
+    # that the ivshmem handshake is done (see the facts file). ``refusal()``: why a server
+    # refused this QEMU, if one did (it would never answer: no use waiting).
     if exit_code is not None and exit_code() is not None:
         raise _host.HostError('QEMU exited with status %s' % exit_code())
+    reason = refusal() if refusal is not None else None
+    if reason:
+        raise _host.HostError(reason)
     with QMPClient(qmp_path, timeout=2.0) as qmp:
         return qmp.command('query-status')
 
