@@ -195,7 +195,8 @@ def section(results, runs):
                      '(second ping: %s).' % tuple([size_label(size_mib)] + inside))
     runs_text = ' and '.join('%d at %s' % (count, size_label(size)) for size, count in runs)
     out = [header('The migrate module against bare QMP (issue 12): `bench/migrate_qmp.py`', min(c for _s, c in runs),
-                  '(%s; each mode on freshly prepared guests, the modes in turn, each run starting with the next; one untimed migration of each size first)' % runs_text),
+                  '(%s; each mode on freshly prepared guests, the modes in turn, each run starting with the next; '
+                  'one untimed migration of each size first)' % runs_text),
            'One master guest (QEMU TCG, no OS, 64 MiB RAM) on a fresh server, its shared memory random, '
            'migrated to a paused `-incoming` master on a fresh server on the same host over a `unix:` socket. '
            '`module`: `ivshmem.fleet.migrate` (phase full) through `ansible-playbook -i localhost, -c local`, the '
