@@ -62,6 +62,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_
 COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_checksum.__file__), *['..'] * 5))
 MAX_BANDWIDTH = 10 << 30  # the module's default, set by both
 DOWNTIME_LIMIT = 300
+BUILD_RUNS = 5
 # (how, verify, switchover gate): the module always opens QEMU's switchover gate (pause-before-switchover).
 MODES = (('module', True, True), ('bare', True, False), ('bare', True, True), ('module', False, True), ('bare', False, False))
 # Table rows: (verify, the bare script's gate, label); the module's row is always (verify, gate on).
@@ -166,7 +167,40 @@ def measure(size_mib, runs):
     return figures
 
 
-def section(results, runs):
+# Run in a fresh process: Ansible builds ping's payload, then the migrate module's, as a run does at
+# their first use (ansible-core's module_common; its keyword-only API of 2.19).
+_BUILD = '''
+import json, sys, time
+from ansible.executor import module_common
+from ansible.plugins.loader import init_plugin_loader, module_loader
+from ansible.template import Templar
+init_plugin_loader([sys.argv[1]])
+out = {}
+for name in ('ansible.builtin.ping', 'ivshmem.fleet.migrate'):
+    found = module_loader.find_plugin_with_context(name)
+    started = time.monotonic()
+    built = module_common.modify_module(module_name=found.resolved_fqcn, module_path=found.plugin_resolved_path,
+                                        module_args={}, templar=Templar(),
+                                        task_vars={'ansible_python_interpreter': sys.executable})
+    out[name] = (time.monotonic() - started, len(built.b_module_data))
+print(json.dumps(out))
+'''
+
+
+def payload_builds(runs):
+    """Median (seconds, bytes) of building ping's and the migrate module's payloads at their first use,
+    over ``runs`` fresh processes; None where this ansible-core builds payloads another way."""
+    samples = []
+    for _run in range(runs):
+        result = subprocess.run([sys.executable, '-c', _BUILD, COLLECTIONS], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, check=False)
+        if result.returncode != 0:
+            return None
+        samples.append(json.loads(result.stdout))
+    return dict((name, (statistics.median(s[name][0] for s in samples), samples[0][name][1])) for name in samples[0])
+
+
+def section(results, runs, builds=None):
     """The markdown section: per size, like-for-like rows, the ping, the ratios, the verdicts."""
     rows, verdicts, notes = [], [], []
     for size_mib, figures in results:
@@ -193,6 +227,12 @@ def section(results, runs):
         notes.append('- %s, verify on: inside the module, the migration from its first QMP command to the source\'s exit '
                      'took %s (hashing both sides %s); the same task run again, finding the migration done, took %s '
                      '(second ping: %s).' % tuple([size_label(size_mib)] + inside))
+    if builds:
+        (ping_s, ping_bytes), (migrate_s, migrate_bytes) = builds['ansible.builtin.ping'], builds['ivshmem.fleet.migrate']
+        notes.append('- Ansible builds a module\'s payload at its first use in a run: ping\'s (%d KiB) in %s, then the '
+                     'migrate module\'s (%d KiB, with the collection\'s module_utils) in %s (median of %d fresh '
+                     'processes). The payload is sent and unpacked at every call.' % (
+                         ping_bytes >> 10, ms(ping_s), migrate_bytes >> 10, ms(migrate_s), BUILD_RUNS))
     runs_text = ' and '.join('%d at %s' % (count, size_label(size)) for size, count in runs)
     out = [header('The migrate module against bare QMP (issue 12): `bench/migrate_qmp.py`', min(c for _s, c in runs),
                   '(%s; each mode on freshly prepared guests, the modes in turn, each run starting with the next; '
@@ -228,7 +268,7 @@ def size_label(size_mib):
 def main():
     runs = [(64, int(sys.argv[1]) if len(sys.argv) > 1 else 5), (1024, int(sys.argv[2]) if len(sys.argv) > 2 else 3)]
     results = [(size, measure(size, count)) for size, count in runs if count]
-    print(section(results, [(size, count) for size, count in runs if count]))
+    print(section(results, [(size, count) for size, count in runs if count], payload_builds(BUILD_RUNS)))
 
 
 if __name__ == '__main__':

@@ -557,9 +557,10 @@ class IvshmemServer:
             for fd in eventfds:
                 os.close(fd)
             self.refused += 1
-            # A refused QEMU (7.2, seen here) spins on the closed connection and its monitor
-            # never answers: whoever starts it learns why from here (ivshmem.fleet.guest fails
-            # at once, with this reason, instead of at its timeout).
+            # A refused QEMU never gives up: 7.2's ivshmem_recv_msg (hw/misc/ivshmem.c) reads the
+            # closed connection again and again (a 0-byte read is not an error), spinning before
+            # its monitor answers. Whoever starts it learns why from here (ivshmem.fleet.guest
+            # fails at once, with this reason, instead of at its timeout).
             self.refusals.append({'pid': pid, 'uid': uid, 'name': name, 'reason': reason, 'at': round(time.time(), 3)})
             self.log('refused pid %d uid %d (%s): %s' % (
                 pid, uid, name or 'calls itself %s' % (guest_name_of(pid) or 'nothing'), reason))
