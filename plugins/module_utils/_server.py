@@ -17,9 +17,6 @@ import sys
 import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
-# The builtin server's program, shipped in its zipapp (imported here so that Ansible packs them)
-from ansible_collections.ivshmem.fleet.plugins.module_utils import (
-    _control_protocol, _ivshmem_protocol, _ivshmem_send, _ivshmem_server, _sizes)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -27,7 +24,6 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import s
 
 PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
 _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
-_PROGRAM = (_ivshmem_server, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol)
 # The server runs as the service user: the interpreter must be one that user may run
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
 SYSTEM_PYTHON = '/usr/bin/python3'
@@ -62,6 +58,11 @@ SERVER_ARGS = dict(
 
 def builtin_program():
     """The builtin server as a zipapp (deterministic bytes, so installs are idempotent)."""
+    # Imported here, where a server is installed, rather than by every call that only looks at one
+    # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
+    # any import statement names, so they still reach the host.
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import (
+        _control_protocol, _ivshmem_protocol, _ivshmem_send, _ivshmem_server, _sizes)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
         def add(path, text):
@@ -70,7 +71,7 @@ def builtin_program():
         parts = _PACKAGE.split('.')
         for depth in range(1, len(parts) + 1):
             add('/'.join(parts[:depth]) + '/__init__.py', '')
-        for module in _PROGRAM:
+        for module in (_ivshmem_server, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol):
             add('%s.py' % module.__name__.replace('.', '/'), module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
 
