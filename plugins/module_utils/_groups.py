@@ -29,6 +29,21 @@ GUEST_KEYS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', '
               'extra_devices', 'extra_args', 'user', 'group', 'sandbox')
 DEFAULT_MIGRATION_PORT = 4444
 
+# ivshmem.fleet.plan's options beside runtime_dir (the module's and its action plugin's).
+PLAN_ARGS = dict(
+    groups=dict(type='list', elements='dict', required=True),
+    hosts=dict(type='list', elements='str', required=True),
+    facts=dict(type='dict'),
+    rollout=dict(type='dict', options=dict(
+        batch=dict(type='list', elements='str', default=[]),
+        skip=dict(type='list', elements='str', default=[]),
+        destinations=dict(type='raw', default='any'),
+        reserve=dict(type='raw', default='256M'),
+        guest_overhead=dict(type='raw', default='64M'),
+        capacity=dict(type='dict', default={}),
+    )),
+)
+
 
 def _only(prefix, data, allowed):
     if not isinstance(data, dict):

@@ -14,7 +14,7 @@ import shutil
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, IvshmemDevice, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -32,7 +32,7 @@ class GuestError(Exception):
 GUEST_ARGS = dict(
     name=dict(type='str', required=True),
     state=dict(type='str', default='running', choices=['running', 'paused', 'incoming', 'stopped', 'absent']),
-    binary=dict(type='path', default='/usr/bin/qemu-system-x86_64'),
+    binary=dict(type='path', default=DEFAULT_QEMU),
     memory=dict(type='str', default='128M'),
     cpus=dict(type='int', default=1),
     machine=dict(type='str', default='pc'),

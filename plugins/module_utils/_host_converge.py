@@ -24,7 +24,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ValidationError, check_list, prefixed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, SERVICE_GROUP, ValidationError, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -92,7 +92,9 @@ class HostConverger(StateMachine):
         return prefixed('%s[%d]' % (kind, index), lambda: manager_class(params, self.layout, self.check_mode))
 
     def state_present(self):
-        self.result.update(servers={}, guests={})
+        # Said here so that a role need not make a call of its own to learn it (ivshmem.fleet.hypervisor
+        # installs QEMU where this is null).
+        self.result.update(servers={}, guests={}, qemu_binary=DEFAULT_QEMU if os.path.isfile(DEFAULT_QEMU) else None)
         self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
         if _host.ensure_group(self.group, self.check_mode):  # the migration credentials' group too
             self.changed = True

@@ -26,6 +26,8 @@ MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
+# The QEMU a guest runs unless it names another (Debian's qemu-system-x86 package).
+DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64'
 HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
 # Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in this
@@ -396,7 +398,7 @@ class GuestSpec:
 
     def __init__(self, params, layout):
         self.name = check_name('name', params.get('name'))
-        self.binary = check_path('binary', params.get('binary') or '/usr/bin/qemu-system-x86_64')
+        self.binary = check_path('binary', params.get('binary') or DEFAULT_QEMU)
         self.memory = check_size('memory', params.get('memory') or '128M', minimum=16 << 20,
                                  maximum=1 << 42, power_of_two=False) >> 20
         cpus = params.get('cpus')

@@ -73,6 +73,13 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+qemu_binary:
+  description:
+    - The default QEMU of guests (C(/usr/bin/qemu-system-x86_64)) when it is installed, else null.
+    - The C(ivshmem.fleet.hypervisor) role installs QEMU where this is null.
+  returned: always
+  type: str
+  sample: /usr/bin/qemu-system-x86_64
 servers:
   description: Each server after the call, by name, as M(ivshmem.fleet.server) returns it.
   returned: always

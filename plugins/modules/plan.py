@@ -31,12 +31,19 @@ description:
     of the inventory must fit alone on some destination other than its own host, else the error names
     the first that does not and by how much; a batch whose groups do not fit together fails naming the
     group left over. Nothing moves either way.
-  - Pure logic; runs anywhere, usually once on the controller.
+  - Pure logic, run on the controller by the collection's action plugin of the same name. It makes no
+    connection to the host the task names (use C(run_once)).
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
 attributes:
+  action:
+    support: full
+    description: An action plugin on the controller; no connection to the host.
+  async:
+    support: none
+    description: Computes at once.
   check_mode:
     support: full
     description: Only computes.
@@ -187,28 +194,12 @@ rollout:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import PLAN_ARGS, GroupPlan
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            groups=dict(type='list', elements='dict', required=True),
-            hosts=dict(type='list', elements='str', required=True),
-            facts=dict(type='dict'),
-            rollout=dict(type='dict', options=dict(
-                batch=dict(type='list', elements='str', default=[]),
-                skip=dict(type='list', elements='str', default=[]),
-                destinations=dict(type='raw', default='any'),
-                reserve=dict(type='raw', default='256M'),
-                guest_overhead=dict(type='raw', default='64M'),
-                capacity=dict(type='dict', default={}),
-            )),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=dict(COMMON_ARGS, **PLAN_ARGS), supports_check_mode=True)
     run_manager(module, GroupPlan, 'planned')
 
 

@@ -36,7 +36,7 @@ def test_one_call_converges_the_host_master_first_and_a_second_changes_nothing(b
     assert predicted['changed'] and not os.path.exists(os.path.join(builtin_lab.root, 'servers', 'g'))
     assert sorted(predicted['diff']['after']['guests']) == ['g-master', 'g-peer1', 'g-peer2']
     done = converge(builtin_lab, params)
-    assert done['changed']
+    assert done['changed'] and done['qemu_binary'] == '/usr/bin/qemu-system-x86_64'
     ids = dict((name, guest['ivshmem'][0]['server_id']) for name, guest in done['guests'].items())
     assert ids == {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}
     # Master first although listed second: it was admitted first (the server's oldest client).
@@ -70,3 +70,12 @@ def test_a_master_that_cannot_get_id_0_fails_the_call_before_its_peers(builtin_l
     # QEMU itself refuses a master that is not the server's first client.
     assert 'g-master did not start' in str(failed.value) and 'master must connect' in str(failed.value)
     assert builtin_lab.status('g-peer1') is None and builtin_lab.status('g-peer2') is None
+
+
+def test_the_call_says_when_qemu_is_missing(tmp_path, monkeypatch):
+    """The hypervisor role installs QEMU on what this says, with no call of its own to look."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _host_converge
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
+    monkeypatch.setattr(_host_converge, 'DEFAULT_QEMU', str(tmp_path / 'no-qemu-here'))
+    result = HostConverger({}, Layout(str(tmp_path / 'runtime')), True).run('present')
+    assert result['qemu_binary'] is None and result['changed']

@@ -185,3 +185,26 @@ def test_rollout_plan_names_a_group_that_fits_nowhere_before_anything_moves(tmp_
     code, output, placements = rollout_placements(tmp_path, '-e', 'spares=s2', '-e', 'rollout_guest_overhead=128M')
     assert code != 0 and placements == []
     assert 'groups[a]: needs 324 MiB' in output and '124 MiB short' in output, output[-4000:]
+
+
+def test_plan_runs_on_the_controller_without_reaching_its_host(tmp_path):
+    """ivshmem.fleet.plan is pure logic, run by its action plugin on the controller: a task on a
+    host nothing listens for still plans, and a bad group still fails naming its field (as a
+    module it failed unreachable, each remote call costing seconds on the lab)."""
+    group = {'name': 'g1', 'host': 'hv2', 'size': '16M', 'master': {'name': 'g1-m'}, 'peers': [{'name': 'g1-p1'}]}
+    tasks = [
+        {'ivshmem.fleet.plan': {'groups': [group], 'hosts': ['hv1', 'hv2']}, 'register': 'planned'},
+        {'ansible.builtin.assert': {'that': [
+            'planned.by_host == {"hv1": [], "hv2": ["g1"]}', 'planned.groups[0].server.pins == {"g1-m": 0, "g1-p1": 1}']},
+         'delegate_to': 'localhost'},
+        {'ivshmem.fleet.plan': {'groups': [dict(group, host='nowhere')], 'hosts': ['hv1']},
+         'register': 'refused', 'ignore_errors': True},
+        {'ansible.builtin.assert': {'that': ['refused.failed', 'refused.field == "groups[g1].host"']},
+         'delegate_to': 'localhost'},
+    ]
+    playbook = tmp_path / 'plan.yml'
+    playbook.write_text(json.dumps([{'hosts': 'all', 'gather_facts': False, 'tasks': tasks}]))
+    output = run_playbook_output(['-i', 'hv1,', '-e', 'ansible_connection=ssh', '-e', 'ansible_host=127.0.0.1',
+                                  '-e', 'ansible_port=9', '-e', 'ansible_python_interpreter=%s' % sys.executable,
+                                  str(playbook)])
+    assert re.search(r'^hv1\s+: ok=4 .* unreachable=0 .* ignored=1', output, re.M), output[-3000:]
