@@ -10,7 +10,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.errors import AnsibleError
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
@@ -18,11 +17,12 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAUL
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import DEFAULT_DIR as TLS_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
     GroupMove, HostUnreachable, LockHeld, MoveFailed, StepFailed)
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._controller_action import ControllerAction
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts import InventoryHost
 
 display = Display()
 
-ARGUMENT_SPEC = dict(
+OPTIONS = dict(
     group=dict(type='dict', required=True),
     destination=dict(type='str', required=True),
     source=dict(type='str'),
@@ -45,14 +45,10 @@ def _mib(value):
     return '%.1f MiB' % ((value or 0) / 1048576.0)
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = OPTIONS
 
-    def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
-        del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+    def act(self, args, result, task_vars):
         group = args['group']
         destination = args['destination']
         source = args['source'] or group.get('current_host') or group.get('host')

@@ -11,24 +11,20 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import PLAN_ARGS, GroupPlan
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._controller_action import ControllerAction
 
 display = Display()
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _requires_connection = False
+class ActionModule(ControllerAction):
+    ARGUMENT_SPEC = dict(COMMON_ARGS, **PLAN_ARGS)
 
-    def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
-        del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=dict(COMMON_ARGS, **PLAN_ARGS))
+    def act(self, args, result, task_vars):
         try:
             planned = GroupPlan(args, Layout(args['runtime_dir']), self._task.check_mode).run('planned')
         except ValidationError as exc:
