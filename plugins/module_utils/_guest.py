@@ -188,7 +188,7 @@ def unplug_devices(layout, name, timeout):
                 raise GuestError('guest %s: its %s is not placed for hotplug (hotplug: true, which needs a restart)' % (
                     name, device.id))
             try:
-                released[device.id] = _hotplug.unplug(qmp, device, timeout)
+                released[device.id] = _hotplug.unplug(qmp, device, timeout, pid=status['pid'])
             except _hotplug.HotplugError as exc:
                 raise _hotplug.HotplugError('guest %s %s' % (name, exc))
             gone = sorted(set(gone) | set([device.id]))

@@ -9,13 +9,23 @@ QEMU's documented procedure for the peers of a migrating master: detach their de
 and reattach it once the master's migration completed. ``device_del`` only asks: the guest OS
 releases the device, and QEMU then sends DEVICE_DELETED (a guest with no OS never does). Until
 then the device, and the migration blocker of a peer's ivshmem, stay.
+
+QEMU 7.2's ivshmem (hw/misc/ivshmem.c), where KVM's irqfd does not carry its interrupts (TCG),
+watches each of its vector eventfds in the main loop (watch_vector_notifier) and, unplugged,
+closes them without unwatching them (ivshmem_exit). The next fds QEMU opens get those numbers
+(a QMP connection, the migration stream, the device plugged back); once one is readable, QEMU
+runs the freed device's handler on it: it reads from that fd or crashes (seen here: a segfault
+in object_dynamic_cast_assert, 4 runs of 4). So ``unplug`` gives QEMU an fd nobody writes for
+every eventfd number the device freed, before anything else can take it.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import time
+import uuid
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, event_seconds
 
@@ -33,12 +43,56 @@ def _chardev_exists(qmp, chardev_id):
     return any(item.get('label') == chardev_id for item in qmp.command('query-chardev'))
 
 
-def unplug(qmp, device, timeout):
+def _eventfds(pid):
+    """The fd numbers of QEMU process ``pid`` that are eventfds; None when /proc does not say
+    (not root, or no such process)."""
+    directory = '/proc/%d/fd' % pid
+    found = set()
+    try:
+        for entry in os.listdir(directory):
+            try:
+                if os.readlink(os.path.join(directory, entry)) == 'anon_inode:[eventfd]':
+                    found.add(int(entry))
+            except OSError:
+                continue  # closed meanwhile
+    except OSError:
+        return None
+    return found
+
+
+def _open_fds(pid):
+    try:
+        return set(int(entry) for entry in os.listdir('/proc/%d/fd' % pid))
+    except OSError:
+        return None
+
+
+def _hold_freed_numbers(qmp, pid, freed):
+    """Give QEMU (``getfd``, kept for its lifetime) both ends of pipes nobody writes until every
+    number in ``freed`` is taken again: the kernel hands out the lowest free number, so a few
+    fill lower gaps too. Neither end ever becomes readable or hangs up (QEMU holds both)."""
+    token = uuid.uuid4().hex[:8]
+    for count in range(0, 2 * len(freed) + 64, 2):
+        taken = _open_fds(pid)
+        if taken is None or not freed - taken:
+            return
+        ends = os.pipe()
+        try:
+            for index, end in enumerate(ends):
+                qmp.command('getfd', {'fdname': 'ivshmem-fleet-held-%s-%d' % (token, count + index)}, fd=end)
+        finally:
+            for end in ends:
+                os.close(end)
+
+
+def unplug(qmp, device, timeout, pid=None):
     """Ask the guest to release ``device`` (an IvshmemDevice) and wait until QEMU removed it, then
     close its connection to the server. Returns the DEVICE_DELETED time, or None when the device
-    was already gone. Raises HotplugError when the guest did not release it within ``timeout``."""
+    was already gone. Raises HotplugError when the guest did not release it within ``timeout``.
+    ``pid``: the QEMU's, to hold the eventfd numbers the device freed (see above)."""
     released_at = None
     if plugged(qmp, device.id):
+        watched = _eventfds(pid) if pid else None
         try:
             qmp.command('device_del', {'id': device.id})
         except QMPError as exc:
@@ -54,6 +108,9 @@ def unplug(qmp, device, timeout):
                                    'its OS ignored the unplug request or has no PCI hotplug)' % (device.id, timeout))
             event = None  # gone meanwhile, its event read by another connection
         released_at = event_seconds(event) if event else time.time()
+        remaining = _open_fds(pid) if watched else None
+        if remaining is not None:
+            _hold_freed_numbers(qmp, pid, watched - remaining)
     chardev = '%s-chr' % device.id
     if _chardev_exists(qmp, chardev):
         qmp.command('chardev-remove', {'id': chardev})

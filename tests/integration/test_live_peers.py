@@ -6,13 +6,19 @@ the peer checks what it reads, counts its loops in its own RAM (``life``), drops
 when its device is unplugged and maps it again when it is back. A peer that was not restarted
 continues its count on the destination and never boots there.
 """
+import fcntl
 import os
 import re
+import struct
+import termios
+import time
 import uuid
 
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, unplug_devices
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
 from conftest import lab_root
@@ -141,6 +147,31 @@ def test_a_live_move_cut_before_the_master_moved_rolls_back_with_the_device_plug
     report = live.engine('a', 'b').run()
     assert 'rolled back' in report['resolved'] and report['outcome'] == 'moved', report
     assert_moved_live(live)
+
+
+def test_an_unplugged_device_leaves_nothing_watching_the_fds_it_freed(live):
+    """QEMU 7.2's ivshmem, without KVM's irqfd, watches each of its vector eventfds in the main
+    loop and, unplugged, closes them without unwatching them. An fd QEMU opens next gets one of
+    those numbers; once it is readable, QEMU runs the freed device's handler on it: it reads
+    from the fd (stealing a QMP command, a migration stream) or crashes. Here the fds QEMU gets
+    after the unplug are pipes with 8 bytes waiting: none may be read."""
+    layout = live.layouts['a']
+    status = guest_status(layout, 'g-peer1', registers=False)
+    unplug_devices(layout, 'g-peer1', 30)
+    writers = []
+    with QMPClient(status['qmp'], timeout=10) as qmp:
+        for index in range(16):  # more than the device's eventfds (2 vectors, 2 guests)
+            reader, writer = os.pipe()
+            qmp.command('getfd', {'fdname': 'probe%d' % index}, fd=reader)
+            os.close(reader)
+            os.write(writer, b'x' * 8)
+            writers.append(writer)
+        time.sleep(1.0)
+        assert qmp.command('query-status')['status'] == 'running'
+    unread = [struct.unpack('i', fcntl.ioctl(w, termios.FIONREAD, b'\0' * 4))[0] for w in writers]
+    for writer in writers:
+        os.close(writer)
+    assert unread == [8] * len(writers), 'QEMU read from fds it was only given to hold: %s' % unread
 
 
 @pytest.fixture
