@@ -474,23 +474,27 @@ class GroupMove:
 
     def _move_live_peers(self, src, dst):
         """The master runs on ``dst``: each live peer migrates there and is plugged back. Never
-        rolled back (the master has moved): a peer that fails keeps running on ``src`` and the
-        same command moves it."""
+        rolled back (the master has moved): a peer that fails keeps running without its device,
+        on ``src`` until its migration completed, on ``dst`` after, and the same command moves it
+        or plugs it back."""
         peers = dict((p['name'], p) for p in self.group.get('peers') or [])
         for name in self.live_peers:
             # A live peer carries its RAM only: its device, and so the shared memory, is unplugged.
             timeout = self.options.get('peer_timeout') or migration_timeout(
                 'group.peers.memory', peers[name], self.options.get('max_bandwidth') or (10 << 30))
+            where = src
             try:
                 self._call(dst, 'prepare_peer', peer=name, uri=self.options['uri'])
+                where = '%s (or %s, if its migration completed)' % (src, dst)
                 self._call(src, 'send_peer', peer=name, uri=self.options['uri'], timeout=timeout,
                            max_bandwidth=self.options.get('max_bandwidth'),
                            downtime_limit=self.options.get('downtime_limit'))
+                where = dst
                 self._call(dst, 'plug_peer', peer=name, timeout=timeout)
             except (HostUnreachable, StepFailed) as exc:
-                raise MoveFailed('the master of group %s runs on %s, but peer %s has not moved yet (%s); it keeps '
-                                 'running on %s without its shared memory: run the same command again to move it'
-                                 % (self.name, dst, name, exc, src), self.report)
+                raise MoveFailed('the master of group %s runs on %s, but peer %s is not back in the group yet (%s); it '
+                                 'keeps running on %s without its shared memory: run the same command again'
+                                 % (self.name, dst, name, exc, where), self.report)
 
     def _figures(self, source_record, destination_record):
         src, dst = self.source, self.destination
