@@ -22,7 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
 RESET = os.path.join(REPO, 'molecule', 'resources', 'prepare.yml')
 sys.path.insert(0, os.path.join(REPO, 'bench'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
 
+from idle_guest import guest  # noqa: E402
 from report_section import header, progress, ratio, table, verdict  # noqa: E402
 
 
@@ -53,8 +55,6 @@ def task_seconds():
 
 
 def groups(count):
-    def guest(name):
-        return {'name': name, 'memory': '32M', 'accel': 'tcg'}
     return [{'name': 'd%d' % i, 'host': 'hv1', 'size': '4M', 'vectors': 1, 'master': guest('d%d-master' % i),
              'peers': [guest('d%d-peer1' % i), guest('d%d-peer2' % i)]} for i in range(count)]
 
@@ -92,7 +92,7 @@ def main():
     print('One lab host (a TCG VM, 1 vCPU, 1 GiB, on %d cores) and the deploy playbook as an operator runs it against the '
           'same playbook written as before `ivshmem.fleet.host`: a task per server and per guest '
           '(`bench/deploy_naive.yml`, the baseline), each from a reset host, then an unchanged rerun. Groups of a '
-          'master and two peers (32 MiB TCG guests).\n' % os.cpu_count())
+          'master and two peers (32 MiB TCG guests, halted by the lab idle kernel, `tests/lab/idle_guest.py`).\n' % os.cpu_count())
     print(table(('groups', 'naive first (baseline)', 'host first', 'ratio', 'naive rerun (baseline)', 'host rerun', 'ratio',
                  'host rerun / first'), table_rows))
     last = rows[-1]

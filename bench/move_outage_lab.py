@@ -25,7 +25,9 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'bench'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
 
+from idle_guest import guest  # noqa: E402
 from report_section import header, progress, ratio, table, verdict  # noqa: E402
 
 LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
@@ -54,11 +56,11 @@ def main():
     inventory = subprocess.run(LAB + ['up', '2'], stdout=subprocess.PIPE, check=True).stdout.decode().strip()
     try:
         extra = os.path.join(tempfile.mkdtemp(), 'groups.json')
-        peers = [{'name': 'gb-peer%d' % i, 'memory': '32M', 'accel': 'tcg'} for i in (1, 2)]
+        peers = [guest('gb-peer%d' % i) for i in (1, 2)]
         with open(extra, 'w') as handle:
             json.dump({'ivshmem_fleet_groups': [{
                 'name': 'gb', 'host': 'hv1', 'size': '%dM' % shm_mib, 'vectors': 2,
-                'master': {'name': 'gb-master', 'memory': '32M', 'accel': 'tcg'}, 'peers': peers}]}, handle)
+                'master': guest('gb-master'), 'peers': peers}]}, handle)
         playbook(inventory, extra, os.path.join(REPO, 'playbooks', 'deploy.yml'))
         subprocess.run([os.path.join(os.path.dirname(sys.executable), 'ansible'), '-i', inventory, 'hv1', '-m', 'ansible.builtin.shell', '-a',
                         'dd if=/dev/urandom of=/dev/shm/ivshmem-fleet-gb bs=1M count=%d conv=notrunc,nocreat '

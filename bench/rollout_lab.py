@@ -26,7 +26,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'bench'))
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
 
+from idle_guest import guest  # noqa: E402
 from report_section import header, progress, ratio, table  # noqa: E402
 
 LAB = [sys.executable, os.path.join(REPO, 'tests', 'lab', 'lab.py')]
@@ -41,8 +43,6 @@ CONFIGURATIONS = (
 
 
 def groups(hosts):
-    def guest(name):
-        return {'name': name, 'memory': '32M', 'accel': 'tcg'}
     return [{'name': 'r%d' % i, 'host': host, 'size': '4M', 'vectors': 1, 'master': guest('r%d-master' % i),
              'peers': [guest('r%d-peer' % i)]} for i, host in enumerate(hosts, 1)]
 
@@ -83,7 +83,7 @@ def main():
     print(header('Rollout time against hosts and spares, on the lab (issue 12): `bench/rollout_lab.py`', runs,
                  '(each configuration a rollout of its own, on the same groups)'))
     print('Three TCG virtual machines (1 vCPU, 1 GiB each, on the same %d cores) as hypervisor hosts; the rollout playbook '
-          'with the default change (a marker), groups of a master and a peer (32 MiB TCG guests, 4 MiB shared), one per '
+          'with the default change (a marker), groups of a master and a peer (32 MiB TCG guests halted by the lab idle kernel, 4 MiB shared), one per '
           'rolled host; each group moves out and back (two verified moves over TLS). The baseline rolls one host through '
           'a spare.\n' % os.cpu_count())
     print(table(('configuration', 'rollout time', 'against the baseline', 'per host rolled', 'per group moved'), rows))

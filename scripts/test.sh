@@ -11,7 +11,7 @@ cd "$here"
 cache="${IVSHMEM_FLEET_CACHE:-$here/.cache}"
 export IVSHMEM_FLEET_CACHE="$cache"
 
-step() { printf '\n=== %s\n' "$*"; }
+step() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 step "install (apt, venv, upstream ivshmem-server)"
 scripts/bootstrap.sh
@@ -71,3 +71,4 @@ trap 'python3 tests/lab/lab.py down >/dev/null 2>&1 || true' EXIT
 # next run would skip create: start from destroyed.
 molecule destroy --all >/dev/null 2>&1 || true
 molecule test --all
+echo "=== the whole suite passed in $SECONDS s"

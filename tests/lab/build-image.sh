@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache="${LAB_CACHE:-${IVSHMEM_FLEET_CACHE:-$repo/.cache}/lab}"
-recipe=$(cat "$here/build-image.sh" | sha256sum | cut -c1-16)
+recipe=$(cat "$here/build-image.sh" "$here/idle_guest.py" | sha256sum | cut -c1-16)
 image="$cache/image-$recipe"
 if [ -f "$image/base.qcow2" ] && [ -f "$image/vmlinuz" ]; then
   echo "lab image: cached ($image)"; exit 0
@@ -61,6 +61,10 @@ for unit in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub
 done
 chroot "$rootfs" systemctl mask -q systemd-timesyncd.service 2>/dev/null || true
 echo lab > "$rootfs/etc/hostname"
+# The lab guests' kernel: it leaves them halted, costing the host nothing (idle_guest.py).
+install -d -m 755 "$rootfs/usr/local/share/ivshmem-fleet-lab"
+python3 "$here/idle_guest.py" "$rootfs/usr/local/share/ivshmem-fleet-lab/idle-guest.bin"
+chmod 644 "$rootfs/usr/local/share/ivshmem-fleet-lab/idle-guest.bin"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
   "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
 
