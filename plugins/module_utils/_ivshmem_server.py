@@ -26,6 +26,7 @@ __metaclass__ = type
 import argparse
 import collections
 import errno
+import gc
 import itertools
 import os
 import re
@@ -63,10 +64,11 @@ _RETRY_INTERVAL = 0.02
 _ACCEPT_PAUSE = 0.2
 _MAX_CONTROLS = 64
 _CONTROL_IDLE = 2.0  # seconds a control connection may take to send its request and read the reply
-_ACCEPT_BATCH = 8  # connections admitted per loop round
+_ROUND_SLICE = 0.001  # seconds of admissions and sends per loop round (see serve)
 _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
-_SEND_BUDGET = 1024  # messages sent per loop round
+_COLLECT_IDLE = 1.0  # seconds between garbage collections while every queue is empty (see serve)
+_COLLECT_BUSY = 30.0  # the same when the server is never idle
 _UNREAD = object()
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _CONTROL_LIMIT = 4096
@@ -318,6 +320,8 @@ class IvshmemServer:
         self._spare = []  # eventfds made ahead for the next newcomer
         self._arrivals = None
         self._spare_messages = None  # and their messages, encoded ahead (the ID is set at the join)
+        self._round_ends = self._collected_at = time.monotonic()  # see serve
+        self._waiting_listener = None  # the clients' listener, when connections wait on it
         self.sender = best_sender(config.batch_send, _HANDSHAKE_QUANTUM)
 
     # --- setup -------------------------------------------------------------------------
@@ -414,14 +418,38 @@ class IvshmemServer:
 
     # --- main loop ---------------------------------------------------------------------
     def serve(self):
+        # A round serves its events first (requests, departures; a waiting connection is only
+        # noted), then admits and sends for a time slice (each makes progress at least once): a
+        # request from anyone else (a status, the next newcomer) waits for one slice, never for
+        # a burst of joins. The collector runs only while every queue is empty,
+        # when it has little to walk (in a burst of joins a full collection of the queued
+        # messages took 10-18 ms, all of it in someone's wait); a server never idle collects
+        # every _COLLECT_BUSY seconds (the garbage: a departed client's encoded messages).
+        gc.freeze()  # what setup made lives as long as the server
+        gc.disable()
         while not self._stopping:
             for key, mask in self.selector.select(self._next_timeout()):
                 key.data(key.fileobj, mask)
             self._on_time()
+            self._round_ends = time.monotonic() + _ROUND_SLICE
+            self._admit_waiting()
             self._settle()
-            if not self._dirty and self._spare_messages is None and not self._arriving():
-                self._make_spare()
+            self._when_idle()
         self.shutdown()
+
+    def _when_idle(self):
+        """Work kept off the joins' path: the next newcomer's eventfds, garbage collection."""
+        now = time.monotonic()
+        idle = not self._dirty and not self._arriving()
+        if idle and self._spare_messages is None:
+            self._make_spare()
+        since = now - self._collected_at
+        if since >= _COLLECT_BUSY or (since >= _COLLECT_IDLE and idle and not any(c.outbox for c in self.clients.values())):
+            gc.collect()
+            self._collected_at = time.monotonic()
+
+    def _round_over(self):
+        return time.monotonic() >= self._round_ends
 
     def _arriving(self):
         """Whether a connection waits to be accepted: work that can wait (the rest of a round's
@@ -458,16 +486,15 @@ class IvshmemServer:
         # Sending is done here, never from inside an event handler (but a newcomer's own
         # handshake, see _admit): a client that fails while others are being told about a
         # departure is dropped without recursion.
-        # Each client sends a quantum in turn, and a round ends after a budget: a burst of
-        # long handshakes never keeps the loop from others (a status request, a newcomer).
-        # A waiting connection ends the round early, but never before its first turn: a flood
-        # of connections cannot starve the clients already served.
-        budget = _SEND_BUDGET
-        while self._dirty and budget > 0:
+        # Each client sends a quantum in turn, and a round ends after its time slice (see
+        # serve): a burst of long handshakes never keeps the loop from others (a status
+        # request, a newcomer). A waiting connection ends the round early, but never before
+        # one turn: a flood of connections cannot starve the clients already served.
+        while self._dirty:
             client = self._dirty.popitem(last=False)[0]
             # A newcomer's handshake goes first, in large turns: its QEMU waits on it.
-            budget -= self._flush(client, _HANDSHAKE_QUANTUM if client.handshake_left else _CLIENT_QUANTUM)
-            if self._arriving():
+            self._flush(client, _HANDSHAKE_QUANTUM if client.handshake_left else _CLIENT_QUANTUM)
+            if self._arriving() or self._round_over():
                 break
 
     def _on_signal(self, signum, _frame):
@@ -522,19 +549,22 @@ class IvshmemServer:
 
     # --- clients -----------------------------------------------------------------------
     def _accept_client(self, listener, _mask):
-        # The rest next round: a burst of joins takes turns too, its handshakes within one
-        # round's budget (see _settle).
-        sent = 0
-        for _turn in range(_ACCEPT_BATCH):
-            if sent >= _SEND_BUDGET:
-                return
+        self._waiting_listener = listener  # admitted after the round's events (see serve)
+
+    def _admit_waiting(self):
+        # One at least, then as many as the round's time slice allows; the rest next round: a
+        # burst of joins takes turns with everyone else.
+        listener, self._waiting_listener = self._waiting_listener, None
+        while listener is not None:
             sock = self._accept(listener, self._accept_client)
             if sock is None:
                 return
-            sent += self._admit(sock)
+            self._admit(sock)
+            if self._round_over():
+                return
 
     def _admit(self, sock):
-        """Admit or refuse a new connection; returns how many handshake messages went out now."""
+        """Admit or refuse a new connection."""
         try:
             pid, uid, _gid = _peer_credentials(sock)
         except OSError:
@@ -565,7 +595,7 @@ class IvshmemServer:
             self.log('refused pid %d uid %d (%s): %s' % (
                 pid, uid, name or 'calls itself %s' % (guest_name_of(pid) or 'nothing'), reason))
             sock.close()
-            return 0
+            return
         if returning is not None:
             del self.absent[peer_id]
             # Every other guest holds these eventfds already (and the messages say the same ID).
@@ -587,9 +617,9 @@ class IvshmemServer:
             client.outbox.extend([(message, owner) for message in owner.vectors])
             owner.refs += len(owner.vectors)
         client.handshake_left = len(client.outbox)
-        sent = self._flush(client, _HANDSHAKE_QUANTUM)
+        self._flush(client, _HANDSHAKE_QUANTUM)
         if client.gone:
-            return sent  # it left at once; nobody was told of it
+            return  # it left at once; nobody was told of it
         announcement = [(message, client) for message in client.vectors]
         for other in others if returning is None else ():
             other.outbox.extend(announcement)
@@ -598,7 +628,6 @@ class IvshmemServer:
         client.announced = True
         if self.config.verbose:
             self.log('new peer id = %d (pid %d, %s)' % (peer_id, pid, client.name or 'unnamed'), verbose=True)
-        return sent
 
     def _eventfds(self):
         """A newcomer's eventfds and their messages: those made ahead while the server was idle,
