@@ -67,8 +67,8 @@ _CONTROL_IDLE = 2.0  # seconds a control connection may take to send its request
 _ROUND_SLICE = 0.001  # seconds of admissions and sends per loop round (see serve)
 _CLIENT_QUANTUM = 64  # messages sent to one client per turn
 _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket takes about 278)
-_COLLECT_IDLE = 1.0  # seconds between garbage collections while every queue is empty (see serve)
-_COLLECT_BUSY = 30.0  # the same when the server is never idle
+_COLLECT_IDLE = 1.0  # seconds between looks for a moment to collect garbage (see serve)
+_COLLECT_BUSY = 30.0  # seconds after which garbage is collected even if no queue is ever empty
 _UNREAD = object()
 _NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
 _CONTROL_LIMIT = 4096
@@ -320,7 +320,7 @@ class IvshmemServer:
         self._spare = []  # eventfds made ahead for the next newcomer
         self._arrivals = None
         self._spare_messages = None  # and their messages, encoded ahead (the ID is set at the join)
-        self._round_ends = self._collected_at = time.monotonic()  # see serve
+        self._round_ends = self._collected_at = self._collect_check_at = time.monotonic()  # see serve
         self._waiting_listener = None  # the clients' listener, when connections wait on it
         self.sender = best_sender(config.batch_send, _HANDSHAKE_QUANTUM)
 
@@ -421,10 +421,10 @@ class IvshmemServer:
         # A round serves its events first (requests, departures; a waiting connection is only
         # noted), then admits and sends for a time slice (each makes progress at least once): a
         # request from anyone else (a status, the next newcomer) waits for one slice, never for
-        # a burst of joins. The collector runs only while every queue is empty,
-        # when it has little to walk (in a burst of joins a full collection of the queued
-        # messages took 10-18 ms, all of it in someone's wait); a server never idle collects
-        # every _COLLECT_BUSY seconds (the garbage: a departed client's encoded messages).
+        # a burst of joins. The collector runs only while every queue is empty, when it has
+        # little to walk (in a burst of joins a full collection of the queued messages took
+        # 10-18 ms, all of it in someone's wait); a server never idle collects every
+        # _COLLECT_BUSY seconds (the garbage: a departed client's encoded messages).
         gc.freeze()  # what setup made lives as long as the server
         gc.disable()
         while not self._stopping:
@@ -439,12 +439,16 @@ class IvshmemServer:
 
     def _when_idle(self):
         """Work kept off the joins' path: the next newcomer's eventfds, garbage collection."""
-        now = time.monotonic()
         idle = not self._dirty and not self._arriving()
         if idle and self._spare_messages is None:
             self._make_spare()
-        since = now - self._collected_at
-        if since >= _COLLECT_BUSY or (since >= _COLLECT_IDLE and idle and not any(c.outbox for c in self.clients.values())):
+        now = time.monotonic()
+        if now < self._collect_check_at:
+            return
+        # Looked at once per _COLLECT_IDLE: a client that stops reading keeps its queue full
+        # for a long time, and every round would walk the clients.
+        self._collect_check_at = now + _COLLECT_IDLE
+        if now - self._collected_at >= _COLLECT_BUSY or (idle and not any(c.outbox for c in self.clients.values())):
             gc.collect()
             self._collected_at = time.monotonic()
 
