@@ -734,10 +734,6 @@ class IvshmemServer:
                 return
         if mask & selectors.EVENT_WRITE:
             self._dirty[client] = None
-            if client.handshake_left:
-                # Its QEMU waits on the rest of its handshake: next turn, before the others'
-                # announcements (a newcomer to a large group fills its socket at once).
-                self._dirty.move_to_end(client, last=False)
 
     def _drop(self, client, why, announce=True, fault=False):
         """Forget a client; ``fault``: the server ends it (counted in ``dropped``), it did not just leave."""
