@@ -162,9 +162,9 @@ def ping(control, seconds):
     print(json.dumps({'realtime': realtime, 'latencies': latencies}))
 
 
-def pings(pinger, **options):
+def pings(pinger):
     """Run the status requester; returns (latencies, whether it ran at real-time priority)."""
-    result = json.loads(subprocess.run(pinger, capture_output=True, check=True, env=os.environ, **options).stdout)
+    result = json.loads(subprocess.run(pinger, capture_output=True, check=True, env=os.environ).stdout)
     return result['latencies'], result['realtime']
 
 
@@ -318,7 +318,7 @@ def main():
     for vectors, resident, burst, _before, busy, after, _admitted, _realtime in bursts:
         busy99, after99 = percentile(busy, 0.99), percentile(after, 0.99)
         print(verdict('a burst of joins does not degrade the loop for others (%d vectors, %d joining a server of %d: status p99 '
-                      'during <= %.0fx the idle server\'s)' % (vectors, burst, resident, BURST_TOLERANCE, ),
+                      'during <= %.0fx the idle server\'s)' % (vectors, burst, resident, BURST_TOLERANCE),
                       busy99 <= BURST_TOLERANCE * after99, 'p99 %s against %s' % (ms(busy99), ms(after99))))
     return 0
 

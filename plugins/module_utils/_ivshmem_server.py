@@ -672,7 +672,7 @@ class IvshmemServer:
         self._dirty[client] = None
 
     def _flush(self, client, quantum):
-        """Send up to ``quantum`` messages the socket takes now; returns how many were sent.
+        """Send up to ``quantum`` messages, as many as the socket takes now.
 
         The rest waits for its next turn, or for the socket to become writable. This is the
         server's innermost loop (every message of every client passes here once), kept lean.
@@ -695,7 +695,7 @@ class IvshmemServer:
         if failure is not None:
             if failure.errno != errno.ETOOMANYREFS:
                 self._drop(client, 'left: %s' % (failure.strerror or failure))
-                return sent
+                return
             # The server's user has too many fds in flight (unread by any client): a
             # momentary state while clients catch up, retried shortly.
             if not self._held_back:
@@ -703,13 +703,12 @@ class IvshmemServer:
             self._held_back.add(client)
         elif outbox and sent == quantum:
             self._dirty[client] = None  # more to send: its next turn
-            return sent
+            return
         # A handshake waiting is bounded by the client count; what counts is what came after it.
         if len(outbox) - client.handshake_left > self.max_backlog:
             self._drop(client, 'stopped reading: %d messages waiting' % len(outbox), fault=True)
-            return sent
+            return
         self._watch_writes(client, bool(outbox) and client not in self._held_back)
-        return sent
 
     def _watch_writes(self, client, watch):
         if client.watching_writes != watch:

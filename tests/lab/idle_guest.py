@@ -7,10 +7,9 @@ SeaBIOS after "No bootable device", a guest still takes the PIT's 18.2 Hz interr
 of a core here for each QEMU, and far more on a lab host, where the guests' QEMUs run under TCG
 themselves. Measured on a lab host (2026-12-04): with nine guests in SeaBIOS its one vCPU was 17 %
 idle and three python3 starts took 4.9 s; with nine on this kernel, 98 % idle and 2.8 s, as with
-no guests at all (98 %, 3.0 s). SeaBIOS
-still runs first (it assigns the PCI BARs, which IVPOSITION is read through), then boots this
-image, which masks every interrupt, makes the PIT one-shot and halts: QEMU then has nothing
-to do for the guest. Standard library only.
+no guests at all (98 %, 3.0 s). SeaBIOS still runs first (it assigns the PCI BARs, which
+IVPOSITION is read through), then boots this image, which masks every interrupt, makes the PIT
+one-shot and halts: QEMU then has nothing to do for the guest. Standard library only.
 """
 import struct
 import sys
