@@ -20,6 +20,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COLLECTIONS = os.path.join(REPO, '.cache', 'collections')
 _PR_SET_MDWE = 65  # prctl: deny memory that is both writable and executable, kept across exec
 _PR_MDWE_REFUSE_EXEC_GAIN = 1
+sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
+import idle_guest  # noqa: E402
+
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER',
                           os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
 
@@ -45,6 +48,15 @@ class Lab:
         if name not in self.servers:
             self.servers.append(name)
         return ServerManager(params, self.layout, False).run(state)
+
+    def idle_kernel(self):
+        """The lab guests' kernel (tests/lab/idle_guest.py), written into this lab once."""
+        path = os.path.join(self.root, 'idle-guest.bin')
+        if not os.path.exists(path):
+            with open(path, 'wb') as handle:
+                handle.write(idle_guest.image())
+            os.chmod(path, 0o644)
+        return path
 
     def memory_of(self, server):
         return server_status(self.layout, server)['memory']

@@ -1,9 +1,13 @@
 """Guests without an OS whose CPU a test drives through QEMU's qtest socket: doorbells and MSI-X."""
 import os
+import re
 import socket
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
+
+IF_FLAG = 1 << 9  # EFLAGS: interrupts enabled
 
 
 class QTest:
@@ -32,11 +36,30 @@ class QTest:
         self.sock.close()
 
 
+def monitor(qmp, command):
+    return qmp.command('human-monitor-command', {'command-line': command})
+
+
+def wait_until_idle(qmp):
+    """Wait for the lab's idle kernel to halt the vCPU with interrupts off: SeaBIOS has finished."""
+    def halted():
+        registers = monitor(qmp, 'info registers')
+        flags = int(re.search(r'EFL=([0-9a-f]+)', registers).group(1), 16)
+        return 'HLT=1' in registers and not flags & IF_FLAG
+    return wait_for('the guest halted with interrupts off', halted, timeout=20)
+
+
 def guest_driven_by_qtest(lab, name, server, role, vectors=2):
-    """A guest whose CPU the test drives: (its QTest, its ivshmem0 BAR0 address)."""
+    """A guest whose CPU the test drives: (its QTest, its ivshmem0 BAR0 address).
+
+    The guest boots the lab's idle kernel and the test waits for it to halt: SeaBIOS, still
+    running, would otherwise interleave its own PCI config accesses (0xcf8/0xcfc) with the
+    test's, or reset the device on its "no bootable device" reboot."""
     path = os.path.join(lab.layout.guest_dir(name), 'qtest.sock')
-    lab.guest(name, server, role=role, vectors=vectors, extra_args=['-qtest', 'unix:%s,server=on,wait=off' % path])
+    lab.guest(name, server, role=role, vectors=vectors, kernel=lab.idle_kernel(),
+              extra_args=['-qtest', 'unix:%s,server=on,wait=off' % path])
     with QMPClient(lab.layout.guest_qmp(name)) as qmp:
+        wait_until_idle(qmp)
         bar0 = read_ivshmem_registers(qmp)['ivshmem0']['bar0']
     return QTest(path), bar0
 
