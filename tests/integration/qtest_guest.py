@@ -54,7 +54,7 @@ def guest_driven_by_qtest(lab, name, server, role, vectors=2):
 
     The guest boots the lab's idle kernel and the test waits for it to halt: SeaBIOS, still
     running, would otherwise interleave its own PCI config accesses (0xcf8/0xcfc) with the
-    test's, or reset the device on its "no bootable device" reboot."""
+    test's."""
     path = os.path.join(lab.layout.guest_dir(name), 'qtest.sock')
     lab.guest(name, server, role=role, vectors=vectors, kernel=lab.idle_kernel(),
               extra_args=['-qtest', 'unix:%s,server=on,wait=off' % path])
