@@ -30,6 +30,7 @@ BENCHMARKS = (
     Benchmark('move_outage', ['bench/move_outage.py', '3', '1024', 'relay'], False, '4 min'),
     Benchmark('move_outage_tls', ['bench/move_outage.py', '3', '64,1024', 'clear'], False, '5 min'),
     Benchmark('move_outage_lab', ['bench/move_outage_lab.py', '3', '16', 'relay,clear'], True, '13-20 min'),
+    Benchmark('mixed_versions', ['bench/mixed_versions.py', '3', '64'], False, '2 min'),
     Benchmark('peer_modes', ['bench/peer_modes.py', '3'], False, '5 min'),
     Benchmark('server_scale', ['bench/server_scale.py', '--runs', '3'], False, '15 min'),
     Benchmark('deploy_lab', ['bench/deploy_lab.py', '1', '3'], True, '12 min'),

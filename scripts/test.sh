@@ -13,9 +13,10 @@ export IVSHMEM_FLEET_CACHE="$cache"
 
 step() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
 
-step "install (apt, venv, upstream ivshmem-server)"
+step "install (apt, venv, upstream ivshmem-server, QEMU 10.0 from backports)"
 scripts/bootstrap.sh
 scripts/build-upstream-ivshmem.sh
+scripts/fetch-qemu-backports.sh
 venv="$cache/venv"
 export PATH="$venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$cache/collections"

@@ -62,7 +62,8 @@ class ActionModule(ControllerAction):
                 hosts[name] = InventoryHost(self, name, task_vars, 'ivshmem.fleet.move_host')
             for name, host in hosts.items():
                 host._fixed_args = {'runtime_dir': host.var('ivshmem_fleet_runtime_dir') or DEFAULT_RUNTIME_DIR,
-                                    'server_overrides': host.var('ivshmem_fleet_server_overrides') or {}}
+                                    'server_overrides': host.var('ivshmem_fleet_server_overrides') or {},
+                                    'guest_overrides': host.var('ivshmem_fleet_guest_overrides') or {}}
             address = hosts[destination].var('ivshmem_fleet_migration_address') or \
                 hosts[destination].var('ansible_host') or destination
             options = dict((k, args[k]) for k in (

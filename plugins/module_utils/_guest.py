@@ -12,9 +12,10 @@ __metaclass__ = type
 import os
 import shutil
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _readiness, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
+    DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError, machine_from_qom, machine_name, pinned_machine, same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -90,6 +91,9 @@ def guest_status(layout, name, registers=True):
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
+              # The versioned machine type QEMU resolved (pc-i440fx-7.2 for pc on QEMU 7.2): what
+              # every later start of this guest runs, here or on a move's destination.
+              'machine_type': record.get('machine_type'),
               'ivshmem': [dict(d, ivposition=None, plugged=d.get('id') not in (record.get('unplugged') or []))
                           for d in record['spec']['ivshmem'] if isinstance(d, dict)]}
     if record.get('damaged'):
@@ -100,6 +104,8 @@ def guest_status(layout, name, registers=True):
     try:
         with QMPClient(paths['qmp'], timeout=5.0) as qmp:
             status['run_state'] = qmp.command('query-status')['status']
+            if not status['machine_type']:  # started before types were recorded: ask QEMU
+                status['machine_type'] = running_machine_type(qmp)
             migration = qmp.command('query-migrate')
             status['migration'] = {'status': migration.get('status', 'none'),
                                    'blocked_reasons': migration.get('blocked-reasons', []),
@@ -117,6 +123,11 @@ def guest_status(layout, name, registers=True):
             device['server_id'] = _server_id(layout, device['server'], status['pid'])
     status['state'] = _state_of(status)
     return status
+
+
+def running_machine_type(qmp):
+    """The versioned machine type a running QEMU resolved (``pc-i440fx-7.2``), or None."""
+    return machine_from_qom(qmp.command('qom-get', {'path': '/machine', 'property': 'type'}))
 
 
 def _server_id(layout, server, pid):
@@ -216,6 +227,15 @@ def plug_devices(layout, name):
     return plugged
 
 
+def exit_log(layout, name):
+    """The last lines QEMU wrote before guest ``name`` stopped on its own (why a destination
+    refused a stream, say), or None while it runs or when it left none."""
+    status = guest_status(layout, name, registers=False)
+    if status is None or status['pid'] is not None:
+        return None
+    return _host.tail(guest_paths(layout, name)['log']) or None
+
+
 def quit_guest(layout, name, timeout):
     """Stop QEMU: QMP quit, then signals. Returns the seconds waited."""
     paths = guest_paths(layout, name)
@@ -245,6 +265,11 @@ class GuestManager(StateMachine):
         self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
         # Set by the move engine for a peer moved live: started without these devices (plugged later).
         self.unplugged = list(params.get('unplugged') or [])
+        # Set by the move engine: the versioned machine type the guest resolved on its source.
+        self.machine_type = params.get('machine_type')
+        if self.machine_type is not None and (not isinstance(self.machine_type, str) or
+                                              machine_name(self.machine_type) != self.machine_type):
+            raise ValidationError('machine_type', '%r is not a machine type' % (self.machine_type,))
         self.paths = guest_paths(layout, self.spec.name)
         self.current = guest_status(layout, self.spec.name, registers=False)
         self.before = self._view(self.current)
@@ -261,7 +286,24 @@ class GuestManager(StateMachine):
         return self.current is not None and self.current['pid'] is not None
 
     def _drifted(self):
-        return self.running and self.current['record']['spec'] != self.spec.to_dict()
+        if not self.running:
+            return False
+        record = self.current['record']
+        recorded, asked = dict(record['spec']), self.spec.to_dict()
+        if same_machine(asked['machine'], recorded.get('machine') or 'pc', self.current.get('machine_type')):
+            recorded['machine'] = asked['machine']  # an alias and the type it resolved to are equal
+        return recorded != asked
+
+    def _machine(self):
+        """The machine to start: the versioned type this guest resolved before (given by a move,
+        or in its record when the same machine is asked), else the machine as asked."""
+        if self.machine_type:
+            return pinned_machine(self.spec.machine, self.machine_type)
+        record = (self.current or {}).get('record') or {}
+        if record.get('machine_type') and same_machine(self.spec.machine, (record.get('spec') or {}).get('machine') or 'pc',
+                                                       record['machine_type']):
+            return pinned_machine(self.spec.machine, record['machine_type'])
+        return self.spec.machine
 
     # --- states ---------------------------------------------------------------------------
     def state_running(self):
@@ -360,6 +402,10 @@ class GuestManager(StateMachine):
         if accel == 'auto':
             accel = 'kvm' if _host.kvm_usable_by(spec.user, spec.group) else 'tcg'
         self.after = {'state': 'incoming' if incoming else 'running', 'spec': spec.to_dict()}
+        machine = self._machine()
+        # Before anything changes (check mode too): this host's QEMU runs the machine and devices.
+        _qemu_binary.check_guest(_qemu_binary.capabilities(spec.binary, _qemu_binary.cache_dir(self.layout)),
+                                 machine, spec.device_types, _host.hostname())
         if not self.change('start'):
             return
         _host.ensure_account(spec.user, spec.group, False)
@@ -367,10 +413,11 @@ class GuestManager(StateMachine):
         # Its own: QMP, console and pidfile are nobody else's (other guests share the group).
         _host.ensure_dir(self.paths['dir'], 0o700, spec.user, spec.group)
         _host.remove_stale_socket(self.paths['qmp'])
-        argv = spec.argv(self.layout, accel, incoming, unplugged=self.unplugged)
-        _host.write_json(self.paths['record'], {
-            'spec': spec.to_dict(), 'accel': accel, 'incoming': incoming, 'argv': argv,
-            'incoming_uri': self.incoming_uri if incoming else None, 'unplugged': sorted(self.unplugged)})
+        argv = spec.argv(self.layout, accel, incoming, unplugged=self.unplugged, machine=machine)
+        record = {'spec': spec.to_dict(), 'accel': accel, 'incoming': incoming, 'argv': argv,
+                  'incoming_uri': self.incoming_uri if incoming else None, 'unplugged': sorted(self.unplugged),
+                  'machine_type': machine_name(machine) if machine != spec.machine else None}
+        _host.write_json(self.paths['record'], record)
         # Not -daemonize: QEMU's sandbox (spawn=deny) kills the fork. QEMU runs in its own
         # session instead, and readiness is "QMP answers a command" (after the ivshmem handshake).
         process = _host.spawn(argv + ['-pidfile', self.paths['pidfile']], self.paths['log'], spec.user, spec.group)
@@ -383,8 +430,9 @@ class GuestManager(StateMachine):
             process.wait()
             _host.remove_stale_socket(self.paths['qmp'])
             raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
-        if incoming:
-            with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+        with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+            _host.write_json(self.paths['record'], dict(record, machine_type=running_machine_type(qmp)))
+            if incoming:
                 _tls.setup_destination(qmp, _tls.for_guest(self.incoming_tls, spec.user, self.layout.runtime_dir))
                 qmp.command('migrate-incoming', {'uri': self.incoming_uri})
         self.result['waited'] = round(waited, 3)
@@ -406,5 +454,8 @@ class GuestManager(StateMachine):
             except WaitTimeout as exc:
                 self.warnings.append('IVPOSITION not readable yet: %s' % exc)
         status = guest_status(self.layout, self.spec.name)
-        status.pop('record', None)
+        record = status.pop('record', None)
+        if record is not None and status['machine_type'] and not record.get('machine_type'):
+            # A guest started before types were recorded: its type kept now, without a restart.
+            _host.write_json(self.paths['record'], dict(record, machine_type=status['machine_type']))
         self.result['guest'] = status

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -104,6 +105,27 @@ def launch_daemon(argv, log_path, timeout, user=None, group=None, umask=-1):
     if process.returncode != 0:
         raise HostError('%s failed to start (exit %d): %s' % (os.path.basename(argv[0]), process.returncode, tail(log_path)))
     return waited
+
+
+def run_program(argv, timeout, user='nobody'):
+    """Run a short program as ``user`` (as root: nobody, so a probe runs with no privilege);
+    returns (exit status, stdout, stderr) as text. A program still running at ``timeout`` is killed."""
+    kwargs = {}
+    if user is not None and os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam(user)
+            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[])
+        except KeyError:
+            raise HostError('cannot run %s: no account %s' % (argv[0], user))
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout, check=False, close_fds=True, cwd='/',
+                              env={'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C'}, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise HostError('%s did not finish within %d s' % (' '.join(argv), timeout))
+    except OSError as exc:
+        raise HostError('cannot run %s: %s' % (argv[0], exc))
+    return done.returncode, done.stdout.decode('utf-8', 'replace'), done.stderr.decode('utf-8', 'replace')
 
 
 def tail(path, lines=5):
@@ -346,6 +368,11 @@ def kvm_usable_by(user, group, device='/dev/kvm'):
     else:
         bits = info.st_mode & 0o6
     return bits == 0o6
+
+
+def hostname():
+    """This host's name (for messages that say where)."""
+    return socket.gethostname()
 
 
 def systemd_running():

@@ -62,6 +62,18 @@ CORRUPTING = {
 
 MIGRATION_FD = 'ivshmem-fleet-migration'
 
+# What a destination QEMU says (in its log, as it exits) when it refuses a stream for a reason that
+# the same stream would meet again: another machine type, devices or RAM blocks it does not have.
+# A refusal of these kinds is not retried; a cut connection ("Input/output error") is.
+REPEATING_REFUSALS = ('Machine type received', 'Unknown savevm section', 'Unknown ramblock', 'Length mismatch',
+                      'error while loading state', 'Missing section footer', 'Unknown combination of migration flags',
+                      'not a migratable', 'Configuration section missing')
+
+
+def refusal_repeats(text):
+    """Does ``text`` (a destination's log lines) say the stream was refused for good?"""
+    return any(marker in (text or '') for marker in REPEATING_REFUSALS)
+
 
 def start_migration(sq, uri, max_bandwidth, downtime_limit, tls=None):
     """Refuse corrupting settings, enable events and the switchover gate, start the migration
@@ -293,7 +305,7 @@ class Migration(StateMachine):
             self.result['migration'] = {'status': 'already migrated'}
             return
         devices = self._preflight_source(src)
-        memories = self._preflight_destination(dst, devices)
+        memories = self._preflight_destination(dst, devices, src)
         self.after = {'guest': 'stopped' if self.stop_source else 'migrated', 'destination': 'running'}
         if not self.change('migrate'):
             self.result['migration'] = {'status': 'would migrate'}
@@ -419,7 +431,7 @@ class Migration(StateMachine):
             raise ValidationError('guest', 'QEMU blocks migrating %s: %s' % (self.source, '; '.join(blocked)))
         return devices
 
-    def _preflight_destination(self, dst, devices):
+    def _preflight_destination(self, dst, devices, src):
         if dst is None or dst['pid'] is None:
             raise ValidationError('destination', 'guest %s is not prepared; start it with state incoming' % self.destination)
         if dst['state'] != 'incoming' or not dst['record'].get('incoming'):
@@ -428,6 +440,13 @@ class Migration(StateMachine):
         dst_devices = dst['record']['spec']['ivshmem']
         if [(d['type'], d['role']) for d in dst_devices] != [(d['type'], d['role']) for d in devices]:
             raise ValidationError('destination', 'guest %s has other ivshmem devices than %s' % (self.destination, self.source))
+        source_type = src.get('machine_type')
+        if source_type and dst.get('machine_type') and dst['machine_type'] != source_type:
+            # A stream loads only into the versioned type it was sent from (pc is another type on another QEMU).
+            raise ValidationError('destination', 'guest %s waits as machine type %s, but %s runs %s: a stream loads '
+                                                 'only into its own type; start %s with machine: %s' % (
+                                                     self.destination, dst['machine_type'], self.source, source_type,
+                                                     self.destination, source_type))
         memories = []
         if self.verify:
             for index, (a, b) in enumerate(zip(devices, dst_devices)):

@@ -146,6 +146,47 @@ def qemu_opt(value):
     return str(value).replace(',', ',,')
 
 
+# A machine type alias and the versioned types it stands for. A guest started with an alias runs
+# the versioned type its QEMU resolved it to (pc is pc-i440fx-7.2 on QEMU 7.2, pc-i440fx-10.0 on
+# 10.0), and a migration stream loads only into that same type: the resolved type travels.
+MACHINE_ALIASES = {'pc': 'pc-i440fx-', 'q35': 'pc-q35-'}
+
+
+def machine_name(machine):
+    """The type in a -machine value, without its options (``q35`` of ``q35,smm=off``)."""
+    return machine.split(',', 1)[0]
+
+
+def machine_from_qom(value):
+    """The versioned type of QOM's ``/machine`` ``type`` (``pc-i440fx-7.2-machine``), or None."""
+    if not isinstance(value, str) or not value.endswith('-machine'):
+        return None
+    return value[:-len('-machine')]
+
+
+def pinned_machine(machine, machine_type):
+    """``machine`` with its type replaced by ``machine_type``, options kept."""
+    if not machine_type:
+        return machine
+    rest = machine[len(machine_name(machine)):]
+    return machine_type + rest
+
+
+def same_machine(asked, recorded, resolved):
+    """Is a guest that was asked for ``recorded`` and runs ``resolved`` (None: not known) already
+    what ``asked`` asks? An alias and the type it resolved to are the same; an explicit versioned
+    type is another only when it differs."""
+    if asked == recorded:
+        return True
+    if not resolved:
+        return False
+    name, rest = machine_name(asked), asked[len(machine_name(asked)):]
+    if rest != recorded[len(machine_name(recorded)):]:
+        return False  # other options: another machine
+    family = MACHINE_ALIASES.get(name)
+    return name == resolved or (family is not None and resolved.startswith(family))
+
+
 class Layout:
     """Where a host keeps each server's and guest's runtime files."""
 
@@ -446,18 +487,24 @@ class GuestSpec:
         return [d.to_dict() for d in self.devices]
 
     @property
+    def device_types(self):
+        """The QEMU devices this guest needs (``ivshmem-doorbell``, ``ivshmem-plain``)."""
+        return sorted(set('ivshmem-' + d.type for d in self.devices))
+
+    @property
     def masters(self):
         return [d for d in self.devices if d.role == 'master']
 
     def to_dict(self):
         return dict((field, getattr(self, field)) for field in self.FIELDS)
 
-    def argv(self, layout, accel, incoming, unplugged=()):
+    def argv(self, layout, accel, incoming, unplugged=(), machine=None):
         """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S;
-        the devices whose IDs are in ``unplugged`` are left out (their hotplug placement stays)."""
+        the devices whose IDs are in ``unplugged`` are left out (their hotplug placement stays);
+        ``machine``: the machine to run (the versioned type this guest resolved before), else its own."""
         directory = layout.guest_dir(self.name)
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
-        argv = [self.binary, '-name', self.name, '-machine', self.machine, '-accel', accel_opt,
+        argv = [self.binary, '-name', self.name, '-machine', machine or self.machine, '-accel', accel_opt,
                 '-m', str(self.memory), '-smp', str(self.cpus), '-nodefaults', '-no-user-config',
                 '-display', 'none',
                 '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),

@@ -29,15 +29,15 @@ import threading
 import time
 from contextlib import contextmanager
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import (
-    GuestError, GuestManager, guest_status, plug_devices, unplug_devices)
+    GuestError, GuestManager, exit_log, guest_status, plug_devices, unplug_devices)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     MigrationError, cancel_and_resume, finish_started_migration, follow_migration, progress_of, settle_source,
     start_migration, verify_destination, wait_loaded)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -91,6 +91,13 @@ class HostMove:
         self.group = params.get('group') or {}
         if not isinstance(self.group, dict) or 'master' not in self.group:
             raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it')
+        # Guest options that differ on this host (its QEMU elsewhere, say), as for the server.
+        overrides = params.get('guest_overrides') or {}
+        if not isinstance(overrides, dict):
+            raise ValidationError('guest_overrides', 'must be a mapping of guest options')
+        if overrides:
+            self.group = dict(self.group, master=dict(self.group['master'], **overrides),
+                              peers=[dict(peer, **overrides) for peer in self.group.get('peers') or []])
         self.name = check_name('group.name', self.group.get('name'))
         self.run_id = check_name('run_id', params.get('run_id'))
         self.step = params.get('step')
@@ -174,12 +181,27 @@ class HostMove:
 
     # --- what runs here ---------------------------------------------------------------
     def _state(self):
-        guests = {}
+        guests, machines = {}, {}
         for name in [self.master] + self.peers:
             status = guest_status(self.layout, name, registers=False)
             guests[name] = 'absent' if status is None else status['state']
+            if status is not None and status['pid'] is not None and status.get('machine_type'):
+                machines[name] = status['machine_type']
         server = server_status(self.layout, self.name)
-        return {'guests': guests, 'server': 'absent' if server is None else server['state']}
+        return {'guests': guests, 'server': 'absent' if server is None else server['state'], 'machines': machines}
+
+    def _qemu(self):
+        """({guest: its QEMU binary here}, {binary: what it offers}) for the preflight."""
+        binaries = dict((guest['name'], guest.get('binary') or DEFAULT_QEMU)
+                        for guest in [self.group['master']] + list(self.group.get('peers') or []))
+        directory = _qemu_binary.cache_dir(self.layout)
+        offers = {}
+        for binary in sorted(set(binaries.values())):
+            try:
+                offers[binary] = _qemu_binary.capabilities(binary, directory)
+            except _host.HostError as exc:
+                offers[binary] = {'binary': binary, 'present': True, 'error': str(exc)}
+        return binaries, offers
 
     def _step_inspect(self):
         record = self._record()
@@ -189,7 +211,8 @@ class HostMove:
 
     def _view(self, record):
         """What the engine decides on: the journal, what runs here, the TLS credentials lacking."""
-        return {'record': record, 'state': self._state(),
+        binaries, offers = self._qemu()
+        return {'record': record, 'state': self._state(), 'binaries': binaries, 'qemu': offers,
                 'tls_missing': _tls.missing(self.tls['dir']) if self.tls else []}
 
     def _step_claim(self):
@@ -294,14 +317,27 @@ class HostMove:
             if listener is not None:
                 listener.close()
 
+    def _exited(self, name):
+        """Why guest ``name``'s QEMU here stopped on its own (its last log lines), as a sentence."""
+        said = exit_log(self.layout, name)
+        return 'its QEMU exited: %s' % said if said else 'it is not running'
+
     def _load_and_check(self):
         status = guest_status(self.layout, self.master, registers=False)
         if status is None or status['pid'] is None:
-            raise MoveError('the destination master %s is not running' % self.master)
+            raise MoveError('the destination master %s did not receive the stream: %s' % (
+                self.master, self._exited(self.master)))
         timeout = self.params.get('timeout') or 300
-        with QMPClient(status['qmp'], timeout=30) as dq:
-            waited = wait_loaded(dq, timeout)
-            check = verify_destination(dq, self._memories(), self.params.get('checksum') or DEFAULT_CHECKSUM)
+        try:
+            with QMPClient(status['qmp'], timeout=30) as dq:
+                waited = wait_loaded(dq, timeout)
+                check = verify_destination(dq, self._memories(), self.params.get('checksum') or DEFAULT_CHECKSUM)
+        except QMPError as exc:
+            said = exit_log(self.layout, self.master)
+            if said is None:
+                raise
+            # The destination refused the stream (another machine type, say): its own words.
+            raise MoveError('the destination master %s refused the stream: its QEMU exited: %s' % (self.master, said))
         if not check['ok']:
             raise MoveError('destination check failed: %s' % check['problem'])
         check['load_wait_s'] = round(waited, 3)
@@ -381,9 +417,12 @@ class HostMove:
                 self._write('done', outcome=self.params.get('outcome') or 'nothing to discard')
             return {'discarded': False}
         self._write('discarding', allowed_from=None if force else DISCARDABLE)
+        # What a QEMU that stopped on its own said, kept before its directory goes.
+        exited = dict((name, exit_log(self.layout, name)) for name in [self.master] + self.peers)
+        exited = dict((name, said) for name, said in exited.items() if said)
         self._remove_group_here()
-        self._write('done', outcome=self.params.get('outcome') or 'rolled back')
-        return {'discarded': True}
+        self._write('done', outcome=self.params.get('outcome') or 'rolled back', exited=exited)
+        return {'discarded': True, 'exited': exited}
 
     # --- the source ---------------------------------------------------------------------
     def _tls_for(self, status):

@@ -33,7 +33,9 @@ import time
 import uuid
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM
+from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
 
 GIB = float(1 << 30)
 # Generous on a slow TCG host: a migration's budget grows by this much per GiB moved.
@@ -200,6 +202,11 @@ class GroupMove:
             self._release_all('not moved')
             raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
                 self.name, self.source, views[self.source]['state']['guests']), self.report)
+        try:
+            self._preflight(views)
+        except MoveFailed as exc:
+            self._release_all('not moved: %s' % exc)
+            raise
         lacking = self._lacking_credentials(views)
         if lacking:
             self._release_all('not moved: no credentials')
@@ -215,6 +222,9 @@ class GroupMove:
                                  self.report)
             except MoveFailed as exc:
                 self.report.setdefault('failures', []).append(str(exc))
+                if exc.report.get('repeats') and attempt < attempts:
+                    raise MoveFailed('%s (not retried: the destination would refuse the same stream again)' % exc,
+                                     self.report)
                 if attempt == attempts or not exc.report.get('rolled_back'):
                     raise MoveFailed(str(exc), self.report)
                 time.sleep((self.options.get('backoff') or 0) * attempt)
@@ -240,6 +250,44 @@ class GroupMove:
                         'private to the two hosts' % (host, self.tls_dirs[host], ', '.join(missing)))
         return None
 
+    def _preflight(self, views):
+        """Before anything changes: the destination's QEMU runs each guest of the group as its source
+        runs it (the versioned machine type it resolved, its ivshmem devices). The guests then start
+        on the destination with those types, whatever the alias resolves to there."""
+        src, dst = views[self.source], views[self.destination]
+        if not self._whole(src['state']):
+            return
+        types = src['state'].get('machines') or {}
+        problems, versions = [], {}
+        for guest in [self.group['master']] + list(self.group.get('peers') or []):
+            name = guest['name']
+            offers = (dst.get('qemu') or {}).get((dst.get('binaries') or {}).get(name))
+            source_offers = (src.get('qemu') or {}).get((src.get('binaries') or {}).get(name)) or {}
+            versions[self.source] = source_offers.get('version')
+            if offers is None:
+                continue  # a host side that does not say: the migration itself will tell
+            versions[self.destination] = offers.get('version')
+            machine = types.get(name) or guest.get('machine') or 'pc'
+            if offers.get('error'):
+                problems.append('guest %s: %s' % (name, offers['error']))
+                continue
+            devices = sorted(set('ivshmem-' + (d.get('type') or 'doorbell') for d in guest.get('ivshmem') or []))
+            try:
+                check_guest(offers, machine, devices, self.destination)
+            except QemuBinaryError as exc:
+                problems.append('guest %s (machine type %s, started on %s with QEMU %s): %s' % (
+                    name, machine, self.source, source_offers.get('version') or 'unknown', str(exc).split(': ', 1)[1]))
+        if problems:
+            raise MoveFailed('group %s cannot run on %s, so nothing was changed: %s' % (
+                self.name, self.destination, '; '.join(problems)), dict(self.report, refused=True))
+        self.report['qemu_versions'] = versions
+        self.report['machine_types'] = dict(types)
+
+        def pinned(guest):
+            return dict(guest, machine_type=types[guest['name']]) if types.get(guest['name']) else guest
+        self.group = dict(self.group, master=pinned(self.group['master']),
+                          peers=[pinned(peer) for peer in self.group.get('peers') or []])
+
     def predict(self):
         """Check mode: what run() would do, from a look at both hosts; nothing changes."""
         views = self._inspect_both()
@@ -254,6 +302,7 @@ class GroupMove:
         if not self._whole(views[self.source]['state']):
             raise MoveFailed('group %s does not run whole on %s (%s); deploy it first' % (
                 self.name, self.source, views[self.source]['state']['guests']), self.report)
+        self._preflight(views)
         lacking = self._lacking_credentials(views)
         if lacking:
             raise MoveFailed(lacking, self.report)
@@ -394,9 +443,15 @@ class GroupMove:
             if threads[0].is_alive() and self.progress is not None:
                 self._report_progress()
         if 'sent' in errors:
+            # A destination that refused the stream has said why by now: its words come first.
+            threads[1].join(5)
             # The destination never gets the stream: discard it so its verify step ends too.
-            self._discard_destination()
+            exited = self._discard_destination()
             threads[1].join(30)
+            said = str(errors['checked']) if 'checked' in errors else '; '.join(
+                'the destination %s exited: %s' % (name, text) for name, text in sorted((exited or {}).items()))
+            if said:
+                raise StepFailed('%s; %s' % (errors['sent'], said))
             raise errors['sent']
         threads[1].join(self.checksum_timeout + 60)
         if 'checked' in errors:
@@ -417,12 +472,15 @@ class GroupMove:
             self.progress(dict(progress, group=self.name))
 
     def _discard_destination(self, force=False):
-        """True when the destination confirmed that nothing of this move runs there."""
+        """When the destination confirmed that nothing of this move runs there: {guest: the last
+        log lines of a QEMU that had stopped on its own} (empty, but not None); else None."""
         try:
-            self._call(self.destination, 'rollback_destination', outcome='discarded', force=force)
-            return True
+            result = self._call(self.destination, 'rollback_destination', outcome='discarded', force=force)
         except (HostUnreachable, StepFailed):
-            return False
+            return None
+        if result.get('exited'):
+            self.report['destination_exited'] = dict(self.report.get('destination_exited') or {}, **result['exited'])
+        return result.get('exited') or {}
 
     def _recover(self, exc):
         """After a failed step: forward when the destination was verified, else roll back.
@@ -459,7 +517,8 @@ class GroupMove:
             except (HostUnreachable, StepFailed) as again:
                 raise MoveFailed('%s; the verified destination could not be finished (%s): run the same '
                                  'command again to resolve' % (exc, again), self.report)
-        discarded = self._discard_destination(force=view is not None and self._destination_dead_after_verifying(view))
+        discarded = self._discard_destination(
+            force=view is not None and self._destination_dead_after_verifying(view)) is not None
         if committing and not discarded:
             raise MoveFailed('%s; %s did not confirm it discarded group %s and may run it, so %s keeps it paused: '
                              'run the same command again to resolve' % (exc, self.destination, self.name,
@@ -469,8 +528,11 @@ class GroupMove:
         except (HostUnreachable, StepFailed) as again:
             raise MoveFailed('%s; resuming the group on %s failed too (%s): run the same command again' % (
                 exc, self.source, again), self.report)
-        raise MoveFailed('%s; group %s runs on %s again, its memory untouched' % (exc, self.name, self.source),
-                         dict(self.report, rolled_back=True))
+        said = '; '.join('the destination %s exited: %s' % item for item in sorted(
+            (self.report.get('destination_exited') or {}).items()) if item[1] not in str(exc))
+        message = '%s%s' % (exc, '; ' + said if said else '')
+        raise MoveFailed('%s; group %s runs on %s again, its memory untouched' % (message, self.name, self.source),
+                         dict(self.report, rolled_back=True, repeats=refusal_repeats(message)))
 
     def _move_live_peers(self, src, dst):
         """The master runs on ``dst``: each live peer migrates there and is plugged back. Never
@@ -566,15 +628,16 @@ def _ms(end, start):
 class LocalHost:
     """A host handle for a runtime directory on this machine (tests, benchmarks, one-host moves)."""
 
-    def __init__(self, layout, server_overrides=None):
+    def __init__(self, layout, server_overrides=None, guest_overrides=None):
         self.layout = layout
         self.server_overrides = server_overrides or {}
+        self.guest_overrides = guest_overrides or {}
 
     def call(self, params):
         from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step
         from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError
         from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL
-        params = dict(params, server_overrides=self.server_overrides)
+        params = dict(params, server_overrides=self.server_overrides, guest_overrides=self.guest_overrides)
         try:
             return run_step(params, self.layout)
         except (ValidationError, MoveError) as exc:

@@ -54,6 +54,7 @@ description:
     C(ivshmem_fleet_migration_address) (default C(ansible_host)): the address the destination
     listens on for the migration stream, on the group's C(migration_port);
     C(ivshmem_fleet_server_overrides): server options that differ on that host;
+    C(ivshmem_fleet_guest_overrides): guest options that differ on that host (its QEMU O(ivshmem.fleet.guest#module:binary), say);
     C(ivshmem_fleet_tls_dir) (default C(/etc/ivshmem-fleet/tls)): the host's migration credentials."
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)

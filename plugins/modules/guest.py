@@ -43,7 +43,10 @@ options:
     choices: [running, paused, incoming, stopped, absent]
     default: running
   binary:
-    description: The QEMU system emulator.
+    description:
+      - The QEMU system emulator. What it offers (version, machine types, ivshmem devices) is learned once per
+        binary file (run as C(nobody)) and kept under O(runtime_dir); a guest that needs what it lacks is refused
+        before anything starts.
     type: path
     default: /usr/bin/qemu-system-x86_64
   memory:
@@ -55,7 +58,16 @@ options:
     type: int
     default: 1
   machine:
-    description: QEMU machine type.
+    description:
+      - QEMU machine type, a versioned type (V(pc-i440fx-7.2)) or an alias (V(pc), V(q35)), with options
+        after a comma.
+      - An alias resolves to the newest type of the QEMU that starts the guest (V(pc) is V(pc-i440fx-7.2) on
+        QEMU 7.2, V(pc-i440fx-10.0) on 10.0), and a migration stream loads only into the type it was sent
+        from. The guest records the versioned type it resolved (RV(guest.machine_type)); every later start of
+        it runs that type - a restart, a redeploy, a move's destination - so it can move between QEMU versions.
+        Asking for the alias or for the type it resolved to is the same (no drift).
+      - A machine type the host's QEMU does not offer is refused before anything starts, naming the QEMU
+        version and the versioned types it runs.
     type: str
     default: pc
   accel:
@@ -252,6 +264,12 @@ guest:
       description: The accelerator in use.
       type: str
       sample: tcg
+    machine_type:
+      description:
+        - The versioned machine type QEMU resolved O(machine) to, which every later start of the guest runs.
+          Null while not known (a guest stopped before types were recorded).
+      type: str
+      sample: pc-i440fx-7.2
     incoming_uri:
       description: Where an incoming guest listens.
       type: str

@@ -74,9 +74,12 @@ ansible_facts:
           type: dict
           sample: {"group1": {"state": "started", "pid": 4242, "clients": [{"id": 0, "name": "db-master"}]}}
         guests:
-          description: Each guest with state, run state, pid, ivshmem devices (role, IVPOSITION) and migration state.
+          description:
+            - Each guest with state, run state, pid, ivshmem devices (role, IVPOSITION), migration state and
+              C(machine_type), the versioned machine type its QEMU resolved (see M(ivshmem.fleet.guest)).
           type: dict
-          sample: {"db-master": {"state": "running", "ivshmem": [{"id": "ivshmem0", "role": "master", "ivposition": 0}]}}
+          sample: {"db-master": {"state": "running", "machine_type": "pc-i440fx-7.2",
+                                 "ivshmem": [{"id": "ivshmem0", "role": "master", "ivposition": 0}]}}
         moves:
           description:
             - Groups in transition on this host, by group name. A move of M(ivshmem.fleet.group_migrate) that

@@ -117,6 +117,11 @@ options:
   server_overrides:
     description: Server options that differ on this host (for example O(ivshmem.fleet.server#module:memory_dir)).
     type: dict
+  guest_overrides:
+    description:
+      - Guest options that differ on this host, applied to every guest of the group (for example
+        O(ivshmem.fleet.guest#module:binary) where this host's QEMU is elsewhere).
+    type: dict
   live_peers:
     description:
       - The peers this move keeps running (the group's C(peer_mode=live)) - unplugged on the source
@@ -197,6 +202,7 @@ def main():
             force=dict(type='bool', default=False),
             outcome=dict(type='str'),
             server_overrides=dict(type='dict'),
+            guest_overrides=dict(type='dict'),
             tls=dict(type='dict'),
             live_peers=dict(type='list', elements='str'),
             peer=dict(type='str'),

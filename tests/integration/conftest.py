@@ -25,6 +25,10 @@ import idle_guest  # noqa: E402
 
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER',
                           os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
+# A second QEMU version beside the distribution's 7.2: 10.0 from bookworm-backports, unpacked
+# by scripts/fetch-qemu-backports.sh.
+QEMU_BACKPORTS = os.path.join(os.environ.get('IVSHMEM_FLEET_CACHE', os.path.join(REPO, '.cache')),
+                              'qemu-backports', 'bin', 'qemu-system-x86_64')
 
 
 class Lab:
@@ -117,6 +121,14 @@ def lab(request):
     if request.param == 'qemu' and not os.access(UPSTREAM, os.X_OK):
         pytest.fail('upstream ivshmem-server missing at %s: run scripts/build-upstream-ivshmem.sh' % UPSTREAM)
     yield from _lab(request.param)
+
+
+@pytest.fixture(scope='session')
+def qemu_backports():
+    """The path of QEMU 10.0 (a wrapper that gives it its own firmware and modules)."""
+    if not os.access(QEMU_BACKPORTS, os.X_OK):
+        pytest.fail('QEMU from backports missing at %s: run scripts/fetch-qemu-backports.sh' % QEMU_BACKPORTS)
+    return QEMU_BACKPORTS
 
 
 @pytest.fixture

@@ -33,10 +33,13 @@ def free_port():
 class TwoHosts:
     """Hosts 'a' and 'b' under ``root``; the group's memory file is distinct per host."""
 
-    def __init__(self, root, tag, size='4M', peers=2, memory='64M', master=None, peer=None, **group_options):
+    def __init__(self, root, tag, size='4M', peers=2, memory='64M', master=None, peer=None, binaries=None,
+                 **group_options):
         """``master`` and ``peer``: guest options added to the master and to every peer (a kernel
-        to boot, say); ``group_options``: the group's own (peer_mode, ...)."""
+        to boot, say); ``binaries``: {host: the QEMU it runs} where not the distribution's (two QEMU
+        versions on one machine); ``group_options``: the group's own (peer_mode, ...)."""
         self.root, self.tag = root, tag
+        self.binaries = dict(binaries or {})
         self.layouts = dict((h, Layout(os.path.join(root, h))) for h in ('a', 'b'))
         group = dict(group_options, name='g', host='a', size=size, vectors=2,
                      master=dict(master or {}, name='g-master', memory=memory, accel='tcg'),
@@ -45,17 +48,22 @@ class TwoHosts:
         self.port = free_port()
 
     def state(self):
-        return {'root': self.root, 'tag': self.tag, 'group': self.group, 'port': self.port}
+        return {'root': self.root, 'tag': self.tag, 'group': self.group, 'port': self.port, 'binaries': self.binaries}
 
     @classmethod
     def from_state(cls, state):
         hosts = cls.__new__(cls)
         hosts.root, hosts.tag, hosts.group, hosts.port = state['root'], state['tag'], state['group'], state['port']
+        hosts.binaries = state.get('binaries') or {}
         hosts.layouts = dict((h, Layout(os.path.join(hosts.root, h))) for h in ('a', 'b'))
         return hosts
 
     def overrides(self, host):
         return {'shm_name': 't-%s-%s-g' % (self.tag, host), 'program_dir': os.path.join(self.root, 'program')}
+
+    def guest_overrides(self, host):
+        """Guest options of ``host`` (as the host variable ivshmem_fleet_guest_overrides gives them)."""
+        return {'binary': self.binaries[host]} if host in self.binaries else {}
 
     def tls_dir(self, host):
         return os.path.join(self.root, host, 'tls')
@@ -78,13 +86,13 @@ class TwoHosts:
         return dict((h, self.tls_dir(h)) for h in ('a', 'b'))
 
     def handles(self):
-        return dict((h, LocalHost(self.layouts[h], self.overrides(h))) for h in ('a', 'b'))
+        return dict((h, LocalHost(self.layouts[h], self.overrides(h), self.guest_overrides(h))) for h in ('a', 'b'))
 
     def deploy(self, host='a'):
         layout = self.layouts[host]
         ServerManager(dict(self.group['server'], timeout=20, **self.overrides(host)), layout, False).run('started')
         for guest in [self.group['master']] + self.group['peers']:
-            GuestManager(dict(guest, timeout=60), layout, False).run('running')
+            GuestManager(dict(guest, timeout=60, **self.guest_overrides(host)), layout, False).run('running')
 
     def engine(self, source, destination, **options):
         options = dict(dict(uri='tcp:127.0.0.1:%d' % self.port, start_timeout=60, attempts=1, backoff=0,

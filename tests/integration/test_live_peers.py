@@ -38,7 +38,10 @@ def boot(image, mode):
 @pytest.fixture
 def live(request, test_guest):
     machine = getattr(request, 'param', 'pc')  # pc: ACPI hotplug on the root bus; q35: a root port
-    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peers=1, memory='256M', peer_mode='live',
+    binaries = {}
+    if machine.endswith('@10.0'):  # host b runs QEMU 10.0 (test_mixed_versions.py)
+        machine, binaries = machine[:-len('@10.0')], {'b': request.getfixturevalue('qemu_backports')}
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peers=1, memory='256M', peer_mode='live', binaries=binaries,
                      master=dict(boot(test_guest, 'master'), machine=machine),
                      peer=dict(boot(test_guest, 'peer'), machine=machine))
     hosts.deploy('a')
@@ -122,8 +125,9 @@ Q35_KNOWN_FAILURES = 'q35: hot-add after migration sometimes missed, unplug some
 Q35_PLUG = pytest.param('q35', marks=pytest.mark.xfail(strict=False, reason=Q35_KNOWN_FAILURES))
 
 
-@pytest.mark.parametrize('live', ['pc', Q35_PLUG], indirect=True)
+@pytest.mark.parametrize('live', ['pc', Q35_PLUG, 'pc@10.0'], indirect=True)
 def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
+    """pc@10.0: from QEMU 7.2 to 10.0, each guest keeps the type 7.2 resolved (pc-i440fx-7.2)."""
     report = live.engine('a', 'b').run()
     assert report['outcome'] == 'moved', report
     peer = report['peers']['g-peer1']
@@ -132,6 +136,11 @@ def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
     assert report['peer_outage_ms'] >= peer['shared_memory_outage_ms']
     assert report['peers_start_ms'] is None  # no peer was restarted
     assert_moved_live(live)
+    if live.binaries:
+        assert report['machine_types'] == {'g-master': 'pc-i440fx-7.2', 'g-peer1': 'pc-i440fx-7.2'}, report
+        for guest in ('g-master', 'g-peer1'):
+            status = guest_status(live.layouts['b'], guest)
+            assert (status['record']['argv'][0], status['machine_type']) == (live.binaries['b'], 'pc-i440fx-7.2')
     again = live.engine('a', 'b').run()
     assert not again['changed']
 
