@@ -35,6 +35,7 @@ BENCHMARKS = (
     Benchmark('server_scale', ['bench/server_scale.py', '--runs', '3'], False, '15 min'),
     Benchmark('deploy_lab', ['bench/deploy_lab.py', '1', '3'], True, '12 min'),
     Benchmark('rollout_lab', ['bench/rollout_lab.py', '1'], True, '15 min'),
+    Benchmark('upgrade_rollout_lab', ['bench/upgrade_rollout_lab.py'], True, '12 min'),
     Benchmark('verify_cost', ['bench/verify_cost.py', '512'], False, '1 min'),
 )
 

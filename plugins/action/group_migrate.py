@@ -36,6 +36,7 @@ OPTIONS = dict(
     backoff=dict(type='int', default=5),
     lease=dict(type='int', default=120),
     progress_interval=dict(type='float', default=5.0),
+    lock_wait=dict(type='int', default=900),
     verify_channel=dict(type='bool', default=True),
     tls=dict(type='bool', default=True),
 )
@@ -57,6 +58,11 @@ class ActionModule(ControllerAction):
             # A move away from the destination was left open: resolving it runs between those hosts.
             source = transition['destination']
         hosts = {}
+        known = task_vars.get('hostvars') or {}
+        for field, name in (('source', source), ('destination', destination)):
+            if name not in known:
+                return dict(result, failed=True, field=field, msg='%s: %r is not a host of the inventory; nothing was '
+                                                                  'changed' % (field, name))
         try:
             for name in sorted(set((source, destination))):
                 hosts[name] = InventoryHost(self, name, task_vars, 'ivshmem.fleet.move_host')
@@ -68,7 +74,7 @@ class ActionModule(ControllerAction):
                 hosts[destination].var('ansible_host') or destination
             options = dict((k, args[k]) for k in (
                 'max_bandwidth', 'downtime_limit', 'timeout', 'checksum_timeout', 'checksum', 'start_timeout',
-                'attempts', 'backoff', 'lease', 'progress_interval'))
+                'attempts', 'backoff', 'lease', 'progress_interval', 'lock_wait'))
             options['uri'] = 'tcp:%s:%d' % (address, group.get('migration_port') or 4444)
             options['relay_checksums'] = not args['verify_channel']
             if args['tls']:
@@ -104,6 +110,10 @@ class ActionModule(ControllerAction):
 
     @staticmethod
     def _show_progress(progress):
+        if progress.get('waiting_for'):
+            display.display('%s: waiting for run %s (pid %s, at step %s) of this controller to finish' % (
+                progress['group'], progress['waiting_for'], progress.get('pid'), progress.get('step')))
+            return
         eta = progress.get('eta_s')
         display.display('%s: %s %% sent, %s left at %s Mbit/s%s' % (
             progress['group'], progress.get('percent'), _mib(progress.get('remaining_bytes')),

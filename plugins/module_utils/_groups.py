@@ -68,8 +68,9 @@ def _choice(field, value, choices):
     return value
 
 
-def normalize_group(index, group, hosts, layout):
-    """One validated group: its server's and guests' module parameters."""
+def normalize_group(index, group, hosts, layout, accounts=None):
+    """One validated group: its server's and guests' module parameters. ``accounts``: a dict to
+    fill with {guest: (its field, the account it runs as)}."""
     where = 'groups[%d]' % index
     _only(where, group, GROUP_KEYS)
     name = check_name(where + '.name', group.get('name'))
@@ -112,6 +113,8 @@ def normalize_group(index, group, hosts, layout):
             raise ValidationError(field + '.user', 'guest %s runs as %s too: the server tells the guests apart by '
                                   'their accounts, so each needs its own' % (users[spec.user], spec.user))
         users[spec.user] = spec.name
+    if accounts is not None:
+        accounts.update((spec.name, (field, spec.user)) for field, spec, _params in guests)
     server_params = dict(server, name=name, size=group.get('size', '4M'), vectors=vectors)
     if server.get('implementation', 'builtin') == 'builtin':
         server_params['admit'] = list(names)
@@ -158,9 +161,10 @@ class GroupPlan(StateMachine):
     def state_planned(self):
         if not isinstance(self.groups, list):
             raise ValidationError('groups', 'must be a list of groups')
-        plan, seen_groups, seen_guests = [], {}, {}
+        plan, seen_groups, seen_guests, seen_accounts = [], {}, {}, {}
         for index, group in enumerate(self.groups):
-            normalized = normalize_group(index, group, self.hosts, self.layout)
+            accounts = {}
+            normalized = normalize_group(index, group, self.hosts, self.layout, accounts)
             where = 'groups[%s]' % normalized['name']
             if normalized['name'] in seen_groups:
                 raise ValidationError(where + '.name', 'two groups are named %s' % normalized['name'])
@@ -169,6 +173,15 @@ class GroupPlan(StateMachine):
                 if guest_name in seen_guests:
                     raise ValidationError(where, 'guest %s is also in group %s' % (guest_name, seen_guests[guest_name]))
                 seen_guests[guest_name] = normalized['name']
+            for guest_name, (field, user) in sorted(accounts.items()):
+                # Servers admit guests by account: two guests of the fleet under one account would
+                # each be let into the other's group (X and x-4b68ab38 both map to ivg-x-4b68ab38).
+                if user in seen_accounts:
+                    other_group, other = seen_accounts[user]
+                    raise ValidationError(field + '.user', 'guest %s runs as %s, as guest %s of group %s does: servers '
+                                          'admit guests by account, so each needs its own (rename one, or give it a '
+                                          'user)' % (guest_name, user, other, other_group))
+                seen_accounts[user] = (normalized['name'], guest_name)
             normalized['in_transition'] = self._transition(normalized['name'])
             normalized['current_host'] = self._current_host(normalized)
             plan.append(normalized)

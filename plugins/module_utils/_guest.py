@@ -15,7 +15,8 @@ import shutil
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError, machine_from_qom, machine_name, pinned_machine, same_machine)
+    DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError, check_int, machine_from_qom, machine_name, pinned_machine,
+    same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -85,8 +86,11 @@ def guest_status(layout, name, registers=True):
     if not isinstance(spec, dict) or not isinstance(spec.get('ivshmem'), list):
         # Damaged (not by us: root writes it whole): reported, never fatal.
         record = dict(record, spec=dict(spec if isinstance(spec, dict) else {}, ivshmem=[]), damaged=True)
+    # QEMU writes its pidfile as the guest's account, in the guest's directory: the pid counts only
+    # for a process of that account (it could name any other).
+    uid = _host.uid_of(record['spec'].get('user'))
     pid = _host.read_pidfile(paths['pidfile'])
-    if not _host.process_alive(pid, paths['qmp']):
+    if uid is None or not _host.process_alive(pid, paths['qmp'], uid):
         pid = None
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
@@ -239,8 +243,10 @@ def exit_log(layout, name):
 def quit_guest(layout, name, timeout):
     """Stop QEMU: QMP quit, then signals. Returns the seconds waited."""
     paths = guest_paths(layout, name)
+    record = _host.read_json(paths['record']) or {}
+    uid = _host.uid_of((record.get('spec') or {}).get('user'))
     pid = _host.read_pidfile(paths['pidfile'])
-    if not _host.process_alive(pid, paths['qmp']):
+    if uid is None or not _host.process_alive(pid, paths['qmp'], uid):
         return 0.0
     try:
         with QMPClient(paths['qmp'], timeout=min(timeout, 5.0)) as qmp:
@@ -248,7 +254,7 @@ def quit_guest(layout, name, timeout):
     except QMPError:
         pass
     try:
-        return _host.terminate(pid, paths['qmp'], timeout)
+        return _host.terminate(pid, paths['qmp'], timeout, uid)
     finally:
         _host.remove_stale_socket(paths['qmp'])
 
@@ -258,11 +264,13 @@ class GuestManager(StateMachine):
         super(GuestManager, self).__init__(check_mode)
         self.layout = layout
         self.spec = GuestSpec(params, layout)
-        self.timeout = params.get('timeout', 60)
+        self.timeout = check_int('timeout', params.get('timeout', 60), 1, 86400)  # 0 would fail half-way
         self.restart_on_drift = params.get('restart_on_drift', False)
         self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
         # Set by the move engine: the stream is only accepted over TLS from the expected source.
         self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
+        self.incoming_in_clear = bool(params.get('incoming_in_clear'))
+        self._check_incoming_uri()
         # Set by the move engine for a peer moved live: started without these devices (plugged later).
         self.unplugged = list(params.get('unplugged') or [])
         # Set by the move engine: the versioned machine type the guest resolved on its source.
@@ -274,6 +282,24 @@ class GuestManager(StateMachine):
         self.current = guest_status(layout, self.spec.name, registers=False)
         self.before = self._view(self.current)
         self.after = dict(self.before)
+
+    def _check_incoming_uri(self, incoming=False):
+        """An incoming guest listens on a UNIX socket, or on the one network address it was given
+        with TLS (a move's destination; in clear only when the move was asked to be, tls: false).
+        Never on every interface, and never in clear for whoever connects first."""
+        uri = self.incoming_uri
+        if not isinstance(uri, str) or not uri.startswith(('tcp:', 'unix:')):
+            raise ValidationError('incoming_uri', '%r is not a unix: or tcp: URI' % (uri,))
+        if not uri.startswith('tcp:'):
+            return
+        host = uri[len('tcp:'):].rsplit(':', 1)[0].strip('[]')
+        if host in ('', '0.0.0.0', '::', '0'):
+            raise ValidationError('incoming_uri', '%s listens on every interface: give the one address the source '
+                                  'reaches this host on' % uri)
+        if incoming and self.incoming_tls is None and not self.incoming_in_clear:
+            raise ValidationError('incoming_uri', '%s would take a stream in clear from whoever connects first: a '
+                                  'network destination is started by ivshmem.fleet.group_migrate, which admits only '
+                                  'its source over TLS (here, use the default unix: socket)' % uri)
 
     @staticmethod
     def _view(status):
@@ -330,6 +356,7 @@ class GuestManager(StateMachine):
         self._report()
 
     def state_incoming(self):
+        self._check_incoming_uri(incoming=True)
         self._check_masters()
         state = self.current['state'] if self.running else None
         if state not in (None, 'incoming') or self._drifted():
@@ -404,7 +431,7 @@ class GuestManager(StateMachine):
         self.after = {'state': 'incoming' if incoming else 'running', 'spec': spec.to_dict()}
         machine = self._machine()
         # Before anything changes (check mode too): this host's QEMU runs the machine and devices.
-        _qemu_binary.check_guest(_qemu_binary.capabilities(spec.binary, _qemu_binary.cache_dir(self.layout)),
+        _qemu_binary.check_guest(_qemu_binary.capabilities(spec.binary, _qemu_binary.cache_dir(self.layout, self.check_mode)),
                                  machine, spec.device_types, _host.hostname())
         if not self.change('start'):
             return

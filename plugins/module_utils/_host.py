@@ -19,6 +19,7 @@ import stat
 import subprocess
 import tempfile
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 
@@ -28,15 +29,34 @@ class HostError(Exception):
 
 # --- processes --------------------------------------------------------------------------
 def read_pidfile(path):
+    """The pid in a pidfile a service account wrote (its directory is the account's): read only
+    from a plain file, never through a link, never blocking on a FIFO planted in its place. The pid
+    itself proves nothing: callers check the process (process_alive with the account's uid)."""
     try:
-        with open(path) as handle:
-            return int(handle.read().strip() or 0) or None
+        fd = os.open(path, _NOFOLLOW_READ)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return int(os.read(fd, 64).decode('ascii', 'replace').strip() or 0) or None
     except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def uid_of(user):
+    """The uid of account ``user``, or None where there is no such account."""
+    try:
+        return pwd.getpwnam(user).pw_uid if user else None
+    except KeyError:
         return None
 
 
-def process_alive(pid, marker=None):
-    """True if ``pid`` runs (not a zombie) and its command line contains ``marker``."""
+def process_alive(pid, marker=None, uid=None):
+    """True if ``pid`` runs (not a zombie), its command line contains ``marker`` and, with ``uid``,
+    it runs as that account (a pid another account wrote names none of its processes)."""
     if not pid:
         return False
     try:
@@ -45,16 +65,22 @@ def process_alive(pid, marker=None):
                 return False
         with open('/proc/%d/cmdline' % pid, 'rb') as handle:
             cmdline = handle.read().decode('utf-8', 'replace')
-    except (OSError, IndexError):
+        if uid is not None:
+            with open('/proc/%d/status' % pid) as handle:
+                real = next(line for line in handle if line.startswith('Uid:')).split()[1]
+            if int(real) != uid:
+                return False
+    except (OSError, IndexError, StopIteration, ValueError):
         return False
     return marker is None or marker in cmdline
 
 
-def terminate(pid, marker, timeout):
-    """SIGTERM, wait, then SIGKILL. Returns the seconds waited."""
+def terminate(pid, marker, timeout, uid=None):
+    """SIGTERM, wait, then SIGKILL, only while ``pid`` is the process described (marker, uid).
+    Returns the seconds waited."""
     waited = 0.0
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not process_alive(pid, marker):
+        if not process_alive(pid, marker, uid):
             return waited
         try:
             os.kill(pid, sig)
@@ -63,7 +89,8 @@ def terminate(pid, marker, timeout):
         try:
             # First look after 10 ms: a QEMU told to quit exits within milliseconds, and the
             # caller (a migration's source, a guest's restart) waits on it.
-            _value, spent = wait_for('pid %d to exit' % pid, lambda: not process_alive(pid, marker), timeout, interval=0.01)
+            _value, spent = wait_for('pid %d to exit' % pid, lambda: not process_alive(pid, marker, uid), timeout,
+                                     interval=0.01)
             return waited + spent
         except WaitTimeout as exc:
             waited += exc.waited
@@ -79,13 +106,42 @@ def spawn(argv, log_path, user=None, group=None, env=None, umask=-1):
     if user is not None and os.geteuid() == 0:
         account = pwd.getpwnam(user)
         gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
+        if account.pw_uid == 0 or gid == 0:
+            raise HostError('refusing to run %s as %s: uid or gid 0 is root' % (argv[0], user))
         kwargs.update(user=account.pw_uid, group=gid, extra_groups=os.getgrouplist(user, gid))
-    with open(log_path, 'ab') as log:
+    log = open_log(log_path)
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                                start_new_session=True, env=env, **kwargs)
+    except OSError as exc:
+        raise HostError('cannot run %s: %s' % (argv[0], exc))
+    finally:
+        os.close(log)
+
+
+def open_log(path):
+    """A descriptor root appends a process's output to, in a directory a service account owns.
+    Whatever the account planted at ``path`` (a link to a root-only file, a FIFO, a hard link, a
+    file of its own) is unlinked, never followed or opened, and a fresh file of root's made."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    if info is not None and not (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_nlink == 1):
         try:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                                    start_new_session=True, env=env, **kwargs)
+            os.unlink(path)
         except OSError as exc:
-            raise HostError('cannot run %s: %s' % (argv[0], exc))
+            raise HostError('%s is not a log of root\'s and cannot be replaced: %s' % (path, exc))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise HostError('cannot open the log %s: %s' % (path, exc))
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_nlink != 1:
+        os.close(fd)
+        raise HostError('%s changed under root while it was opened; not used' % path)
+    os.set_blocking(fd, True)
+    return fd
 
 
 def launch_daemon(argv, log_path, timeout, user=None, group=None, umask=-1):
@@ -129,13 +185,19 @@ def run_program(argv, timeout, user='nobody'):
 
 
 def tail(path, lines=5):
+    """The last lines of a log root made (open_log): never read through a link or from a file
+    another account put in its place, so an error message cannot carry a root-only file."""
+    fd = _open_own_file(path)
+    if fd is None:
+        return ''
     try:
-        with open(path, 'rb') as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 4096))
-            text = handle.read().decode('utf-8', 'replace')
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - 4096), os.SEEK_SET)
+        text = os.read(fd, 4096).decode('utf-8', 'replace')
     except OSError:
         return ''
+    finally:
+        os.close(fd)
     return ' | '.join(text.strip().splitlines()[-lines:])
 
 
@@ -155,6 +217,21 @@ def unix_listening(path, pid=None):
                     return True
     except (OSError, ValueError, StopIteration):
         return False
+    return False
+
+
+def tcp_listening(port):
+    """True if some process on this host listens on TCP ``port`` (any address, IPv4 or IPv6)."""
+    for table in ('/proc/net/tcp', '/proc/net/tcp6'):
+        try:
+            with open(table) as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[3] == '0A' and int(fields[1].rsplit(':', 1)[1], 16) == port:
+                        return True
+        except (OSError, ValueError, StopIteration, IndexError):
+            continue
     return False
 
 
@@ -272,8 +349,13 @@ def ensure_dir(path, mode=0o755, user=None, group=None):
             raise HostError('%s exists and is not a directory (a symlink is not followed)' % path)
         created = False
     except FileNotFoundError:
-        ensure_dir(os.path.dirname(path), 0o755)
+        parent = os.path.dirname(path)
+        if parent == path or os.path.isdir(parent):  # a parent that takes no directory (/proc/...)
+            raise HostError('cannot make the directory %s' % path)
+        ensure_dir(parent, 0o755)
         return ensure_dir(path, mode, user, group)
+    except OSError as exc:
+        raise HostError('cannot make the directory %s: %s' % (path, exc.strerror))
     else:
         created = True
         os.chmod(path, mode)  # mkdir applied the umask
@@ -283,6 +365,23 @@ def ensure_dir(path, mode=0o755, user=None, group=None):
         if created or (info.st_uid, info.st_gid) != (uid, gid):
             os.lchown(path, uid, gid)
     return created
+
+
+def check_own_directory(field, path):
+    """Refuse (ValidationError on ``field``) a directory that exists and is not root's alone: not a
+    directory (a link is not followed), owned by another account, or writable by anyone but root
+    (``/tmp``). Root then never builds its tree inside one another account can change."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValidationError(field, '%s exists and is not a directory' % path)
+    if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o7022:
+        raise ValidationError(field, '%s exists and is not the collection\'s (owner uid %d, mode %04o): a runtime '
+                              'directory is root\'s and only root writes in it; name a directory of its own, such as '
+                              '/run/ivshmem-fleet' % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+    return info
 
 
 def remove_own_file(path, uid):

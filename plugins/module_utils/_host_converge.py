@@ -22,7 +22,7 @@ import stat
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, SERVICE_GROUP, ValidationError, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
@@ -92,13 +92,16 @@ class HostConverger(StateMachine):
         return prefixed('%s[%d]' % (kind, index), lambda: manager_class(params, self.layout, self.check_mode))
 
     def state_present(self):
+        self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
+        self._runtime_dir()  # first: nothing is written into a directory that is not the collection's
         # Said here so that a role need not make a call of its own to learn it (ivshmem.fleet.hypervisor
         # installs QEMU where this is null).
-        self.result.update(servers={}, guests={}, qemu_binary=DEFAULT_QEMU if os.path.isfile(DEFAULT_QEMU) else None)
-        self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
+        qemu = _qemu_binary.installed(DEFAULT_QEMU, _qemu_binary.cache_dir(self.layout, self.check_mode))
+        self.result.update(servers={}, guests={}, qemu_binary=DEFAULT_QEMU if qemu else None, qemu=qemu)
         if _host.ensure_group(self.group, self.check_mode):  # the migration credentials' group too
             self.changed = True
-        self._runtime_dir()
+        if not self.check_mode:  # key copies a run killed mid-handover left readable by a guest
+            _tls.sweep_handover(os.path.join(self.layout.runtime_dir, 'tls-handover'))
         for field, params, manager in self.servers:
             self._run(field, 'servers', params, manager)
         for field, params, manager in self.masters + self.peers:
@@ -106,15 +109,11 @@ class HostConverger(StateMachine):
             self._gate(field, params, guest)
 
     def _runtime_dir(self):
-        """The collection's own directory: root's, 0755, whatever it was (never through a link)."""
+        """The collection's own directory: root's, 0755. One that exists is taken only when it is
+        root's and nobody else may write in it (_host.check_own_directory)."""
         path = self.layout.runtime_dir
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            info = None
-        if info is not None and not stat.S_ISDIR(info.st_mode):
-            raise ValidationError('runtime_dir', '%s exists and is not a directory' % path)
-        if info is not None and (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o755):
+        info = _host.check_own_directory('runtime_dir', path)
+        if info is not None and (info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0o755):
             return
         self.changed = True
         if not self.check_mode:

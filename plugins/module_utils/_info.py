@@ -9,7 +9,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _qemu_binary
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -60,4 +62,5 @@ class HostInfo(StateMachine):
                      for group, record in transitions(self.layout).items())
         self.result['ansible_facts'] = {'ivshmem_fleet': {
             'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests, 'moves': moves,
-            'host_memory': host_memory()}}
+            'host_memory': host_memory(),
+            'qemu': _qemu_binary.installed(DEFAULT_QEMU, _qemu_binary.cache_dir(self.layout, self.check_mode))}}

@@ -70,7 +70,7 @@ _HANDSHAKE_QUANTUM = 512  # the same while its handshake is not out (a socket ta
 _COLLECT_IDLE = 1.0  # seconds between looks for a moment to collect garbage (see serve)
 _COLLECT_BUSY = 30.0  # seconds after which garbage is collected even if no queue is ever empty
 _UNREAD = object()
-_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$')
+_NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z')
 _CONTROL_LIMIT = 4096
 _REFUSALS_KEPT = 32  # the latest refusals, in status (see _admit)
 
@@ -367,9 +367,11 @@ class IvshmemServer:
         """
         path = self.config.memory_path
         flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        created = False
         try:
             try:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, self.config.memory_mode)
+                created = True
             except FileExistsError:
                 fd = os.open(path, flags)
                 info = os.fstat(fd)
@@ -383,11 +385,16 @@ class IvshmemServer:
             raise ServerError('cannot open shared memory %s: %s' % (path, exc.strerror))
         try:
             os.ftruncate(fd, self.config.size)
+            # Every page reserved now: a full /dev/shm (or hugepage pool) is an error at start,
+            # not a SIGBUS in the first guest that writes.
+            os.posix_fallocate(fd, 0, self.config.size)
             os.fchmod(fd, self.config.memory_mode)
             self._chown(fd=fd)
         except OSError as exc:
             os.close(fd)
-            raise ServerError('cannot size shared memory %s to %d bytes: %s' % (path, self.config.size, exc.strerror))
+            if created:
+                _unlink_quietly(path)  # no half-made memory left for the next server to reuse
+            raise ServerError('cannot reserve shared memory %s of %d bytes: %s' % (path, self.config.size, exc.strerror))
         return fd
 
     def _chown(self, fd=None, path=None):
@@ -514,6 +521,9 @@ class IvshmemServer:
 
     def shutdown(self):
         _sd_notify('STOPPING=1')
+        # Guests still attached keep mapping the memory after the server is gone: unlinking it
+        # would hand the next server fresh memory while they keep the old (the group split).
+        attached = len(self.clients)
         for client in list(self.clients.values()):
             self._drop(client, 'server shutdown', announce=False)
         for client in self.absent.values():
@@ -530,7 +540,10 @@ class IvshmemServer:
         self._spare = []
         if self.shm_fd is not None:
             os.close(self.shm_fd)
-            if not self.config.keep_memory:
+            if attached:
+                self.log('keeping the memory file %s: %d guest(s) still map it (the next server reuses it)' % (
+                    self.config.memory_path, attached))
+            elif not self.config.keep_memory:
                 _unlink_quietly(self.config.memory_path)
         if self.config.pidfile:
             _unlink_quietly(self.config.pidfile)

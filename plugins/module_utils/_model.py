@@ -20,7 +20,8 @@ import re
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
-NAME_PATTERN = r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
+# \Z, not $: a name with a trailing newline is no name ($ matches before it).
+NAME_PATTERN = r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z'
 _NAME_RE = re.compile(NAME_PATTERN)
 MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
@@ -34,7 +35,7 @@ TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
 # group: it opens the servers' sockets and reads the migration credentials. A server admits
 # and pins by the account (SO_PEERCRED), which a process cannot choose, never by a name.
 SERVICE_GROUP = 'ivshmem'
-_ACCOUNT_RE = re.compile(r'^[a-z0-9_-]{1,27}$')
+_ACCOUNT_RE = re.compile(r'^[a-z0-9_-]{1,27}\Z')
 
 
 def _account(prefix, name):
@@ -46,10 +47,23 @@ def _account(prefix, name):
     return '%s-%s-%s' % (prefix, readable, hashlib.sha256(name.encode('utf-8')).hexdigest()[:8])
 
 
+# Accounts and groups a server or guest never runs as: root, and groups that reach raw disks, the
+# password hashes, sudo, the logs or a container engine (a guest escape would own the host).
+PRIVILEGED_USERS = ('root',)
+PRIVILEGED_GROUPS = ('root', 'disk', 'shadow', 'sudo', 'wheel', 'adm', 'staff', 'docker', 'lxd', 'systemd-journal')
+
+
 def _user_and_group(params, own_account):
     """A process's account and group: by default its own account in the service group."""
     user = check_name('user', params.get('user') or own_account)
-    return user, check_name('group', params.get('group') or (SERVICE_GROUP if user == own_account else user))
+    group = check_name('group', params.get('group') or (SERVICE_GROUP if user == own_account else user))
+    if user in PRIVILEGED_USERS:
+        raise ValidationError('user', '%s: servers and guests run unprivileged, each under its own account (leave '
+                                      'user unset)' % user)
+    if group in PRIVILEGED_GROUPS:
+        raise ValidationError('group', '%s is a privileged group (it reaches %s): servers and guests never run in '
+                                       'it' % (group, 'the host\'s disks' if group == 'disk' else 'more than its own'))
+    return user, group
 
 
 def guest_account(name):
@@ -121,15 +135,21 @@ def check_path(field, value, required=True):
 
 
 def check_mode(field, value):
-    """A file mode: a quoted octal string, or a number that is the mode itself.
+    """A file mode: a quoted octal string, or a number that can only be the mode itself.
 
-    YAML reads an unquoted 0660 as the number 432, which is that mode: it is taken as it is,
-    never re-read as octal digits. A number above 0o777 (an unquoted 660 is decimal) is refused.
+    YAML reads an unquoted 0600 as the number 384, which is that mode. But an unquoted 444 is the
+    number 444 (0674), and YAML's reading of 0660 is 432, which reads as octal digits too: a number
+    whose digits are all octal could mean either, so it is refused with the fix (quote it). A
+    number above 0o777 (an unquoted 660) is refused as well.
     """
     if isinstance(value, bool):
         mode = None
     elif isinstance(value, int):
         mode = value
+        if 8 <= value and re.match(r'^[0-7]+$', str(value)) and value <= 0o777:
+            raise ValidationError(field, '%d is ambiguous: the mode %04o as YAML reads an unquoted number, or %s if '
+                                         'its digits were meant; quote the mode (\'0%d\' or \'%04o\')' % (
+                                             value, value, '0%d' % value, value, value))
     elif isinstance(value, str) and re.match(r'^0?[0-7]{3}$', value.strip()):
         mode = int(value.strip(), 8)
     else:
@@ -445,7 +465,7 @@ class GuestSpec:
         cpus = params.get('cpus')
         self.cpus = check_int('cpus', 1 if cpus is None else cpus, 1, 256)
         self.machine = params.get('machine') or 'pc'
-        if not isinstance(self.machine, str) or not re.match(r'^[A-Za-z0-9_.=,-]+$', self.machine):
+        if not isinstance(self.machine, str) or not re.match(r'^[A-Za-z0-9_.=,-]+\Z', self.machine):
             raise ValidationError('machine', '%r is not a machine type' % (self.machine,))
         self.accel = params.get('accel') or 'auto'
         if self.accel not in ('auto', 'kvm', 'tcg'):

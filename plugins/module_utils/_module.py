@@ -10,7 +10,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, check_own_directory
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, Layout, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
@@ -27,6 +27,7 @@ def run_manager(module, manager_class, state, expected_errors=()):
     """Validate, run ``manager_class(params, layout, check_mode).run(state)``, exit or fail."""
     try:
         layout = Layout(module.params['runtime_dir'])
+        check_own_directory('runtime_dir', layout.runtime_dir)
         manager = manager_class(module.params, layout, module.check_mode)
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field)

@@ -89,8 +89,11 @@ class HostMove:
         self.layout = layout
         self.params = params
         self.group = params.get('group') or {}
-        if not isinstance(self.group, dict) or 'master' not in self.group:
-            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it')
+        if not isinstance(self.group, dict) or not isinstance(self.group.get('master'), dict) or \
+                'name' not in self.group['master'] or not isinstance(self.group.get('server'), dict) or \
+                not isinstance(self.group.get('peers') or [], list):
+            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, server, '
+                                           'master, peers, ...)')
         # Guest options that differ on this host (its QEMU elsewhere, say), as for the server.
         overrides = params.get('guest_overrides') or {}
         if not isinstance(overrides, dict):
@@ -213,7 +216,19 @@ class HostMove:
         """What the engine decides on: the journal, what runs here, the TLS credentials lacking."""
         binaries, offers = self._qemu()
         return {'record': record, 'state': self._state(), 'binaries': binaries, 'qemu': offers,
-                'tls_missing': _tls.missing(self.tls['dir']) if self.tls else []}
+                'tls_missing': _tls.missing(self.tls['dir']) if self.tls else [], 'ports_taken': self._ports_taken()}
+
+    def _ports_taken(self):
+        """The destination's ports of this move (the stream's and the verification channel's, the
+        next one) that some process listens on already; a move would fail on them half-way."""
+        uri = self.params.get('uri') or ''
+        if self.params.get('role') != 'destination' or not uri.startswith('tcp:'):
+            return []
+        try:
+            port = int(uri.rsplit(':', 1)[1])
+        except ValueError:
+            return []
+        return [p for p in (port, port + 1) if _host.tcp_listening(p)]
 
     def _step_claim(self):
         """Take the group's lock for this run: compare-and-swap against the run the engine saw."""
@@ -282,7 +297,8 @@ class HostMove:
         hold = dict(admission='held', hold_for=self.master) if self._builtin() else {}
         self._server_manager(**hold).run('restarted')
         uri = self.params['uri']
-        guest = self._guest(self.group['master'], 'incoming', incoming_uri=uri, incoming_tls=self.tls)['guest']
+        guest = self._guest(self.group['master'], 'incoming', incoming_uri=uri, incoming_tls=self.tls,
+                            incoming_in_clear=self.tls is None)['guest']
         master_id = guest['ivshmem'][0].get('server_id')
         if self._builtin() and master_id != 0:
             raise MoveError('the destination master has ID %s, not 0, on the fresh server' % master_id)
@@ -490,7 +506,7 @@ class HostMove:
         except ChannelError as exc:
             report['channel'] = 'no verdict: %s' % exc
             return {'record': self._write('committing', sent=report)}
-        if not verdict.get('ok'):
+        if verdict['ok'] is False:  # said explicitly by the destination (exchange checks it is a bool)
             # The destination refused and never ran: resume here at once.
             self._resume_source()
             self._write('done', outcome='rolled back: the destination refused: %s' % verdict.get('why'))
@@ -586,7 +602,8 @@ class HostMove:
             return {'peer_state': status['state']}
         GuestManager(dict(name=peer['name'], timeout=30), self.layout, False).run('absent')
         devices = ['ivshmem%d' % index for index in range(len(peer.get('ivshmem') or []))]
-        self._guest(peer, 'incoming', incoming_uri=self.params['uri'], incoming_tls=self.tls, unplugged=devices)
+        self._guest(peer, 'incoming', incoming_uri=self.params['uri'], incoming_tls=self.tls,
+                    incoming_in_clear=self.tls is None, unplugged=devices)
         return {'peer_state': 'incoming'}
 
     def _step_send_peer(self):

@@ -36,8 +36,13 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEF
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
+from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 GIB = float(1 << 30)
+# (option, lowest, highest) of a move's figures; None leaves an option to its default.
+OPTION_RANGES = (('max_bandwidth', 1 << 20, 1 << 50), ('downtime_limit', 1, 3600 * 1000), ('timeout', 1, 86400),
+                 ('checksum_timeout', 1, 86400), ('start_timeout', 1, 3600), ('attempts', 1, 100),
+                 ('backoff', 0, 3600), ('lease', 30, 86400), ('progress_interval', 0.1, 3600), ('lock_wait', 0, 86400))
 # Generous on a slow TCG host: a migration's budget grows by this much per GiB moved.
 SECONDS_PER_GIB = 120
 
@@ -116,6 +121,8 @@ class GroupMove:
 
     def __init__(self, group, source, destination, hosts, options, holder=None, progress=None, observer=None,
                  run_id=None):
+        if not isinstance(group, dict) or not isinstance(group.get('master'), dict) or 'name' not in group:
+            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, master, peers, ...)')
         self.group = group
         self.name = group['name']
         if source == destination:
@@ -127,6 +134,13 @@ class GroupMove:
         self.options = dict(options)
         if not self.options.get('uri'):
             raise ValidationError('uri', 'the destination\'s migration URI is needed')
+        # Every figure checked before anything is claimed: a negative lease would turn the
+        # cross-controller lock off, a zero timeout fail a move half-way.
+        for field, minimum, maximum in OPTION_RANGES:
+            value = self.options.get(field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or
+                                      not minimum <= value <= maximum):
+                raise ValidationError(field, '%r is outside %s..%s' % (value, minimum, maximum))
         self.timeout, self.checksum_timeout = derived_timeouts(
             group, self.options.get('max_bandwidth') or (10 << 30), self.options.get('timeout'),
             self.options.get('checksum_timeout'))
@@ -156,6 +170,7 @@ class GroupMove:
     def _call(self, host, step, **params):
         if self.observer is not None:
             self.observer('%s:%s' % (step, host))
+        params = dict(dict(uri=self.options['uri']), **params)
         params = dict(params, step=step, group=self.group, run_id=self.run_id, holder=self.holder,
                       source=self.source, destination=self.destination,
                       role='source' if host == self.source else 'destination',
@@ -277,8 +292,15 @@ class GroupMove:
             except QemuBinaryError as exc:
                 problems.append('guest %s (machine type %s, started on %s with QEMU %s): %s' % (
                     name, machine, self.source, source_offers.get('version') or 'unknown', str(exc).split(': ', 1)[1]))
+        taken = dst.get('ports_taken') or []
+        if taken:
+            problems.append('port%s %s taken by another process there (the migration stream and the '
+                            'verification channel listen on the group\'s migration_port and the next one); free '
+                            '%s or give the group another migration_port' % (
+                                's' if len(taken) > 1 else '', ' and '.join(str(p) for p in taken),
+                                'them' if len(taken) > 1 else 'it'))
         if problems:
-            raise MoveFailed('group %s cannot run on %s, so nothing was changed: %s' % (
+            raise MoveFailed('group %s cannot move to %s, so nothing was changed: %s' % (
                 self.name, self.destination, '; '.join(problems)), dict(self.report, refused=True))
         self.report['qemu_versions'] = versions
         self.report['machine_types'] = dict(types)
@@ -308,14 +330,44 @@ class GroupMove:
             raise MoveFailed(lacking, self.report)
         return dict(self.report, changed=True, outcome='would move')
 
-    def _claim(self):
-        views = self._inspect_both()
-        for host, view in views.items():
+    def _live_holder(self, views):
+        """(host, record) of another run that lives and holds the group, or None."""
+        for host, view in sorted(views.items()):
             record = view['record']
             if self._held_by_other(record) and holder_alive(record) and 'lock' not in self.disabled:
-                raise LockHeld('group %s is being moved by run %s (pid %s on %s, step %s on %s); nothing was changed' % (
-                    self.name, record['run_id'], (record.get('holder') or {}).get('pid'),
-                    (record.get('holder') or {}).get('controller'), record.get('step'), host))
+                return host, record
+        return None
+
+    def _claim(self):
+        views = self._inspect_both()
+        held = self._live_holder(views)
+        lock_wait = self.options.get('lock_wait') or 0
+        if held and lock_wait and (held[1].get('holder') or {}).get('controller') == socket.gethostname():
+            # A run of this controller whose ansible-playbook was killed goes on in its detached
+            # worker: the rerun waits for it to finish (bounded), then resolves what it left.
+            def finished():
+                holder = self._live_holder(views)
+                if holder is None:
+                    return True
+                self.report['waiting_for'] = holder[1]['run_id']
+                if self.progress is not None:
+                    self.progress({'group': self.name, 'waiting_for': holder[1]['run_id'], 'step': holder[1].get('step'),
+                                   'pid': (holder[1].get('holder') or {}).get('pid')})
+                views.update(self._inspect_both())
+                return self._live_holder(views) is None
+            try:
+                _value, waited = wait_for('run %s to finish' % held[1]['run_id'], finished, lock_wait, interval=2.0,
+                                          max_interval=5.0)
+                self.report['lock_waited_s'] = round(waited, 1)
+                held = None
+            except WaitTimeout as exc:
+                self.report['lock_waited_s'] = round(exc.waited, 1)
+        if held:
+            host, record = held
+            raise LockHeld('group %s is being moved by run %s (pid %s on %s, step %s on %s)%s; nothing was changed' % (
+                self.name, record['run_id'], (record.get('holder') or {}).get('pid'),
+                (record.get('holder') or {}).get('controller'), record.get('step'), host,
+                ', still after waiting %s s for it' % self.report['lock_waited_s'] if 'lock_waited_s' in self.report else ''))
         for host in (self.source, self.destination):
             record = views[host]['record']
             expect = record['run_id'] if self._held_by_other(record) else None

@@ -78,6 +78,31 @@ def host_room(host, facts, capacity, reserve, overhead):
     return max(room, 0)
 
 
+def group_types(group, facts):
+    """{guest: the versioned machine type it runs} of a group, from its current host's facts."""
+    guests = ((facts or {}).get(group['current_host']) or {}).get('guests') or {}
+    return dict((name, guests[name]['machine_type']) for name in group['guest_names']
+                if isinstance(guests.get(name), dict) and guests[name].get('machine_type'))
+
+
+def runs_types(host, facts, types):
+    """Can ``host``'s QEMU run every type of ``types``? Unknown (no QEMU facts) counts as yes: the
+    move itself checks again before anything changes."""
+    qemu = ((facts or {}).get(host) or {}).get('qemu')
+    if not isinstance(qemu, dict) or not isinstance(qemu.get('machines'), list):
+        return True
+    return all(machine in qemu['machines'] for machine in types.values())
+
+
+def _types_refusal(group, types, hosts, facts):
+    """Why no destination of ``hosts`` runs ``group``, naming each host's QEMU."""
+    newest = ', '.join('%s (%s)' % (machine, name) for name, machine in sorted(types.items()))
+    qemus = ', '.join('%s: QEMU %s' % (host, (((facts or {}).get(host) or {}).get('qemu') or {}).get('version'))
+                      for host in hosts) or 'none'
+    return 'runs machine types %s, which no rollout destination\'s QEMU runs (%s): a QEMU runs the versioned ' \
+           'types of its own version and older' % (newest, qemus)
+
+
 def _describe(group, need, overhead):
     return '%s (guests %s + QEMU overhead %s + shared memory %s)' % (
         mib(need), mib(group['guest_memory']), mib(len(group['guest_names']) * overhead), mib(group['size']))
@@ -122,9 +147,15 @@ def place(groups, hosts, facts, options):
                                   _size('rollout.capacity.%s' % host, capacity[host], 0), reserve, overhead))
                  for host in candidates)
     needs = dict((group['name'], group_need(group, overhead)) for group in groups)
-    # Before anything moves: every group fits somewhere other than its own host, alone.
+    types = dict((group['name'], group_types(group, facts)) for group in groups)
+    # Before anything moves: every group fits somewhere other than its own host, alone, on a QEMU
+    # that runs its guests' machine types.
     for group in groups:
         others = [host for host in candidates if host != group['current_host']]
+        runnable = [host for host in others if runs_types(host, facts, types[group['name']])]
+        if others and not runnable:
+            raise ValidationError('groups[%s]' % group['name'], _types_refusal(group, types[group['name']], others, facts))
+        others = runnable
         best = max(others, key=lambda host: rooms[host]) if others else None
         if best is None or needs[group['name']] > rooms[best]:
             raise ValidationError('groups[%s]' % group['name'], 'needs %s, more than any rollout destination has room '
@@ -142,9 +173,12 @@ def place(groups, hosts, facts, options):
     assignment, moves = {}, dict((host, []) for host in batch)
     for group in moving:
         name, need = group['name'], needs[group['name']]
-        fitting = [host for host in usable if left[host] >= need]
+        runnable = [host for host in usable if runs_types(host, facts, types[name])]
+        if usable and not runnable:
+            raise ValidationError('groups[%s]' % name, _types_refusal(group, types[name], usable, facts))
+        fitting = [host for host in runnable if left[host] >= need]
         if not fitting:
-            best = max(usable, key=lambda host: left[host]) if usable else None
+            best = max(runnable, key=lambda host: left[host]) if runnable else None
             raise ValidationError('groups[%s]' % name, 'needs %s; with this batch\'s groups placed before it (%s) the '
                                   'most room left is %s: %s short (a smaller rollout_serial or more destinations)' % (
                                       _describe(group, need, overhead),

@@ -35,8 +35,9 @@ class QemuBinaryError(ValidationError):
     """A guest's QEMU cannot do what the guest asks; the field is the option that asks it."""
 
 
-def cache_dir(layout):
-    return os.path.join(layout.runtime_dir, 'qemu')
+def cache_dir(layout, check_mode=False):
+    """Where what binaries offer is kept; None in check mode (nothing is written then)."""
+    return None if check_mode else os.path.join(layout.runtime_dir, 'qemu')
 
 
 def parse_version(text):
@@ -94,10 +95,24 @@ def capabilities(binary, directory=None):
     if cached and cached.get('format') == _FORMAT and cached.get('binary') == binary:
         return cached
     caps = _probe(binary)
-    if path:
+    if path and os.path.isdir(os.path.dirname(directory)):  # kept where the runtime directory is, never made for it
         _host.ensure_dir(directory, 0o700)
         _host.write_json(path, caps, 0o600)
     return caps
+
+
+def installed(binary, directory=None):
+    """What the hypervisor's QEMU at ``binary`` is, for reports: its ``version``, distribution
+    ``package`` and ``default_machine`` (what ``pc`` means there); None where it is not installed."""
+    if not os.path.isfile(binary):
+        return None
+    try:
+        caps = capabilities(binary, directory)
+    except _host.HostError as exc:
+        return {'binary': binary, 'error': str(exc)}
+    return {'binary': binary, 'version': caps.get('version'), 'package': caps.get('package'),
+            'default_machine': caps.get('aliases', {}).get('pc') or caps.get('default'),
+            'machines': caps.get('machines', [])}
 
 
 def offers_machine(caps, machine):

@@ -13,12 +13,13 @@ import io
 import os
 import pwd
 import shutil
+import stat
 import sys
 import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
@@ -89,7 +90,7 @@ def server_status(layout, name, supervisor_kind='auto'):
     record = _host.read_json(paths['record'])
     if record is None:
         return None
-    supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind)
+    supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind, record.get('user'))
     pid = supervisor.pid()
     builtin = record.get('implementation', 'builtin') == 'builtin'
     status = {'name': name, 'pid': pid, 'state': 'started' if pid else 'stopped', 'spec': record,
@@ -112,12 +113,15 @@ class ServerManager(StateMachine):
         if params.get('admission') == 'held' and not params.get('hold_for'):
             raise ValidationError('hold_for', 'admission held needs the master guest name in hold_for')
         self.spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
-        self.timeout = params.get('timeout', 30)
+        self.timeout = check_int('timeout', params.get('timeout', 30), 1, 86400)  # 0 would fail half-way
         self.restart_on_drift = params.get('restart_on_drift', False)
-        self.program_dir = params.get('program_dir') or '/usr/local/lib/ivshmem-fleet'
+        self.program_dir = check_path('program_dir', params.get('program_dir') or '/usr/local/lib/ivshmem-fleet')
+        if self.program_dir.split('/')[1] in ('proc', 'sys', 'dev'):
+            raise ValidationError('program_dir', '%s is in a kernel file system, not a place for a program' % self.program_dir)
         self.paths = server_paths(layout, self.spec.name)
+        running_as = (_host.read_json(self.paths['record']) or {}).get('user') or self.spec.user
         self.supervisor = supervisor_for(self.spec.name, self.paths['pidfile'], self.paths['socket'],
-                                         self.paths['log'], params.get('supervisor') or 'auto')
+                                         self.paths['log'], params.get('supervisor') or 'auto', running_as)
         self.current = server_status(layout, self.spec.name, self.supervisor.kind)
         self.before = self._view(self.current)
         self.after = dict(self.before)
@@ -191,6 +195,22 @@ class ServerManager(StateMachine):
             except _host.HostError as exc:  # another account's file (a server of an older version, say)
                 self.warnings.append('memory of server %s left in place: %s' % (self.spec.name, exc))
 
+    def _refuse_squatted_memory(self):
+        """QEMU's server opens its memory name without O_EXCL: a name another account made first
+        (to read or write the group's memory) would be used as it is. Only a plain file of the
+        server's own account (left by a crash) may be there."""
+        path = self.spec.memory_path()
+        try:
+            info = os.lstat(path) if path else None
+        except FileNotFoundError:
+            return
+        if info is None:
+            return
+        uid = _host.uid_of(self.spec.user)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != uid:
+            raise ValidationError('shm_name', 'shared memory %s already exists and is not a file of %s (uid %d, %d '
+                                  'links): refusing a squatted name' % (path, self.spec.user, info.st_uid, info.st_nlink))
+
     def _guest_uids(self):
         """{guest: uid} of the guests the server knows by account; accounts made as needed (the
         server starts before its guests, and must know them already)."""
@@ -206,6 +226,8 @@ class ServerManager(StateMachine):
         if not self.change('start'):
             return
         spec = self.spec
+        if spec.implementation == 'qemu':
+            self._refuse_squatted_memory()  # before anything is made for it
         _host.ensure_account(spec.user, spec.group, False)
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
         _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
@@ -219,6 +241,7 @@ class ServerManager(StateMachine):
             _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
         _host.write_json(self.paths['record'], self._desired_record())
         foreground = self.supervisor.kind == 'systemd'
+        self.supervisor.user = spec.user  # from now on it runs as this account
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
         argv = spec.argv(self.layout, python, program, foreground,
                          self._guest_uids() if spec.implementation == 'builtin' else None)

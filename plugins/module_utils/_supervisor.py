@@ -37,22 +37,27 @@ class DaemonSupervisor:
 
     kind = 'daemon'
 
-    def __init__(self, name, pidfile, marker, log_path):
+    def __init__(self, name, pidfile, marker, log_path, user=None):
         self.name = name
         self.pidfile = pidfile
         self.marker = marker  # a string in the command line that guards against pid reuse
         self.log_path = log_path
+        # The server writes its pidfile as its account: the pid counts only for a process of that
+        # account (it could name a guest's QEMU, which a stop would then kill). Looked up when
+        # asked: the account is made as the server first starts.
+        self.user = user
 
     def pid(self):
+        uid = _host.uid_of(self.user)
         pid = _host.read_pidfile(self.pidfile)
-        return pid if _host.process_alive(pid, self.marker) else None
+        return pid if uid is not None and _host.process_alive(pid, self.marker, uid) else None
 
     def start(self, argv, user, group, timeout, notify, writable=(), umask=0o077):
         return _host.launch_daemon(argv, self.log_path, timeout, user=user, group=group, umask=umask)
 
     def stop(self, timeout):
         pid = self.pid()
-        return _host.terminate(pid, self.marker, timeout) if pid else 0.0
+        return _host.terminate(pid, self.marker, timeout, _host.uid_of(self.user)) if pid else 0.0
 
     def remove(self):
         return False
@@ -63,7 +68,7 @@ class SystemdSupervisor:
 
     kind = 'systemd'
 
-    def __init__(self, name, pidfile, marker, log_path):
+    def __init__(self, name, pidfile, marker, log_path, user=None):
         self.name = name
         self.unit = 'ivshmem-fleet-server-%s.service' % name
         self.unit_path = os.path.join(UNIT_DIR, self.unit)
@@ -120,8 +125,9 @@ class SystemdSupervisor:
         return True
 
 
-def supervisor_for(name, pidfile, marker, log_path, kind='auto'):
+def supervisor_for(name, pidfile, marker, log_path, kind='auto', user=None):
+    """``user``: the account the server runs as (its pidfile is trusted for that account's processes only)."""
     if kind == 'auto':
         kind = 'systemd' if _host.systemd_running() else 'daemon'
     cls = SystemdSupervisor if kind == 'systemd' else DaemonSupervisor
-    return cls(name, pidfile, marker, log_path)
+    return cls(name, pidfile, marker, log_path, user)

@@ -29,6 +29,7 @@ import pwd
 import shutil
 import stat
 import tempfile
+import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
@@ -91,12 +92,40 @@ def for_guest(settings, account, runtime_dir):
     return dict(settings, account=account, handover_dir=os.path.join(runtime_dir, 'tls-handover'))
 
 
+# A handover lasts as long as QEMU takes to load the files (milliseconds); one older than this was
+# left by a run killed in between, and its key copy is readable by a guest's account.
+STALE_HANDOVER_S = 60
+
+
+def sweep_handover(handover_dir, now=None):
+    """Remove key copies that killed runs left behind (older than STALE_HANDOVER_S); returns
+    their names. Only root's ``tls.*`` directories are touched, never through a link."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(handover_dir)
+    except OSError:
+        return removed
+    for name in sorted(names):
+        path = os.path.join(handover_dir, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if name.startswith('tls.') and stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and \
+                now - info.st_mtime > STALE_HANDOVER_S:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 @contextmanager
 def handed_over(settings):
     """A directory with a copy of the host's credentials that only ``settings['account']`` may
     read, for as long as QEMU takes to load them. It is made by root, in a root-owned directory
     the account can enter but not change, so nothing planted there is followed; removed after."""
     _host.ensure_dir(settings['handover_dir'], 0o711)
+    sweep_handover(settings['handover_dir'])
     work = tempfile.mkdtemp(prefix='tls.', dir=settings['handover_dir'])
     try:
         os.chmod(work, 0o711)

@@ -10,7 +10,7 @@ host) while the master is out of service. One TCP connection per move, from the 
 destination's migration address on the migration port + 1 (or a UNIX socket beside a unix:
 migration URI). Each message is one JSON line with an HMAC-SHA256 over it, keyed with a random
 secret the engine gives both hosts for this run only: nothing else can forge a verdict, and a
-message from another run does not verify.
+message from another run, from the other sender or of another step does not verify.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import os
+import selectors
 import socket
 import time
 
@@ -42,24 +43,37 @@ def endpoint(uri):
     raise ChannelError('no verification channel for migration URI %r' % uri)
 
 
-def _seal(key, message):
-    body = json.dumps(message, sort_keys=True)
+# Who sends what: each message names its sender and step inside what the HMAC covers, so a
+# message is accepted only from the other side and at its step. A relay that reflects the
+# source's own checksums back to it (both are sealed with one key) is no verdict.
+SOURCE, DESTINATION = 'source', 'destination'
+CHECKSUMS, VERDICT = 'checksums', 'verdict'
+# Connections the destination holds at once while it waits for the source: idle or hostile ones
+# beyond this are dropped, oldest first, and none of them holds up the others.
+MAX_PENDING = 16
+
+
+def _seal(key, run_id, sender, step, message):
+    body = json.dumps(dict(message, run_id=run_id, sender=sender, step=step), sort_keys=True)
     mac = hmac.new(bytes.fromhex(key), body.encode('utf-8'), hashlib.sha256).hexdigest()
     return (json.dumps({'body': body, 'mac': mac}) + '\n').encode('utf-8')
 
 
-def _open(key, line, run_id):
+def _open(key, line, run_id, sender, step):
     try:
         envelope = json.loads(line.decode('utf-8'))
         body, mac = envelope['body'], envelope['mac']
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise ChannelError('malformed message')
-    want = hmac.new(bytes.fromhex(key), body.encode('utf-8'), hashlib.sha256).hexdigest()
+    want = hmac.new(bytes.fromhex(key), str(body).encode('utf-8'), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want, str(mac)):
         raise ChannelError('message does not verify (wrong key)')
     message = json.loads(body)
-    if message.get('run_id') != run_id:
+    if not isinstance(message, dict) or message.get('run_id') != run_id:
         raise ChannelError('message of another run')
+    if (message.get('sender'), message.get('step')) != (sender, step):
+        raise ChannelError('message of the %s at step %s where the %s\'s %s was due (reflected?)' % (
+            message.get('sender'), message.get('step'), sender, step))
     return message
 
 
@@ -85,7 +99,7 @@ def _read_line(conn, deadline):
 
 
 class Listener:
-    """The destination's end: listen first, then accept the source's checksums, answer a verdict."""
+    """The destination's end: listen first, then take the source's checksums, answer a verdict."""
 
     def __init__(self, uri, key, run_id):
         self.key, self.run_id = key, run_id
@@ -94,34 +108,86 @@ class Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_UNIX and os.path.exists(self.address):
             os.unlink(self.address)
-        self.sock.bind(self.address)
-        self.sock.listen(4)
+        try:
+            self.sock.bind(self.address)
+        except OSError as exc:
+            self.sock.close()
+            raise ChannelError('cannot listen on %s for the source: %s' % (self.address, exc))
+        self.sock.listen(64)
         self.conn = None
 
     def receive(self, timeout):
-        """The source's message (verified). Connections that do not verify are dropped."""
+        """The source's message (verified). All connections are read at once: one that sends
+        nothing, or garbage, neither delays the source's nor is answered."""
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChannelError('the source sent no checksums within %.0f s' % timeout)
-            self.sock.settimeout(remaining)
-            try:
-                conn, _peer = self.sock.accept()
-            except socket.timeout:
-                continue
-            try:
-                message = _open(self.key, _read_line(conn, min(deadline, time.monotonic() + 10)), self.run_id)
-            except (ChannelError, OSError):
-                conn.close()  # not the source of this run, or it went away: keep listening
-                continue
-            self.conn = conn
-            return message
+        pending = {}  # socket -> bytes read so far
+        selector = selectors.DefaultSelector()
+        self.sock.setblocking(False)
+        selector.register(self.sock, selectors.EVENT_READ)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ChannelError('the source sent no checksums within %.0f s' % timeout)
+                for ready, _mask in selector.select(min(remaining, 1.0)):
+                    sock = ready.fileobj
+                    if sock is self.sock:
+                        self._accept(selector, pending)
+                        continue
+                    message = self._read(selector, pending, sock)
+                    if message is not None:
+                        self.conn = sock
+                        del pending[sock]
+                        selector.unregister(sock)
+                        sock.setblocking(True)
+                        return message
+        finally:
+            for sock in pending:
+                sock.close()
+            selector.close()
+
+    def _accept(self, selector, pending):
+        try:
+            conn, _peer = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        if len(pending) >= MAX_PENDING:
+            oldest = next(iter(pending))
+            selector.unregister(oldest)
+            oldest.close()
+            del pending[oldest]
+        pending[conn] = b''
+        selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, selector, pending, sock):
+        """The source's verified message once a whole line came; None meanwhile. A connection whose
+        line does not verify (another key, run, sender or step), or that closes, is dropped."""
+        try:
+            chunk = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            chunk = b''
+        data = pending[sock] + chunk
+        if chunk and b'\n' not in data and len(data) <= MAX_MESSAGE:
+            pending[sock] = data
+            return None
+        try:
+            if not chunk or len(data.split(b'\n', 1)[0]) > MAX_MESSAGE:
+                raise ChannelError('closed or too long')
+            return _open(self.key, data.split(b'\n', 1)[0], self.run_id, SOURCE, CHECKSUMS)
+        except ChannelError:
+            selector.unregister(sock)
+            sock.close()
+            del pending[sock]
+            return None
 
     def answer(self, message):
+        """The verdict: ``ok`` must be true or false, said explicitly."""
         if self.conn is not None:
             try:
-                self.conn.sendall(_seal(self.key, dict(message, run_id=self.run_id)))
+                self.conn.sendall(_seal(self.key, self.run_id, DESTINATION, VERDICT, dict(message, ok=message['ok'] is True)))
             except OSError:
                 pass  # the source resolves through the journal
 
@@ -134,7 +200,9 @@ class Listener:
 
 
 def exchange(uri, key, run_id, message, timeout):
-    """The source's end: send ``message``, return the destination's verified answer."""
+    """The source's end: send ``message``, return the destination's verified verdict (its ``ok``
+    true or false). Anything else - a reflected message, no answer - raises ChannelError: the
+    source then stays paused, since the destination may run."""
     family, address = endpoint(uri)
     deadline = time.monotonic() + timeout
     while True:
@@ -149,9 +217,12 @@ def exchange(uri, key, run_id, message, timeout):
                 raise ChannelError('cannot reach the destination at %s: %s' % (address, exc))
             time.sleep(0.1)
     try:
-        conn.sendall(_seal(key, dict(message, run_id=run_id)))
-        return _open(key, _read_line(conn, deadline), run_id)
+        conn.sendall(_seal(key, run_id, SOURCE, CHECKSUMS, message))
+        verdict = _open(key, _read_line(conn, deadline), run_id, DESTINATION, VERDICT)
     except OSError as exc:
         raise ChannelError(str(exc))
     finally:
         conn.close()
+    if not isinstance(verdict.get('ok'), bool):
+        raise ChannelError('the verdict says neither yes nor no')
+    return verdict

@@ -151,6 +151,14 @@ options:
     description: Seconds between progress lines while the migration runs.
     type: float
     default: 5.0
+  lock_wait:
+    description:
+      - Seconds to wait for another run of this controller that holds the group - one whose
+        ansible-playbook was killed goes on in its detached worker - to finish before this one
+        resolves what it left (a progress line every few seconds). A run of another controller
+        that holds the group fails this one at once. V(0) fails at once here too.
+    type: int
+    default: 900
 notes:
   - The hosts need no access to each other except to the destination's C(migration_port) of O(group)
     (the migration stream) and the port after it (the verification channel).

@@ -177,8 +177,10 @@ options:
   incoming_uri:
     description:
       - Where an V(incoming) guest listens for the migration stream; defaults to a UNIX socket in its runtime directory.
-      - A network URI listens in clear, for anyone who reaches it first. Between hosts, move groups with
-        M(ivshmem.fleet.group_migrate), which starts the destination itself and admits only the source over TLS.
+      - A network (C(tcp:)) URI is refused here - it would take a stream in clear from whoever connects first -
+        and one on every interface (C(0.0.0.0), C([::])) everywhere. Between hosts, move groups with
+        M(ivshmem.fleet.group_migrate), which starts the destination itself on the one address it is given and
+        admits only the source over TLS.
     type: str
   restart_on_drift:
     description: Restart a running guest whose settings differ from the asked ones.

@@ -80,6 +80,15 @@ qemu_binary:
   returned: always
   type: str
   sample: /usr/bin/qemu-system-x86_64
+qemu:
+  description:
+    - What the default QEMU of guests is, when it is installed, else null - its C(version), the
+      distribution C(package) version and the C(default_machine) (the versioned type C(pc) means there).
+    - The C(ivshmem.fleet.hypervisor) role reports it before and after it upgrades QEMU.
+  returned: always
+  type: dict
+  sample: {"binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.22", "package": "Debian 1:7.2+dfsg-7+deb12u18+b3",
+           "default_machine": "pc-i440fx-7.2"}
 servers:
   description: Each server after the call, by name, as M(ivshmem.fleet.server) returns it.
   returned: always

@@ -94,6 +94,12 @@ ansible_facts:
               report both.
           type: dict
           sample: {"total": 1027772416, "available": 812384256}
+        qemu:
+          description:
+            - The guests' default QEMU (C(/usr/bin/qemu-system-x86_64)) - its C(version), distribution C(package)
+              version and C(default_machine) (the versioned type C(pc) means here); null where it is not installed.
+          type: dict
+          sample: {"binary": "/usr/bin/qemu-system-x86_64", "version": "10.0.2", "default_machine": "pc-i440fx-10.0"}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -113,9 +113,10 @@ options:
   socket_mode:
     description:
       - Mode of the server socket; guests connect as O(group).
-      - A quoted octal string (V('0660')), or a number that is the mode itself (YAML reads an
-        unquoted V(0660) as 432, which is the same mode). Anything above V('0777'), such as an
-        unquoted V(660), which is decimal, is refused.
+      - A quoted octal string (V('0660')), or a number that can only be the mode itself. A number whose
+        digits are all octal is ambiguous and refused with the fix - an unquoted V(444) is the number 444
+        (mode 0674), and YAML reads an unquoted V(0660) as 432 - and so is anything above V('0777'),
+        such as an unquoted V(660). Quote modes.
     type: raw
     default: '0660'
   memory_mode:

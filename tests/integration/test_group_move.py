@@ -282,15 +282,21 @@ def test_controller_killed_then_the_same_command_resolves(hosts, case):
     assert_whole_on(hosts, 'b')
 
 
-def test_two_runs_at_once_the_second_fails_at_once_naming_the_holder(hosts):
+def slow_move_sending(hosts):
+    """A slow move a -> b in a process of its own (another run of this controller), once it sends."""
     state = os.path.join(hosts.root, 'state.json')
     with open(state, 'w') as handle:
         json.dump(hosts.state(), handle)
-    first = subprocess.Popen([sys.executable, os.path.join(HERE, 'move_lab.py'), state, 'a', 'b',
-                              json.dumps({'max_bandwidth': SLOW})], stdout=subprocess.PIPE, text=True)
-    for line in first.stdout:
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, 'move_lab.py'), state, 'a', 'b',
+                                json.dumps({'max_bandwidth': SLOW})], stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
         if line.startswith('STEP send'):
             break
+    return process
+
+
+def test_two_runs_at_once_the_second_fails_at_once_naming_the_holder(hosts):
+    first = slow_move_sending(hosts)
     with pytest.raises(LockHeld) as info:
         hosts.engine('a', 'b').run()
     assert first.poll() is None  # refused at once, not after waiting for the first run
@@ -298,4 +304,34 @@ def test_two_runs_at_once_the_second_fails_at_once_naming_the_holder(hosts):
     output = first.communicate(timeout=120)[0]
     assert first.returncode == 0, output
     assert '"outcome": "moved"' in output
+    assert_whole_on(hosts, 'b')
+
+
+def test_a_destination_whose_migration_ports_are_taken_is_refused_before_anything_changes(hosts):
+    """A local user holding the migration port + 1 on the destination made every move to it fail
+    half-way (the verification channel could not listen); now the move is refused first."""
+    import socket
+    squatter = socket.socket()
+    squatter.bind(('127.0.0.1', hosts.port + 1))
+    squatter.listen(1)
+    try:
+        with pytest.raises(MoveFailed) as info:
+            hosts.engine('a', 'b').run()
+    finally:
+        squatter.close()
+    assert 'port %d taken by another process' % (hosts.port + 1) in str(info.value), info.value
+    assert 'nothing was changed' in str(info.value)
+    assert_whole_on(hosts, 'a')
+
+
+def test_a_rerun_waits_for_the_orphaned_run_of_its_controller_then_resolves(hosts):
+    """kill -9 of ansible-playbook leaves its worker (setsid) running the engine: the operator's
+    rerun right after was refused ('being moved by run ...'). With lock_wait, as group_migrate
+    runs, it waits for that run, showing progress, and then finds the group moved."""
+    orphan = slow_move_sending(hosts)
+    shown = []
+    report = hosts.engine('a', 'b', lock_wait=120, progress=shown.append).run()
+    assert orphan.wait(60) == 0
+    assert report['outcome'] == 'already moved' and report['lock_waited_s'] > 0, report
+    assert shown and shown[0]['waiting_for'] and shown[0]['pid'] == orphan.pid, shown[:2]
     assert_whole_on(hosts, 'b')

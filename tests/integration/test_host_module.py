@@ -79,3 +79,20 @@ def test_the_call_says_when_qemu_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(_host_converge, 'DEFAULT_QEMU', str(tmp_path / 'no-qemu-here'))
     result = HostConverger({}, Layout(str(tmp_path / 'runtime')), True).run('present')
     assert result['qemu_binary'] is None and result['changed']
+
+
+@pytest.mark.parametrize('mode, owner', [(0o1777, 0), (0o775, 0), (0o755, 65534)],
+                         ids=['sticky world-writable, as /tmp', 'group-writable', "another account's"])
+def test_a_runtime_dir_that_is_not_the_collection_s_is_refused_never_re_owned(tmp_path, mode, owner):
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+    path = tmp_path / 'shared'
+    path.mkdir()
+    os.chown(str(path), owner, 0)
+    os.chmod(str(path), mode)
+    for check_mode in (True, False):
+        with pytest.raises(ValidationError) as info:
+            HostConverger({}, Layout(str(path)), check_mode).run('present')
+        assert info.value.field == 'runtime_dir' and 'is not the collection\'s' in str(info.value), info.value
+    found = os.stat(str(path))
+    assert (found.st_uid, found.st_mode & 0o7777) == (owner, mode)
+    assert os.listdir(str(path)) == []

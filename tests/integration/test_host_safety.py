@@ -9,6 +9,7 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -212,3 +213,140 @@ def test_a_guest_s_account_opens_no_other_group_s_memory_qmp_or_control(lab):
         return found
 
     assert as_account(guest_account('a-master'), reach) == '[]'
+
+
+def plant(user, path, target=None, fifo=False):
+    """As ``user`` (the account that owns the directory): replace ``path`` by a link to ``target``
+    or by a FIFO."""
+    def work():
+        if os.path.lexists(path):
+            os.unlink(path)
+        if fifo:
+            os.mkfifo(path)
+        else:
+            os.symlink(target, path)
+        return 'planted'
+    assert as_account(user, work) == 'planted'
+
+
+def test_a_log_replaced_by_a_link_to_a_root_file_is_never_written_or_read(lab, victim):
+    """The guest's account swaps its qemu.log for a link to a root-only file; the next start must
+    neither append QEMU's output to the victim nor put the victim in an error message."""
+    lab.server('s')
+    lab.guest('g', 's', role='master')
+    lab.guest('g', 's', role='master', state='stopped')
+    log = os.path.join(lab.layout.guest_dir('g'), 'qemu.log')
+    plant(guest_account('g'), log, victim)
+    lab.server('s', state='restarted')
+    lab.guest('g', 's', role='master')  # root opens the log for QEMU: a fresh one of root's
+    assert untouched(victim)
+    info = os.lstat(log)
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == 0
+    # A failed start quotes the log's tail: never the victim's.
+    lab.guest('g', 's', role='master', state='stopped')
+    plant(guest_account('g'), log, victim)
+    lab.server('s', state='restarted')
+    with pytest.raises(Exception) as info:
+        lab.guest('g', 's', role='master', extra_args=['-device', 'no-such-device'])
+    assert 'root secret' not in str(info.value) and 'no-such-device' in str(info.value), info.value
+    assert untouched(victim)
+
+
+def test_a_server_pidfile_naming_the_master_never_gets_the_master_killed(lab):
+    """The server's account writes its master QEMU's pid into server.pid: a stop must not kill the
+    master (its RAM would be lost), and the server is not reported stopped while it runs."""
+    lab.server('s')
+    lab.guest('m', 's', role='master')
+    master = lab.status('m')['pid']
+    server = server_status(lab.layout, 's')['pid']
+    pidfile = server_paths(lab.layout, 's')['pidfile']
+
+    def lie():
+        with open(pidfile + '.new', 'w') as handle:
+            handle.write('%d\n' % master)
+        os.rename(pidfile + '.new', pidfile)
+        return 'written'
+    assert as_account(server_account('s'), lie) == 'written'
+    lab.server('s', state='stopped')
+    assert lab.status('m')['pid'] == master and lab.status('m')['state'] == 'running'
+    os.kill(server, 0)  # the real server was not signalled by way of the lie either
+
+
+@pytest.mark.parametrize('what', ['qemu.pid', 'qemu.log', 'server.pid'])
+def test_a_fifo_planted_for_a_pidfile_or_log_never_blocks_root(lab, what):
+    lab.server('s')
+    lab.guest('g', 's', role='master')
+    if what == 'server.pid':
+        path, owner = server_paths(lab.layout, 's')['pidfile'], server_account('s')
+    else:
+        path, owner = os.path.join(lab.layout.guest_dir('g'), what), guest_account('g')
+    plant(owner, path, fifo=True)
+    script = ('import sys; sys.path.insert(0, %r)\n'
+              'from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo\n'
+              'from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import exit_log\n'
+              'from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout\n'
+              'layout = Layout(%r)\n'
+              'HostInfo({}, layout, True).run("gathered")\n'
+              'exit_log(layout, "g")\n'
+              'print("answered")\n' % (os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+                  os.path.abspath(__file__)))), '.cache', 'collections'), lab.root))
+    done = subprocess.run([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=60, check=False)
+    assert done.stdout.decode().strip().endswith('answered'), done.stdout.decode()[-2000:]
+
+
+def test_a_full_memory_filesystem_fails_the_start_naming_the_path(lab):
+    """The whole region is reserved as the server starts: a tmpfs of 1 MiB cannot hold 4 MiB. It
+    used to report started with no memory behind it, and the first guest to write got SIGBUS."""
+    tiny = os.path.join(lab.root, 'tiny')
+    os.mkdir(tiny)
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=1777', 'tmpfs', tiny], check=True)
+    try:
+        with pytest.raises(Exception) as info:
+            lab.server('s', memory_dir=tiny, size='4M', timeout=10)
+        message = str(info.value)
+        assert 'cannot reserve shared memory %s/t-%s-s of 4194304 bytes' % (tiny, lab.tag) in message, message
+        assert 'No space left on device' in message, message
+        assert os.listdir(tiny) == []  # nothing half-made left for the next server
+    finally:
+        subprocess.run(['umount', '-l', tiny], check=False)
+
+
+def test_a_server_stopped_under_running_guests_keeps_their_memory(lab):
+    """Stopping a server (SIGTERM) while guests map its memory unlinked the file: the next server
+    handed fresh memory to new peers while the master kept the old, and the group split. The file
+    stays; the next server reuses it, so a peer that joins shares the master's memory."""
+    lab.server('s')
+    lab.guest('m', 's', role='master')
+    memory = lab.memory_of('s')
+    with open(memory, 'r+b') as handle:
+        handle.write(b'the group memory')
+    os.kill(server_status(lab.layout, 's')['pid'], 15)
+    wait_for('the server to stop', lambda: server_status(lab.layout, 's')['pid'] is None, 10)
+    assert os.path.exists(memory)
+    lab.server('s', state='started')
+    with open(lab.memory_of('s'), 'rb') as handle:
+        assert handle.read(16) == b'the group memory'
+
+
+def test_a_squatted_memory_name_is_refused_for_the_upstream_server_too(tmp_path):
+    """QEMU's ivshmem-server opens its memory name without O_EXCL: it used a file another account
+    made first as it was (readable and writable by that account)."""
+    from conftest import UPSTREAM, Lab, lab_root
+    upstream = Lab(lab_root(), 'qemu')
+    name = 't-%s-squat' % upstream.tag
+    squatted = os.path.join('/dev/shm', name)
+    with open(squatted, 'w') as handle:
+        handle.write('squatter')
+    os.chown(squatted, pwd.getpwnam('nobody').pw_uid, -1)
+    os.chmod(squatted, 0o666)
+    try:
+        assert os.access(UPSTREAM, os.X_OK)
+        with pytest.raises(Exception) as info:
+            upstream.server('s', shm_name=name, timeout=10)
+        assert 'squatted' in str(info.value) and getattr(info.value, 'field', None) == 'shm_name', info.value
+        assert open(squatted).read() == 'squatter' and server_status(upstream.layout, 's') is None
+        assert not os.path.exists(upstream.layout.server_dir('s'))  # nothing made for it
+    finally:
+        os.unlink(squatted)
+        upstream.teardown()

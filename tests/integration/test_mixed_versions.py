@@ -76,7 +76,7 @@ def test_a_group_started_on_10_0_is_refused_a_move_to_7_2_before_anything_change
         from_10.engine('b', 'a', attempts=3).run()
     assert qemu_of(from_10, 'b', 'g-master')[1] == 'pc-i440fx-10.0'
     message = str(info.value)
-    assert 'cannot run on a, so nothing was changed' in message, message
+    assert 'cannot move to a, so nothing was changed' in message, message
     assert 'QEMU 7.2.' in message and 'machine type pc-i440fx-10.0' in message, message
     assert 'started on b with QEMU 10.0.' in message, message
     assert info.value.report.get('refused') and 'attempt' not in info.value.report, info.value.report

@@ -85,21 +85,7 @@ def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):
         hosts.digest = sha1_of(hosts.memory('a'))
         run_killed_at(hosts, 'mark:a', 0.0, {'relay_checksums': True})
         assert hosts.where('a')['g-master'] == 'migrated' and hosts.journal('a')['step'] in ('sent', 'committing')
-        inventory = tmp_path / 'inventory.yml'
-        lines = ['all:', '  children:', '    hypervisors:', '      hosts:']
-        for name in ('a', 'b'):
-            lines += ['        %s:' % name, '          ansible_connection: local',
-                      '          ansible_python_interpreter: %s' % sys.executable,
-                      '          ivshmem_fleet_runtime_dir: %s' % hosts.layouts[name].runtime_dir,
-                      '          ivshmem_fleet_migration_address: 127.0.0.1',
-                      '          ivshmem_fleet_tls_dir: %s' % hosts.tls_dirs()[name],
-                      '          ivshmem_fleet_server_overrides: %s' % json.dumps(hosts.overrides(name))]
-        inventory.write_text('\n'.join(lines) + '\n')
-        group = dict((k, hosts.group[k]) for k in ('name', 'host', 'size', 'vectors', 'master', 'peers', 'migration_port'))
-        group['master'] = dict((k, v) for k, v in group['master'].items() if k != 'ivshmem')
-        group['peers'] = [dict((k, v) for k, v in p.items() if k != 'ivshmem') for p in group['peers']]
-        groups = tmp_path / 'groups.json'
-        groups.write_text(json.dumps({'ivshmem_fleet_groups': [group]}))
+        inventory, groups = two_host_inventory(tmp_path, hosts)
         args = ['-i', str(inventory), '-e', '@%s' % groups, '-e', 'group=g', '-e', 'to=b',
                 os.path.join(REPO, 'playbooks', 'migrate.yml')]
         output = run_playbook_output(args)
@@ -111,6 +97,28 @@ def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):
         assert_whole_on(hosts, 'b')
     finally:
         hosts.teardown()
+
+
+def two_host_inventory(tmp_path, hosts):
+    """(inventory file, group variables file) for the two local 'hosts' of ``hosts`` (TwoHosts):
+    each its own runtime directory, TLS credentials, server and guest overrides."""
+    inventory = tmp_path / 'inventory.yml'
+    lines = ['all:', '  children:', '    hypervisors:', '      hosts:']
+    for name in ('a', 'b'):
+        lines += ['        %s:' % name, '          ansible_connection: local',
+                  '          ansible_python_interpreter: %s' % sys.executable,
+                  '          ivshmem_fleet_runtime_dir: %s' % hosts.layouts[name].runtime_dir,
+                  '          ivshmem_fleet_migration_address: 127.0.0.1',
+                  '          ivshmem_fleet_tls_dir: %s' % hosts.tls_dirs()[name],
+                  '          ivshmem_fleet_server_overrides: %s' % json.dumps(hosts.overrides(name)),
+                  '          ivshmem_fleet_guest_overrides: %s' % json.dumps(hosts.guest_overrides(name))]
+    inventory.write_text('\n'.join(lines) + '\n')
+    group = dict((k, hosts.group[k]) for k in ('name', 'host', 'size', 'vectors', 'master', 'peers', 'migration_port'))
+    group['master'] = dict((k, v) for k, v in group['master'].items() if k != 'ivshmem')
+    group['peers'] = [dict((k, v) for k, v in p.items() if k != 'ivshmem') for p in group['peers']]
+    groups = tmp_path / 'groups.json'
+    groups.write_text(json.dumps({'ivshmem_fleet_groups': [group]}))
+    return inventory, groups
 
 
 def run_playbook_output(args):
@@ -208,3 +216,43 @@ def test_plan_runs_on_the_controller_without_reaching_its_host(tmp_path):
                                   '-e', 'ansible_port=9', '-e', 'ansible_python_interpreter=%s' % sys.executable,
                                   str(playbook)])
     assert re.search(r'^hv1\s+: ok=4 .* unreachable=0 .* ignored=1', output, re.M), output[-3000:]
+
+
+def test_migrate_playbook_moves_a_group_to_a_host_on_another_qemu_and_the_summary_proves_it(tmp_path, qemu_backports):
+    """Host b's QEMU is 10.0 (the host variable ivshmem_fleet_guest_overrides gives its binary):
+    the migrate playbook moves a 7.2 group there keeping pc-i440fx-7.2; the summary playbook shows
+    each guest's machine type and the memory checksum beside the one written before the move, and
+    fails where they differ."""
+    import hashlib
+    import uuid
+    from move_lab import TwoHosts
+    from test_group_move import assert_whole_on, sha1_of
+
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], binaries={'b': qemu_backports})
+    try:
+        hosts.deploy('a')
+        with open(hosts.memory('a'), 'r+b') as handle:
+            handle.write(os.urandom(4 << 20))
+        hosts.digest = sha1_of(hosts.memory('a'))
+        inventory, groups = two_host_inventory(tmp_path, hosts)
+        common = ['-i', str(inventory), '-e', '@%s' % groups]
+        output = run_playbook_output(common + ['-e', 'group=g', '-e', 'to=b', os.path.join(REPO, 'playbooks', 'migrate.yml')])
+        assert 'moved a -> b' in output, output[-3000:]
+        assert_whole_on(hosts, 'b')
+        from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
+        for guest in ('g-master', 'g-peer1', 'g-peer2'):
+            status = guest_status(hosts.layouts['b'], guest)
+            assert (status['record']['argv'][0], status['machine_type']) == (qemu_backports, 'pc-i440fx-7.2'), guest
+        summary = common + ['-e', json.dumps({'summary_written': {'g': hosts.digest}}),
+                            os.path.join(REPO, 'playbooks', 'summary.yml')]
+        output = run_playbook_output(summary)
+        # (Both 'hosts' are this machine: each reports its distribution QEMU, 7.2.)
+        assert 'a: QEMU 7.2.' in output, output[-3000:]
+        assert 'g-master running: master of server g, ID 0, machine type pc-i440fx-7.2' in output, output[-3000:]
+        assert 'written before the first move %s: equal' % hosts.digest in output, output[-3000:]
+        wrong = hashlib.sha1(b'not the pattern').hexdigest()
+        with pytest.raises(AssertionError) as info:
+            run_playbook_output(summary[:-1] + ['-e', json.dumps({'summary_written': {'g': wrong}}), summary[-1]])
+        assert '%s: DIFFERENT' % wrong in str(info.value)
+    finally:
+        hosts.teardown()

@@ -194,3 +194,17 @@ def test_a_destination_failing_verification_is_discarded_and_the_source_resumes(
     assert resumed['changed'] and lab.status('m')['state'] == 'running'
     after, _t = checksum_files([lab.memory_of('a')], 'sha1')  # as lab.migrate hashes
     assert after[lab.memory_of('a')]['checksum'] == sent['source_checksums'][0]
+
+
+@pytest.mark.parametrize('uri, why', [
+    ('tcp:0.0.0.0:4444', 'listens on every interface'),
+    ('tcp:[::]:4444', 'listens on every interface'),
+    ('tcp:127.0.0.1:4444', 'in clear from whoever connects first'),
+    ('exec:cat', 'is not a unix: or tcp: URI'),
+])
+def test_an_incoming_guest_never_listens_in_clear_on_the_network(builtin_lab, uri, why):
+    builtin_lab.server('b', admission='held', hold_for='m-b')
+    with pytest.raises(ValidationError) as info:
+        builtin_lab.guest('m-b', 'b', role='master', state='incoming', incoming_uri=uri)
+    assert info.value.field == 'incoming_uri' and why in str(info.value), info.value
+    assert builtin_lab.status('m-b') is None

@@ -24,7 +24,7 @@ rm -rf "$work"; mkdir -p "$work" "$cache/debcache" "$cache/ssh"
 [ -f "$cache/ssh/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C ivshmem-fleet-lab -f "$cache/ssh/id_ed25519"
 rootfs="$work/rootfs"
 nice -n 5 debootstrap --variant=minbase --cache-dir="$cache/debcache" \
-  --include=systemd-sysv,udev,dbus,openssh-server,python3,sudo,iproute2,procps,qemu-system-x86,qemu-utils,linux-image-cloud-amd64 \
+  --include=systemd-sysv,udev,dbus,openssh-server,python3,python3-apt,sudo,iproute2,procps,qemu-system-x86,qemu-utils,linux-image-cloud-amd64 \
   bookworm "$rootfs" http://deb.debian.org/debian >"$work/debootstrap.log" 2>&1 || {
     tail -20 "$work/debootstrap.log"; exit 1; }
 
@@ -65,6 +65,26 @@ echo lab > "$rootfs/etc/hostname"
 install -d -m 755 "$rootfs/usr/local/share/ivshmem-fleet-lab"
 python3 "$here/idle_guest.py" "$rootfs/usr/local/share/ivshmem-fleet-lab/idle-guest.bin"
 chmod 644 "$rootfs/usr/local/share/ivshmem-fleet-lab/idle-guest.bin"
+# QEMU 10.0 for upgrade rollouts, shipped as a local package source (lab hosts reach no mirror):
+# what installing bookworm-backports' qemu-system-x86 needs beyond this image, resolved by apt
+# against the image's own package state, in a flat repository. Unused until a rollout names it
+# (hypervisor_qemu_source: {uris: "file:/var/local/ivshmem-fleet-qemu", suites: "./", trusted: true}).
+backports="$work/backports.list"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" > "$backports"
+echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" >> "$backports"
+in_image=(-o "Dir=$rootfs" -o "Dir::Etc::SourceList=$backports" -o "Dir::Etc::SourceParts=/dev/null"
+          -o "Dir::Etc::Trusted=/etc/apt/trusted.gpg" -o "Dir::Etc::TrustedParts=/etc/apt/trusted.gpg.d"
+          -o "Dir::Bin::dpkg=/usr/bin/dpkg" -o "DPkg::Options::=--root=$rootfs" -o "APT::Sandbox::User=root")
+apt-get "${in_image[@]}" -qq update
+rm -f "$rootfs"/var/cache/apt/archives/*.deb
+apt-get "${in_image[@]}" -qq -y --download-only --no-install-recommends install qemu-system-x86/bookworm-backports qemu-utils/bookworm-backports
+repo="$rootfs/var/local/ivshmem-fleet-qemu"
+install -d -m 755 "$repo"
+mv "$rootfs"/var/cache/apt/archives/*.deb "$repo/"
+(cd "$repo" && dpkg-scanpackages --multiversion . /dev/null > Packages 2>/dev/null)
+ls "$repo"/qemu-system-x86_*bpo12*.deb >/dev/null
+# Lab hosts reach no mirror: the image names none (a rollout adds the local source above).
+: > "$rootfs/etc/apt/sources.list"
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
   "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
 

@@ -81,3 +81,22 @@ def test_rollout_reached_every_host(host):
 def test_no_move_left_in_transition(host, facts):
     """No group paused between two hosts: every move finished or rolled back (issue 8)."""
     assert facts.get('moves', {}) == {}, 'moves left open here: %s' % facts.get('moves')
+
+
+def test_qemu_is_the_expected_version(host):
+    """After an upgrade rollout: every host runs the QEMU it was upgraded to (ivshmem_fleet_expected_qemu)."""
+    expected = host.ansible.get_variables().get('ivshmem_fleet_expected_qemu')
+    if not expected:
+        pytest.skip('no QEMU version expected in this inventory')
+    version = host.check_output('/usr/bin/qemu-system-x86_64 --version').splitlines()[0]
+    assert ('QEMU emulator version %s' % expected) in version, version
+
+
+def test_guests_run_their_expected_machine_types(host, facts):
+    """Guests keep the versioned machine type they first resolved, wherever they moved since."""
+    expected = host.ansible.get_variables().get('ivshmem_fleet_expected_machine_types') or {}
+    if not expected:
+        pytest.skip('no machine types expected in this inventory')
+    for name, guest in facts['guests'].items():
+        if name in expected:
+            assert guest['machine_type'] == expected[name], '%s runs %s' % (name, guest['machine_type'])

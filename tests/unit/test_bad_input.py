@@ -46,6 +46,9 @@ CASES = [
     (ServerManager, 'started', {'name': 's', 'pins': 'm=0'}, 'pins'),
     (ServerManager, 'started', {'name': 's', 'socket_mode': 660}, 'socket_mode'),
     (ServerManager, 'started', {'name': 's', 'memory_mode': 'rw'}, 'memory_mode'),
+    (ServerManager, 'started', {'name': 's', 'program_dir': '/proc/ivshmem'}, 'program_dir'),  # was a RecursionError
+    (ServerManager, 'started', {'name': 's', 'timeout': 0}, 'timeout'),
+    (ServerManager, 'started', {'name': 's', 'socket_mode': 444}, 'socket_mode'),  # ambiguous: 0444 or 0674
     (ServerManager, 'started', {'name': 's', 'max_clients': 0}, 'max_clients'),
     (ServerManager, 'started', {'name': 's', 'memory_dir': 'shm'}, 'memory_dir'),
     (ServerManager, 'started', {'name': 's', 'shm_name': '/etc/passwd'}, 'shm_name'),
@@ -58,6 +61,11 @@ CASES = [
      'accounts.b'),
     # guest module
     (GuestManager, 'running', {'name': 'a b'}, 'name'),
+    (GuestManager, 'running', {'name': 'g', 'timeout': 0}, 'timeout'),  # left a record behind
+    (GuestManager, 'running', {'name': 'g', 'user': 'root'}, 'user'),
+    (GuestManager, 'running', {'name': 'g', 'group': 'disk'}, 'group'),
+    (GuestManager, 'running', {'name': 'g\n'}, 'name'),
+    (GuestManager, 'incoming', {'name': 'g', 'incoming_uri': 'tcp:0.0.0.0:4444'}, 'incoming_uri'),
     (GuestManager, 'running', {'name': 'g', 'memory': HUGE}, 'memory'),
     (GuestManager, 'running', {'name': 'g', 'memory': '1K'}, 'memory'),
     (GuestManager, 'running', {'name': 'g', 'cpus': 0}, 'cpus'),

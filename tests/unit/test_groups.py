@@ -80,3 +80,20 @@ def test_a_live_group_places_its_peers_devices_for_hotplug_and_not_its_master():
     assert [p['ivshmem'][0].get('hotplug') for p in g1['peers']] == [True, True]
     assert 'hotplug' not in g1['master']['ivshmem'][0]
     assert plan([group()])['groups'][0]['peer_mode'] == 'restart'
+
+
+def test_two_guests_of_the_fleet_under_one_account_are_refused_naming_both():
+    """X's account is ivg-x-<the first 8 hex digits of sha256('X')>, which is also what a guest named
+    exactly that maps to: each would be admitted to the other's group."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import guest_account
+    twin = guest_account('X')[len('ivg-'):]
+    assert guest_account(twin) == guest_account('X')
+    with pytest.raises(ValidationError) as info:
+        plan([group(master={'name': 'X'}, peers=[]), group(name='g2', master={'name': twin}, peers=[])])
+    assert info.value.field == 'groups[g2].master.user'
+    assert 'guest %s runs as %s, as guest X of group g1 does' % (twin, guest_account('X')) in str(info.value)
+    # Named accounts collide the same way.
+    with pytest.raises(ValidationError) as info:
+        plan([group(master={'name': 'a', 'user': 'shared'}, peers=[]),
+              group(name='g2', master={'name': 'b', 'user': 'shared'}, peers=[])])
+    assert info.value.field == 'groups[g2].master.user'

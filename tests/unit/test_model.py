@@ -42,6 +42,9 @@ def test_round_up_like_upstream():
     ({'name': 'a', 'pins': {'g': 0, 'h': 0}}, 'pins.h'),
     ({'name': 'a', 'pins': {'g': 70000}}, 'pins.g'),
     ({'name': 'a', 'socket_mode': 'rw'}, 'socket_mode'),
+    ({'name': 'a', 'user': 'root'}, 'user'),
+    ({'name': 'a', 'group': 'disk'}, 'group'),
+    ({'name': 'a\n'}, 'name'),  # $ would match before the newline
     ({'name': 'a', 'socket_mode': 660}, 'socket_mode'),  # unquoted 660 is decimal (0o1224)
     ({'name': 'a', 'memory_mode': 600}, 'memory_mode'),
     ({'name': 'a', 'memory_mode': True}, 'memory_mode'),
@@ -89,6 +92,10 @@ def guest(**params):
     ({'disks': [{'path': 'rel.qcow2'}]}, 'disks[0].path'),
     ({'initrd': '/boot/initrd'}, 'kernel'),
     ({'memory': '1K'}, 'memory'),
+    ({'user': 'root'}, 'user'),   # a guest escape would be root
+    ({'group': 'disk'}, 'group'),  # ... or read and write the host's disks
+    ({'user': 'qemu', 'group': 'shadow'}, 'group'),
+    ({'name': 'vm1\n'}, 'name'),
 ])
 def test_guest_spec_errors_name_the_field(params, field):
     assert field_of(lambda: guest(**params)) == field
@@ -110,8 +117,8 @@ def test_guest_argv_has_devices_sandbox_and_incoming():
 
 
 @pytest.mark.parametrize('given, mode', [
-    ('0660', 0o660), ('660', 0o660), (' 0640 ', 0o640), (432, 0o660),  # 432: YAML's reading of 0660
-    (0o600, 0o600), (0, 0),
+    ('0660', 0o660), ('660', 0o660), (' 0640 ', 0o640), (384, 0o600),  # 384: YAML's reading of 0600
+    (0o600, 0o600), (0, 0), (0o750, 0o750),
 ])
 def test_modes_are_quoted_octal_or_the_mode_itself_never_reinterpreted(given, mode):
     spec = ServerSpec({'name': 'a', 'socket_mode': given, 'memory_mode': given})
@@ -123,6 +130,19 @@ def test_an_unquoted_decimal_mode_is_refused_with_the_fix():
     with pytest.raises(ValidationError) as info:
         ServerSpec({'name': 'a', 'memory_mode': 640})
     assert info.value.field == 'memory_mode' and "'0640'" in str(info.value)
+
+
+@pytest.mark.parametrize('given, readings', [
+    (444, ('0674', '0444')),   # typed 444: the number 444 is the mode 0674
+    (500, ('0764', '0500')),
+    (432, ('0660', '0432')),   # YAML's reading of an unquoted 0660, or 432 typed
+])
+def test_a_number_whose_digits_are_octal_is_ambiguous_and_refused(given, readings):
+    with pytest.raises(ValidationError) as info:
+        ServerSpec({'name': 'a', 'socket_mode': given})
+    assert info.value.field == 'socket_mode'
+    assert 'ambiguous' in str(info.value) and 'quote the mode' in str(info.value)
+    assert all(reading in str(info.value) for reading in readings), info.value
 
 
 @pytest.mark.parametrize('machine,kept,bus', [

@@ -161,3 +161,24 @@ def test_an_open_move_is_resolved_between_the_hosts_it_named():
         move.run()
     assert 'from a to b' in str(info.value)
     assert not [s for s in log if s.split(':')[0] in ('rollback_source', 'rollback_destination', 'commit')]
+
+
+@pytest.mark.parametrize('option, value', [
+    ('lease', -1), ('lease', 0), ('attempts', 0), ('timeout', 0), ('checksum_timeout', 0), ('max_bandwidth', -5),
+    ('downtime_limit', -1), ('backoff', -1), ('start_timeout', 0), ('progress_interval', 0), ('attempts', True),
+])
+def test_a_bad_figure_is_refused_by_field_before_any_host_is_asked(option, value):
+    """A negative lease would turn the cross-controller lock off; zero attempts or timeouts fail
+    half-way. Refused when the engine is built: no step ran, so no lock was claimed."""
+    log = []
+    hosts = {'a': Scripted({}, log, 'a'), 'b': Scripted({}, log, 'b')}
+    with pytest.raises(ValidationError) as info:
+        GroupMove(GROUP, 'a', 'b', hosts, {'uri': 'tcp:x:1', option: value}).run()
+    assert info.value.field == option and log == []
+
+
+@pytest.mark.parametrize('group', [{'name': 'g'}, {'master': {'name': 'm'}}, ['g'], {'name': 'g', 'master': 'm'}])
+def test_a_hand_written_group_is_refused_by_field_not_a_key_error(group):
+    with pytest.raises(ValidationError) as info:
+        GroupMove(group, 'a', 'b', {'a': None, 'b': None}, {'uri': 'tcp:x:1'})
+    assert info.value.field == 'group'

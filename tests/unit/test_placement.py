@@ -140,3 +140,26 @@ def test_info_reads_total_and_available_memory(tmp_path):
     assert host_memory(str(meminfo)) is None
     assert host_memory(str(tmp_path / 'none')) is None
     assert host_memory()['total'] >= host_memory()['available'] > 0
+
+
+def on_qemu(facts, version, newest):
+    """``facts`` of a host whose QEMU runs pc-i440fx-7.2 up to pc-i440fx-``newest``."""
+    versions = ['7.2', '8.0', '9.2', '10.0']
+    machines = ['pc-i440fx-%s' % v for v in versions[:versions.index(newest) + 1]]
+    return dict(facts, qemu={'version': version, 'machines': machines})
+
+
+def test_a_group_is_placed_only_where_its_qemu_runs_its_machine_types():
+    """A group first started on QEMU 10.0 runs pc-i440fx-10.0: a 7.2 spare cannot take it, the 10.0
+    one can even with less room; a group of 7.2 types goes anywhere."""
+    new = room(1000, guests={'a-0': {'state': 'running', 'memory_mib': 32, 'machine_type': 'pc-i440fx-10.0'}})
+    old = room(1000, guests={'b-0': {'state': 'running', 'memory_mib': 32, 'machine_type': 'pc-i440fx-7.2'}})
+    facts = {'hv1': on_qemu(new, '10.0.2', '10.0'), 'hv2': on_qemu(old, '7.2.22', '7.2'),
+             's1': on_qemu(room(1000), '7.2.22', '7.2'), 's2': on_qemu(room(200), '10.0.2', '10.0')}
+    result = plan([group('a', 'hv1'), group('b', 'hv2')], HOSTS, facts, batch=['hv1', 'hv2'], destinations=['s1', 's2'])
+    assert result['assignment'] == {'a': 's2', 'b': 's1'}
+    error = refused([group('a', 'hv1')], HOSTS, dict(facts, s2=on_qemu(room(200), '7.2.22', '7.2')),
+                    batch=['hv1'], destinations=['s1', 's2'])
+    assert error.field == 'groups[a]'
+    assert str(error) == ("groups[a]: runs machine types pc-i440fx-10.0 (a-0), which no rollout destination's QEMU runs "
+                          "(s1: QEMU 7.2.22, s2: QEMU 7.2.22): a QEMU runs the versioned types of its own version and older")

@@ -3,6 +3,7 @@ and the QMP calls that make QEMU use them (module_utils/_tls.py). Real QEMU over
 tests/integration/test_migration_tls.py."""
 import os
 import stat
+import time
 
 import pytest
 from cryptography import x509
@@ -195,3 +196,19 @@ def test_a_short_validity_is_still_idempotent(tmp_path):
 def test_a_name_that_cannot_be_in_a_certificate_is_a_pki_error(tmp_path):
     with pytest.raises(PKIError):
         issue(tmp_path, names=['h\u00e9te'])
+
+
+def test_a_key_copy_a_killed_run_left_is_swept_and_a_fresh_one_kept(tmp_path):
+    """A run killed between copying the credentials for QEMU and removing them left the key
+    readable by the guest's account: the next handover (or the host module) removes it."""
+    handover = tmp_path / 'tls-handover'
+    handover.mkdir()
+    stale, fresh, other = handover / 'tls.old', handover / 'tls.new', handover / 'not-ours'
+    for directory in (stale, fresh, other):
+        directory.mkdir()
+        (directory / 'server-key.pem').write_text('key')
+    old = time.time() - _tls.STALE_HANDOVER_S - 5
+    os.utime(str(stale), (old, old))
+    os.utime(str(other), (old, old))
+    assert _tls.sweep_handover(str(handover)) == ['tls.old']
+    assert sorted(os.listdir(str(handover))) == ['not-ours', 'tls.new']
