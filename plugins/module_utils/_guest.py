@@ -89,9 +89,7 @@ def guest_status(layout, name, registers=True):
     # QEMU writes its pidfile as the guest's account, in the guest's directory: the pid counts only
     # for a process of that account (it could name any other).
     uid = _host.uid_of(record['spec'].get('user'))
-    pid = _host.read_pidfile(paths['pidfile'])
-    if uid is None or not _host.process_alive(pid, paths['qmp'], uid):
-        pid = None
+    pid = _running_pid(paths, uid)
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
@@ -127,6 +125,18 @@ def guest_status(layout, name, registers=True):
             device['server_id'] = _server_id(layout, device['server'], status['pid'])
     status['state'] = _state_of(status)
     return status
+
+
+def _running_pid(paths, uid):
+    """The guest's QEMU: the pid its pidfile names when that is a process of the guest's account
+    with its QMP socket, else the process of that account that listens on its QMP socket."""
+    if uid is None:
+        return None
+    pid = _host.read_pidfile(paths['pidfile'])
+    if _host.process_alive(pid, paths['qmp'], uid):
+        return pid
+    pid = _host.socket_owner(paths['qmp'], uid)
+    return pid if _host.process_alive(pid, paths['qmp'], uid) else None
 
 
 def running_machine_type(qmp):
@@ -245,8 +255,8 @@ def quit_guest(layout, name, timeout):
     paths = guest_paths(layout, name)
     record = _host.read_json(paths['record']) or {}
     uid = _host.uid_of((record.get('spec') or {}).get('user'))
-    pid = _host.read_pidfile(paths['pidfile'])
-    if uid is None or not _host.process_alive(pid, paths['qmp'], uid):
+    pid = _running_pid(paths, uid)
+    if pid is None:
         return 0.0
     try:
         with QMPClient(paths['qmp'], timeout=min(timeout, 5.0)) as qmp:

@@ -220,6 +220,43 @@ def unix_listening(path, pid=None):
     return False
 
 
+def _listening_inodes(path):
+    """Inodes of the UNIX sockets listening on ``path`` (from /proc/net/unix)."""
+    inodes = set()
+    try:
+        with open('/proc/net/unix') as handle:
+            next(handle)
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    inodes.add(fields[6])
+    except (OSError, ValueError, StopIteration):
+        pass
+    return inodes
+
+
+def socket_owner(path, uid):
+    """The pid of a process of account ``uid`` that listens on the UNIX socket ``path``, or None.
+    What the kernel says, where a pidfile says what its account wrote: a lost, lying or planted
+    pidfile never hides a running QEMU or server from root, nor names another process."""
+    inodes = _listening_inodes(path)
+    if not inodes or uid is None:
+        return None
+    wanted = set('socket:[%s]' % inode for inode in inodes)
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat('/proc/' + name).st_uid != uid:
+                continue
+            for fd in os.listdir('/proc/%s/fd' % name):
+                if os.readlink('/proc/%s/fd/%s' % (name, fd)) in wanted:
+                    return int(name)
+        except OSError:
+            continue
+    return None
+
+
 def tcp_listening(port):
     """True if some process on this host listens on TCP ``port`` (any address, IPv4 or IPv6)."""
     for table in ('/proc/net/tcp', '/proc/net/tcp6'):

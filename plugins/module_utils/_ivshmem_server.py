@@ -305,6 +305,7 @@ class IvshmemServer:
         self.listener = None
         self.control = None
         self.shm_fd = None
+        self._memory_created = False
         self._memory_message = None  # the handshake's memory message, encoded once the memory is open
         self._version_message = None
         self.fd_limit = None
@@ -340,8 +341,13 @@ class IvshmemServer:
         self.shm_fd = self._open_memory()
         self._memory_message = self.sender.encode(SHM_MARKER, [self.shm_fd]).messages[0]
         self._version_message = self.sender.encode(PROTOCOL_VERSION).messages[0]
-        self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
-        self.control = self._listen(self.config.control_path, 0o600)
+        try:
+            self.listener = self._listen(self.config.socket_path, self.config.socket_mode)
+            self.control = self._listen(self.config.control_path, 0o600)
+        except (ServerError, OSError):
+            if self._memory_created:  # a server that never served leaves no memory behind
+                _unlink_quietly(self.config.memory_path)
+            raise
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept_client)
         self._arrivals = select.poll()  # the listeners alone, polled between turns (see _arriving)
         for sock in (self.listener, self.control):
@@ -371,7 +377,7 @@ class IvshmemServer:
         try:
             try:
                 fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, self.config.memory_mode)
-                created = True
+                created = self._memory_created = True
             except FileExistsError:
                 fd = os.open(path, flags)
                 info = os.fstat(fd)

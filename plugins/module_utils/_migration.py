@@ -66,13 +66,17 @@ MIGRATION_FD = 'ivshmem-fleet-migration'
 # the same stream would meet again: another machine type, devices or RAM blocks it does not have.
 # A refusal of these kinds is not retried; a cut connection ("Input/output error") is.
 REPEATING_REFUSALS = ('Machine type received', 'Unknown savevm section', 'Unknown ramblock', 'Length mismatch',
-                      'error while loading state', 'Missing section footer', 'Unknown combination of migration flags',
-                      'not a migratable', 'Configuration section missing')
+                      'Unknown combination of migration flags', 'Configuration section missing')
+# A stream cut short: its load fails with an I/O error, whatever section it was in. Retried.
+CUT_SHORT = 'Input/output error'
 
 
 def refusal_repeats(text):
-    """Does ``text`` (a destination's log lines) say the stream was refused for good?"""
-    return any(marker in (text or '') for marker in REPEATING_REFUSALS)
+    """Does ``text`` (a destination's log lines) say the stream was refused for good (and not
+    merely cut short: 'error while loading state section id 2(ram) | load of migration failed:
+    Input/output error' is a cut link)?"""
+    text = text or ''
+    return CUT_SHORT not in text and any(marker in text for marker in REPEATING_REFUSALS)
 
 
 def start_migration(sq, uri, max_bandwidth, downtime_limit, tls=None):

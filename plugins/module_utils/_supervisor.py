@@ -49,8 +49,14 @@ class DaemonSupervisor:
 
     def pid(self):
         uid = _host.uid_of(self.user)
+        if uid is None:
+            return None
         pid = _host.read_pidfile(self.pidfile)
-        return pid if uid is not None and _host.process_alive(pid, self.marker, uid) else None
+        if _host.process_alive(pid, self.marker, uid):
+            return pid
+        # A lost, lying or planted pidfile: the process of the account listening on the socket.
+        pid = _host.socket_owner(self.marker, uid)
+        return pid if _host.process_alive(pid, self.marker, uid) else None
 
     def start(self, argv, user, group, timeout, notify, writable=(), umask=0o077):
         return _host.launch_daemon(argv, self.log_path, timeout, user=user, group=group, umask=umask)

@@ -78,3 +78,16 @@ def test_a_guest_is_refused_by_the_option_its_qemu_cannot_run():
     with pytest.raises(QemuBinaryError) as info:
         check_guest({'binary': '/opt/q', 'present': False}, 'pc', [])
     assert str(info.value) == 'binary: no QEMU at /opt/q'
+
+
+@pytest.mark.parametrize('said, repeats', [
+    ("qemu-system-x86_64: Machine type received is 'pc-i440fx-10.0' and local is 'pc-i440fx-7.2' | "
+     "qemu-system-x86_64: load of migration failed: Invalid argument", True),
+    # The lab's link-cut fault (Molecule faults scenario): a cut stream, retried.
+    ('qemu-system-x86_64: error while loading state section id 2(ram) | qemu-system-x86_64: load of migration '
+     'failed: Input/output error', False),
+    ('', False),
+])
+def test_only_a_refusal_the_same_stream_meets_again_is_not_retried(said, repeats):
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
+    assert refusal_repeats(said) is repeats
