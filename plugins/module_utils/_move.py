@@ -354,6 +354,13 @@ class HostMove:
                 raise
             # The destination refused the stream (another machine type, say): its own words.
             raise MoveError('the destination master %s refused the stream: its QEMU exited: %s' % (self.master, said))
+        if check['ok'] and self._builtin():
+            # IVPOSITION keeps the ID the master got at its start: only the server can say it still
+            # serves the master as ID 0 (a server restarted under it strands it, memory or not).
+            held = (guest_status(self.layout, self.master, registers=False) or {}).get('ivshmem') or [{}]
+            if held[0].get('server_id') != 0:
+                check.update(ok=False, problem='the destination server does not serve the master as ID 0 (it has ID '
+                                               '%s there: the server restarted under it?)' % held[0].get('server_id'))
         if not check['ok']:
             raise MoveError('destination check failed: %s' % check['problem'])
         check['load_wait_s'] = round(waited, 3)

@@ -335,3 +335,22 @@ def test_a_rerun_waits_for_the_orphaned_run_of_its_controller_then_resolves(host
     assert report['outcome'] == 'already moved' and report['lock_waited_s'] > 0, report
     assert shown and shown[0]['waiting_for'] and shown[0]['pid'] == orphan.pid, shown[:2]
     assert_whole_on(hosts, 'b')
+
+
+def test_a_destination_server_restarted_under_the_waiting_master_fails_the_attempt_then_moves(hosts):
+    """The Molecule faults case on one machine: the destination's server restarts while its master
+    waits for the stream. The master keeps IVPOSITION 0 and, since a server stopped under guests
+    keeps their memory, the same memory: only the server can tell that it no longer serves the
+    master. That attempt is rolled back and the next one moves the group whole."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
+
+    def restart_destination_server(step):
+        if step == 'send:a' and not restarted:
+            restarted.append(step)
+            ServerManager(dict(hosts.group['server'], timeout=20, **hosts.overrides('b')), hosts.layouts['b'],
+                          False).run('restarted')
+    restarted = []
+    report = hosts.engine('a', 'b', attempts=2, observer=restart_destination_server).run()
+    assert restarted and report['outcome'] == 'moved' and report['attempt'] == 2, report
+    assert 'does not serve the master as ID 0' in report['failures'][0], report['failures']
+    assert_whole_on(hosts, 'b')
