@@ -71,5 +71,6 @@ trap 'python3 tests/lab/lab.py down >/dev/null 2>&1 || true' EXIT
 # A run cut short (Ctrl-C, a killed job) leaves Molecule's state saying the lab exists, and the
 # next run would skip create: start from destroyed.
 molecule destroy --all >/dev/null 2>&1 || true
-molecule test --all
+# Every line carries the suite's elapsed seconds: what each scenario and task costs is in the log.
+molecule test --all 2>&1 | while IFS= read -r line; do printf '[%4d s] %s\n' "$SECONDS" "$line"; done
 echo "=== the whole suite passed in $SECONDS s"
