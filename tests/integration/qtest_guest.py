@@ -7,7 +7,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
-IF_FLAG = 1 << 9  # EFLAGS: interrupts enabled
+from idle_guest import idle_loop
 
 
 class QTest:
@@ -41,12 +41,11 @@ def monitor(qmp, command):
 
 
 def wait_until_idle(qmp):
-    """Wait for the lab's idle kernel to halt the vCPU with interrupts off: SeaBIOS has finished."""
+    """Wait for the lab's idle kernel to halt the vCPU in its idle loop: SeaBIOS has finished."""
     def halted():
         registers = monitor(qmp, 'info registers')
-        flags = int(re.search(r'EFL=([0-9a-f]+)', registers).group(1), 16)
-        return 'HLT=1' in registers and not flags & IF_FLAG
-    return wait_for('the guest halted with interrupts off', halted, timeout=20)
+        return 'HLT=1' in registers and int(re.search(r'EIP=([0-9a-f]+)', registers).group(1), 16) in idle_loop()
+    return wait_for('the guest halted in the idle kernel', halted, timeout=20)
 
 
 def guest_driven_by_qtest(lab, name, server, role, vectors=2):
