@@ -10,7 +10,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: group_migrate
 short_description: Move a shared-memory group to another host, verified, resumable and locked
-version_added: 1.1.0
+version_added: 1.0.0
 description:
   - Runs on the controller (an action plugin) and drives both hosts itself with
     M(ivshmem.fleet.move_host), over connections built from each host's inventory variables.
@@ -37,8 +37,8 @@ description:
   - "The migration stream is encrypted and both ends authenticated (QEMU's TLS): the destination
     accepts only the source's certificate, and the source checks that it reaches the destination's.
     Each host needs its credentials from M(ivshmem.fleet.migration_credentials) (the
-    M(ivshmem.fleet.hypervisor) role installs them); a host without them fails the move before
-    anything changes."
+    R(ivshmem.fleet.hypervisor,ansible_collections.ivshmem.fleet.hypervisor_role) role installs
+    them); a host without them fails the move before anything changes."
 
   - "Reports, beside QEMU's total time and downtime, the real outage: C(master_outage_ms) from the
     source's QMP STOP event to the destination's RESUME event, and C(peer_outage_ms) from the first

@@ -11,7 +11,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: host
 short_description: Converge a hypervisor's ivshmem servers and guests in one call, master first
-version_added: 1.2.0
+version_added: 1.0.0
 description:
   - "Takes the servers and guests a host should run and converges them in one module run: the
     service account and the runtime directory, then every server, then every guest with a master

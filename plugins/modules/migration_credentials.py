@@ -11,7 +11,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: migration_credentials
 short_description: Give a hypervisor its TLS credentials for encrypted, authenticated migrations
-version_added: 1.2.0
+version_added: 1.0.0
 description:
   - On the controller, keeps the fleet's migration CA in O(pki_dir) (created on first use) and
     issues this host a certificate whose subject is C(CN=<inventory name>) and whose names are the

@@ -11,7 +11,7 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 module: move_host
 short_description: One host's step in moving a shared-memory group (driven by ivshmem.fleet.group_migrate)
-version_added: 1.1.0
+version_added: 1.0.0
 description:
   - The host side of M(ivshmem.fleet.group_migrate). Each call runs one O(step) of the move on this
     host and records it in the group's journal (C(<runtime_dir>/moves/<group>.json)) before it acts,

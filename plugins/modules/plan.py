@@ -86,7 +86,6 @@ options:
       - Place a rollout batch (see the description); the result is RV(rollout). O(facts) must hold every
         destination's, with C(host_memory) (M(ivshmem.fleet.info) reports it).
     type: dict
-    version_added: 1.2.0
     suboptions:
       batch:
         description: The hosts changing together now. Their groups move out; none of them is a destination.
