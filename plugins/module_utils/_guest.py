@@ -159,6 +159,22 @@ def _server_id(layout, server, pid):
     return next((c['id'] for c in clients if c['pid'] == pid), None)
 
 
+def _admit_to_servers(layout, spec):
+    """Tell each builtin server the guest attaches to by name the account its QEMU runs as: a
+    server admits only the accounts it knows, and only root adds one (control request admit), so
+    another member of the ivshmem group cannot map the memory. A server given by socket path
+    admits what its own settings say (its admit list)."""
+    uid = _host.uid_of(spec.user)
+    for device in spec.devices:
+        control = layout.server_control(device.server) if device.server else None
+        if control is None or not os.path.exists(control):
+            continue  # the upstream server (no admission), or not running (the start says so)
+        try:
+            control_request(control, 'admit', timeout=5.0, guest=spec.name, uid=uid)
+        except ControlError as exc:
+            raise GuestError('the ivshmem server %s did not admit guest %s: %s' % (device.server, spec.name, exc))
+
+
 def _refusal(layout, devices, pid):
     """Why a builtin server refused the QEMU of ``pid`` (its status keeps the latest refusals),
     or None."""
@@ -446,6 +462,7 @@ class GuestManager(StateMachine):
         if not self.change('start'):
             return
         _host.ensure_account(spec.user, spec.group, False)
+        _admit_to_servers(self.layout, spec)
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
         # Its own: QMP, console and pidfile are nobody else's (other guests share the group).
         _host.ensure_dir(self.paths['dir'], 0o700, spec.user, spec.group)

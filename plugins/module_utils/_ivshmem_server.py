@@ -12,8 +12,9 @@ only a client that stops reading (a backlog beyond --max-backlog) is dropped. It
 serves as many clients as the fd limit allows, hands out IDs never-used first then
 least recently freed, knows guests by their account (--account NAME=UID, matched with
 SO_PEERCRED: a process cannot choose it, unlike its -name) to pin their IDs, admit only
-them (--admit-accounts-only) and hold admission for a master, answers status queries on
-a control socket, and recovers from a stale socket.
+them (--admit-accounts-only; root adds a guest's account with the control request
+"admit") and hold admission for a master, answers status queries on a control socket, and
+recovers from a stale socket.
 
 Standard library only (Python >= 3.10 for os.eventfd): the modules ship this
 file to managed hosts inside a zipapp, and the tests run it directly.
@@ -271,12 +272,19 @@ class Config:
             if name is not None and name not in self.accounts:
                 raise ServerError('%s %s: no --account %s=UID; a guest is known by its account, never by '
                                   'the name it gives itself' % (option, name, name))
-        if self.admit_accounts_only and not self.accounts:
-            raise ServerError('--admit-accounts-only: no --account given, so nobody could join')
 
     @property
     def memory_path(self):
         return os.path.join(self.shm_dir or '/dev/shm', self.shm_name)
+
+
+def _request_uid(request, command, required=False):
+    uid = request.get('uid')
+    if uid is None and not required:
+        return None
+    if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+        raise ControlError('%s: uid must be the guest\'s account uid' % command)
+    return uid
 
 
 class IvshmemServer:
@@ -838,23 +846,23 @@ class IvshmemServer:
         if command == 'status':
             return self.status()
         admin = peer.uid == 0 or (self.config.admin_gid is not None and peer.gid == self.config.admin_gid)
-        if command in ('hold', 'release') and not admin:
-            # Admission gates migration (peers must not attach early): only root or the admin
-            # group moves it, never the server's own account nor a guest's.
+        if command in ('hold', 'release', 'admit') and not admin:
+            # Admission gates migration (peers must not attach early) and decides who maps the
+            # memory: only root or the admin group moves it, never the server's own account nor a guest's.
             raise ControlError('%s needs root or the admin group (the request came from uid %s)' % (command, peer.uid))
+        if command == 'admit':
+            guest = request.get('guest')
+            if not isinstance(guest, str) or not _NAME_RE.match(guest):
+                raise ControlError('admit needs a valid guest name')
+            self._know(guest, _request_uid(request, 'admit', required=True))
+            self.log('guest %s admitted (uid %d)' % (guest, self.accounts[guest]))
+            return self.status()
         if command == 'hold':
-            master, uid = request.get('master'), request.get('uid')
+            master, uid = request.get('master'), _request_uid(request, 'hold')
             if not isinstance(master, str) or not _NAME_RE.match(master):
                 raise ControlError('hold needs a valid master name')
-            if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
-                raise ControlError('hold: uid must be the master\'s account uid')
-            if uid is not None and self.accounts.get(master) != uid:
-                accounts = dict(self.accounts, **{master: uid})
-                try:
-                    self.names_by_uid = check_accounts(accounts)
-                except ServerError as exc:
-                    raise ControlError(str(exc))
-                self.accounts = accounts
+            if uid is not None:
+                self._know(master, uid)
             if master not in self.accounts:
                 raise ControlError('hold %s: its account is unknown here (give its uid)' % master)
             self.hold = master
@@ -865,6 +873,21 @@ class IvshmemServer:
             self.log('admission released')
             return self.status()
         raise ControlError('unknown command %r' % command)
+
+    def _know(self, name, uid):
+        """``name`` runs as ``uid`` from now on. A name that had this uid before gives it up when
+        nothing holds it (not pinned, held or connected): an account removed and its uid reused."""
+        if self.accounts.get(name) == uid:
+            return
+        connected = set(c.uid for c in self.clients.values())
+        accounts = dict((n, u) for n, u in self.accounts.items()
+                        if u != uid or n in self.config.pins or n == self.hold or u in connected)
+        accounts[name] = uid
+        try:
+            self.names_by_uid = check_accounts(accounts)
+        except ServerError as exc:
+            raise ControlError(str(exc))
+        self.accounts = accounts
 
     def status(self):
         cfg = self.config
@@ -1022,7 +1045,7 @@ def build_parser():
                         help='guest NAME runs as UID (each its own): the server knows it by that account, '
                         'matched with SO_PEERCRED; repeatable')
     parser.add_argument('--admit-accounts-only', action='store_true',
-                        help='admit only the guests given with --account')
+                        help='admit only the guests given with --account or added by root (control request admit)')
     parser.add_argument('--pin', action='append', type=_pin, metavar='NAME=ID',
                         help='give guest NAME (see --account) always ID; repeatable')
     parser.add_argument('--hold', type=_name, metavar='MASTER',

@@ -271,6 +271,12 @@ class ServerSpec:
             self.pins[guest] = peer_id
         admit = check_list('admit', params.get('admit'))
         self.admit = sorted(set(check_name('admit[%d]' % i, guest) for i, guest in enumerate(admit)))
+        self.admit_any = params.get('admit_any', False)
+        if not isinstance(self.admit_any, bool):
+            raise ValidationError('admit_any', 'must be true or false')
+        if self.admit_any and (self.pins or self.admit):
+            raise ValidationError('admit_any', 'admits every account, which contradicts %s'
+                                  % ('pins' if self.pins else 'admit'))
         accounts = params.get('accounts') or {}
         if not isinstance(accounts, dict):
             raise ValidationError('accounts', 'must be a mapping of guest name to the account it runs as')
@@ -289,6 +295,7 @@ class ServerSpec:
             for field in ('pins', 'admit', 'hold'):
                 if getattr(self, field):
                     raise ValidationError(field, 'needs implementation builtin (upstream has no %s)' % field)
+            self.admit_any = True  # upstream admits whoever can open its socket
         named = self.guest_accounts()
         for guest, user in sorted(named.items()):
             for other, other_user in sorted(named.items()):
@@ -305,6 +312,8 @@ class ServerSpec:
     def to_dict(self):
         """The settings that define the running server (a change needs a restart)."""
         data = dict((field, getattr(self, field)) for field in self.FIELDS)
+        if self.admit_any and self.implementation == 'builtin':
+            data['admit_any'] = True  # only when set: the records of servers started before stay equal
         data['socket_mode'] = '%04o' % self.socket_mode
         data['memory_mode'] = '%04o' % self.memory_mode
         return data
@@ -335,8 +344,10 @@ class ServerSpec:
             argv += ['--max-clients', str(self.max_clients)]
         for guest, uid in sorted((uids or {}).items()):
             argv += ['--account', '%s=%d' % (guest, uid)]
-        if self.pins or self.admit:
-            argv += ['--admit-accounts-only']  # the whole group is known: nobody else joins
+        if not self.admit_any:
+            # Only the accounts it knows join: its group's (pins, admit), and each guest the guest
+            # module starts against it, which root tells it of first (control request admit).
+            argv += ['--admit-accounts-only']
         for guest, peer_id in sorted(self.pins.items()):
             argv += ['--pin', '%s=%d' % (guest, peer_id)]
         if self.hold:

@@ -42,6 +42,7 @@ SERVER_ARGS = dict(
     memory_dir=dict(type='path'),
     pins=dict(type='dict'),
     admit=dict(type='list', elements='str'),
+    admit_any=dict(type='bool', default=False),
     accounts=dict(type='dict'),
     admission=dict(type='str', default='open', choices=['open', 'held']),
     hold_for=dict(type='str'),

@@ -181,6 +181,24 @@ def test_only_the_group_s_own_accounts_are_admitted(lab):
     assert names == {0: ('m', 'account', guest_account('m')), 1: ('p', 'account', guest_account('p'))}
 
 
+def test_a_server_with_the_defaults_admits_only_the_guests_started_against_it(lab):
+    """Before, a server started without pins or admit list admitted every account of the ivshmem
+    group: any of them could map the memory. Now it admits the guests the guest module starts
+    against it (root tells it their accounts), and admit_any opens it again."""
+    lab.server('s')
+    master = lab.guest('m', 's', role='master')['guest']['ivshmem'][0]
+    assert (master['server_id'], master['ivposition']) == (0, 0)
+    assert forger(lab, 'p', 's', guest_account('outsider')) is None
+    # Not even the server's own account (the control socket is its own) admits anyone.
+    answer = as_account(server_account('s'), lambda: control_request(
+        lab.layout.server_control('s'), 'admit', guest='p', uid=pwd.getpwnam(guest_account('outsider')).pw_uid))
+    assert 'ControlError' in answer and 'needs root' in answer
+    assert lab.guest('p', 's')['guest']['ivshmem'][0]['server_id'] == 1
+    lab.server('open', admit_any=True)
+    lab.guest('m2', 'open', role='master')
+    assert forger(lab, 'p', 'open', guest_account('outsider')) is not None
+
+
 def test_a_guest_s_account_opens_no_other_group_s_memory_qmp_or_control(lab):
     """Before, every server and guest ran as one account: a compromised QEMU could open every
     group's memory, every guest's QMP socket and every server's control socket."""

@@ -56,6 +56,8 @@ CASES = [
     (ServerManager, 'started', {'name': 's', 'admission': 'held'}, 'hold_for'),
     (ServerManager, 'started', {'name': 's', 'admit': 'm'}, 'admit'),
     (ServerManager, 'started', {'name': 's', 'admit': ['../m']}, 'admit[0]'),
+    (ServerManager, 'started', {'name': 's', 'admit_any': 'yes please'}, 'admit_any'),
+    (ServerManager, 'started', {'name': 's', 'admit_any': True, 'pins': {'m': 0}}, 'admit_any'),
     (ServerManager, 'started', {'name': 's', 'accounts': ['m']}, 'accounts'),
     (ServerManager, 'started', {'name': 's', 'pins': {'a': 0, 'b': 1}, 'accounts': {'a': 'qemu', 'b': 'qemu'}},
      'accounts.b'),

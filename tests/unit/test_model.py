@@ -70,6 +70,15 @@ def test_builtin_server_argv():
     assert spec.memory_path() == '/dev/shm/ivshmem-fleet-g1'
 
 
+@pytest.mark.parametrize('params, closed', [
+    ({}, True), ({'admit': ['p']}, True), ({'admit_any': True}, False),
+])
+def test_a_builtin_server_admits_only_the_accounts_it_knows_unless_told_otherwise(params, closed):
+    argv = ServerSpec(dict(params, name='g1')).argv(LAYOUT, '/usr/bin/python3', '/p.pyz', foreground=False)
+    assert ('--admit-accounts-only' in argv) is closed
+    assert ServerSpec(dict(params, name='g1')).to_dict().get('admit_any', False) is not closed
+
+
 def test_upstream_server_argv_is_upstream_options_only():
     spec = ServerSpec({'name': 'g1', 'implementation': 'qemu', 'binary': '/opt/ivshmem-server', 'size': '1M'})
     argv = spec.argv(LAYOUT, '/usr/bin/python3', None, foreground=True)
