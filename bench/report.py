@@ -8,19 +8,29 @@ Run from the repository's root (lab benchmarks: as root, after scripts/bootstrap
     .cache/venv/bin/python bench/report.py --no-lab           # all but those that boot the lab's VMs
     .cache/venv/bin/python bench/report.py --assemble         # the doc from the stored sections only
     .cache/venv/bin/python bench/report.py --list
+    .cache/venv/bin/python bench/report.py --assemble --plots  # and the pictures (needs matplotlib)
 Benchmarks run one after the other (never two at once: they would measure each other). A
 benchmark that fails keeps its stored section, and the command exits non-zero.
+
+``--plots`` also draws pictures from the stored sections, into docs/docsite/images/ (SVG, for the
+docsite and docs/benchmarks.md): the server's clients and handshake latency against QEMU's
+(server_scale), a move's outage against the shared-memory size (move_outage_tls), and a move's
+timeline (from move_outage_lab's medians, or from one move's report line given with
+``--timeline-report``).
 """
 import argparse
 import collections
 import os
+import re
 import subprocess
 import sys
+import textwrap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, 'results')
 DOC = os.path.join(REPO, 'docs', 'benchmarks.md')
+IMAGES = os.path.join(REPO, 'docs', 'docsite', 'images')
 
 Benchmark = collections.namedtuple('Benchmark', 'name args lab duration')
 
@@ -53,6 +63,17 @@ page reporting): memory first written a few seconds after it was freed costs a h
 per page (a bare 1 GiB migration took 0.7 s at once and 2.8-3.6 s after a 6 s pause). Where two
 ways are compared, both must start alike: `migrate_qmp` writes the destination's memory before
 each run; the move benchmarks alternate their ways on one group, and were not checked for it.
+
+Pictures drawn from the sections below by `bench/report.py --assemble --plots` (matplotlib):
+a move's timeline from `move_outage_lab`'s medians, a move's outage against the shared memory's
+size (`move_outage_tls`), and the server's clients and handshake latency against QEMU's
+(`server_scale`).
+
+![A group move, step by step](docsite/images/move_timeline.svg)
+
+![A group move's outage against region size](docsite/images/move_outage.svg)
+
+![The server's clients and handshake latency against QEMU's](docsite/images/server_scale.svg)
 
 """
 
@@ -97,12 +118,236 @@ def assemble():
         handle.write(''.join(parts))
 
 
+# Pictures, drawn from the stored sections' tables (never from numbers written here).
+
+def _section(name):
+    path = os.path.join(RESULTS, name + '.md')
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return handle.read()
+
+
+def _tables(text):
+    """Every markdown table of a section: a list of (header cells, rows of cells), in order."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith('|'):
+            cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+            if current is None:
+                current = (cells, [])
+                tables.append(current)
+            elif not all(set(cell) <= set('-:') for cell in cells):
+                current[1].append(cells)
+        else:
+            current = None
+    return tables
+
+
+def _ms(cell):
+    """'2.2 ms' -> 2.2, '1.46 s' -> 1460.0; None when the cell holds no figure."""
+    match = re.match(r'^([0-9.]+) ?(ms|s)\b', cell.strip())
+    if not match:
+        return None
+    return float(match.group(1)) * (1000.0 if match.group(2) == 's' else 1.0)
+
+
+def _p50_p99(cell):
+    """'2.2 ms / 6.0 ms (10 x 278)' -> (2.2, 6.0)."""
+    figures = re.findall(r'([0-9.]+) ms', cell)
+    return float(figures[0]), float(figures[1])
+
+
+def _pyplot():
+    import matplotlib  # only --plots needs it: pip install matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    pyplot.rcParams.update({'svg.hashsalt': 'ivshmem.fleet', 'svg.fonttype': 'none', 'font.size': 9})
+    return pyplot
+
+
+def _save(pyplot, figure, name):
+    os.makedirs(IMAGES, exist_ok=True)
+    path = os.path.join(IMAGES, name)
+    figure.savefig(path, metadata={'Date': None}, bbox_inches='tight')
+    pyplot.close(figure)
+    print('wrote %s' % os.path.relpath(path, REPO), file=sys.stderr)
+    return path
+
+
+def plot_server_scale(pyplot):
+    """Clients admitted, and handshake latency in groups of upstream's size, by vectors per client."""
+    text = _section('server_scale')
+    if text is None:
+        return None
+    header, rows = _tables(text)[0]
+    column = dict((name, index) for index, name in enumerate(header))
+    in_groups = [index for name, index in column.items() if name.startswith('p50 / p99 in groups')][0]
+    data = collections.OrderedDict()
+    for row in rows:
+        admitted = int(re.match(r'\d+', row[column['clients admitted']].split(' to ')[-1]).group(0))
+        data.setdefault(int(row[column['vectors']]), {})[row[column['server']]] = (admitted, _p50_p99(row[in_groups]))
+    vectors = list(data)
+    positions = range(len(vectors))
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(9, 3.4))
+    width = 0.38
+    for offset, server, colour in ((-width / 2, 'upstream', '#9e9e9e'), (width / 2, 'ours', '#1f77b4')):
+        label = "QEMU's ivshmem-server" if server == 'upstream' else 'ivshmem.fleet builtin'
+        admitted = [data[v][server][0] for v in vectors]
+        bars = left.bar([p + offset for p in positions], admitted, width, label=label, color=colour)
+        left.bar_label(bars, fontsize=7)
+        p50 = [data[v][server][1][0] for v in vectors]
+        p99 = [data[v][server][1][1] for v in vectors]
+        right.bar([p + offset for p in positions], p50, width, label=label + ' p50', color=colour)
+        right.errorbar([p + offset for p in positions], p50, yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99)]],
+                       fmt='none', ecolor='black', capsize=3, linewidth=0.8)
+    for axis in (left, right):
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels([str(v) for v in vectors])
+        axis.set_xlabel('vectors per client')
+    left.set_yscale('log')
+    left.set_ylabel('clients admitted (log)')
+    left.set_title('Clients one server takes (the run stops at 1000)')
+    left.legend(loc='lower left', fontsize=7)
+    right.set_ylabel('handshake latency, ms')
+    right.set_title("Handshake p50 (bar) to p99 (whisker),\nin groups of upstream's size")
+    right.legend(fontsize=7)
+    _caption(figure, 'bench/server_scale.py: ' + _measured(text))
+    return _save(pyplot, figure, 'server_scale.svg')
+
+
+def _caption(figure, text):
+    figure.text(0.0, -0.1, '\n'.join(textwrap.wrap(text, 130)), fontsize=6.5, va='top', ha='left')
+
+
+def _measured(text):
+    match = re.search(r'^Measured (.*?);', text, re.M)
+    return 'measured ' + match.group(1) if match else ''
+
+
+def plot_move_outage(pyplot):
+    """A move's real outage and QEMU's figures against the shared memory's size (one machine)."""
+    text = _section('move_outage_tls')
+    if text is None:
+        return None
+    sizes = [int(size) for size in re.findall(r'^### (\d+) MiB of shared memory', text, re.M)]
+    series = collections.OrderedDict()
+    for size, table in zip(sizes, _tables(text)):
+        rows = table[1]
+        for row in rows:
+            for index, way in ((1, 'clear'), (2, 'TLS (as shipped)')):
+                value = _ms(row[index])
+                if value is not None and row[0] in ('master outage', 'peer outage', 'QEMU total time', 'QEMU downtime'):
+                    series.setdefault((row[0], way), []).append((size, value))
+    figure, axis = pyplot.subplots(figsize=(6.5, 3.6))
+    colours = {'master outage': '#d62728', 'peer outage': '#ff7f0e', 'QEMU total time': '#1f77b4', 'QEMU downtime': '#2ca02c'}
+    for (name, way), points in series.items():
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker='o', color=colours[name],
+                  linestyle='-' if way.startswith('TLS') else ':', label='%s, %s' % (name, way))
+    axis.set_xscale('log', base=2)
+    axis.set_xticks(sizes)
+    axis.set_xticklabels(['%d MiB' % size for size in sizes])
+    axis.set_xlabel('shared memory')
+    axis.set_ylabel('ms (median)')
+    axis.set_title('A group move on one machine: outage against region size')
+    axis.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    _caption(figure, 'bench/move_outage.py (TLS and clear, one machine): ' + _measured(text))
+    return _save(pyplot, figure, 'move_outage.svg')
+
+
+def _report_figures(line):
+    """The figures of one group_migrate report line ('... master out 1540 ms, peers out 14433 ms
+    (QEMU: total 7354 ms, downtime 324 ms); restarted peers ran 5386 ms after the master')."""
+    figures = {}
+    for key, pattern in (('master', r'master out (\d+) ms'), ('peers', r'peers out (\d+) ms'),
+                         ('total', r'total (\d+) ms'), ('downtime', r'downtime (\d+) ms'),
+                         ('peers_start', r'peers ran (\d+) ms after')):
+        match = re.search(pattern, line)
+        if not match:
+            raise ValueError('no "%s" in the report line: %s' % (pattern, line))
+        figures[key] = float(match.group(1))
+    return figures
+
+
+def _lab_medians():
+    text = _section('move_outage_lab')
+    if text is None:
+        return None, None
+    rows = _tables(text)[0][1]
+    names = {'master outage': 'master', 'peer outage': 'peers', 'QEMU total time': 'total',
+             'QEMU downtime': 'downtime', 'restarted peers running after the master': 'peers_start'}
+    figures = dict((names[row[0]], _ms(row[1])) for row in rows if row[0] in names)
+    return figures, 'medians of bench/move_outage_lab.py (16 MiB, two restarted peers, TCG hosts), ' + _measured(text)
+
+
+def plot_move_timeline(pyplot, report_line=None):
+    """A restart-mode move's timeline, from the report's figures: the first peer paused at 0, the
+    last peer running at peers-out, the master resumed peers-start before that, stopped master-out
+    before that; QEMU's downtime from the stop; its total time ending with the downtime."""
+    if report_line:
+        figures, source = _report_figures(report_line), 'one move\'s report: ' + report_line.strip()
+    else:
+        figures, source = _lab_medians()
+        if figures is None:
+            return None
+    peers_running = figures['peers']
+    master_resumed = peers_running - figures['peers_start']
+    master_stopped = master_resumed - figures['master']
+    state_loaded = master_stopped + figures['downtime']
+    migration_started = state_loaded - figures['total']
+    end = peers_running * 1.06
+    figure, axis = pyplot.subplots(figsize=(7.5, 2.6))
+    lanes = {'master': 1, 'peers': 0}
+    spans = [
+        ('master', min(0, migration_started), migration_started, '#b0d4f1', 'running on the source'),
+        ('master', migration_started, master_stopped, '#6baed6', 'migrating, still running'),
+        ('master', master_stopped, state_loaded, '#d62728', "stopped: QEMU's downtime"),
+        ('master', state_loaded, master_resumed, '#ff9896', 'paused: both sides hashed and compared'),
+        ('master', master_resumed, end, '#2ca02c', 'running on the destination'),
+        ('peers', 0, master_resumed, '#fdae6b', 'paused on the source'),
+        ('peers', master_resumed, peers_running, '#ffbb78', 'starting on the destination'),
+        ('peers', peers_running, end, '#98df8a', 'running on the destination'),
+    ]
+    for lane, start, stop, colour, label in spans:
+        if stop > start:
+            axis.barh(lanes[lane], stop - start, left=start, height=0.5, color=colour, edgecolor='white',
+                      label='%s: %s' % (lane, label))
+    axis.annotate('', xy=(master_resumed, 1.42), xytext=(master_stopped, 1.42),
+                  arrowprops=dict(arrowstyle='<->', color='#d62728'))
+    axis.text((master_stopped + master_resumed) / 2, 1.55, 'master out %d ms (QEMU downtime %d ms)'
+              % (figures['master'], figures['downtime']), ha='center', fontsize=7, color='#d62728')
+    axis.annotate('', xy=(peers_running, -0.42), xytext=(0, -0.42), arrowprops=dict(arrowstyle='<->', color='#e6550d'))
+    axis.text(peers_running / 2, -0.62, 'peers out %d ms (restarted peers ran %d ms after the master)'
+              % (figures['peers'], figures['peers_start']), ha='center', fontsize=7, color='#e6550d')
+    axis.text(migration_started, 0.62, 'migration starts\n(QEMU total %d ms)' % figures['total'], fontsize=6.5)
+    axis.set_yticks([0, 1])
+    axis.set_yticklabels(['peers', 'master'])
+    axis.set_ylim(-0.8, 1.8)
+    axis.set_xlim(min(0, migration_started) - end * 0.02, end)
+    axis.set_xlabel('ms from the first peer paused')
+    axis.set_title('A group move, step by step (restart peers)')
+    axis.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    _caption(figure, source)
+    return _save(pyplot, figure, 'move_timeline.svg')
+
+
+def plots(report_line=None):
+    pyplot = _pyplot()
+    drawn = [plot_server_scale(pyplot), plot_move_outage(pyplot), plot_move_timeline(pyplot, report_line)]
+    return [path for path in drawn if path]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--only', help='comma-separated names of the benchmarks to rerun')
     parser.add_argument('--no-lab', action='store_true', help='skip the benchmarks that boot the lab')
     parser.add_argument('--assemble', action='store_true', help='run nothing, rebuild docs/benchmarks.md')
     parser.add_argument('--list', action='store_true', help='print the table of benchmarks')
+    parser.add_argument('--plots', action='store_true',
+                        help='draw the pictures from the stored sections into docs/docsite/images (needs matplotlib)')
+    parser.add_argument('--timeline-report', metavar='LINE',
+                        help="with --plots: draw the move timeline from this group_migrate report line "
+                             "(default: move_outage_lab's medians)")
     options = parser.parse_args()
     if options.list:
         print(index())
@@ -118,6 +363,8 @@ def main():
         chosen = [b for b in chosen if not b.lab]
     failed = [b.name for b in chosen if not run(b)]
     assemble()
+    if options.plots:
+        plots(options.timeline_report)
     if failed:
         print('failed: %s' % ', '.join(failed), file=sys.stderr)
     return 1 if failed else 0
