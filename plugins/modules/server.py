@@ -85,7 +85,7 @@ options:
       - The guests admitted, by name. Only their accounts may join, whatever a process calls
         itself (builtin only). With O(pins) the pinned guests are admitted too, and nobody else.
       - Besides these, a builtin server admits each guest that M(ivshmem.fleet.guest) starts
-        against it by name (O(ivshmem.fleet.guest#module:ivshmem[].server)): root tells the server
+        against it by name (O(ivshmem.fleet.guest#module:ivshmem[].server)); root tells the server
         that guest's account first. Any other process is refused, members of O(group) included,
         unless O(admit_any=true).
     type: list
@@ -93,7 +93,7 @@ options:
   admit_any:
     description:
       - Admit every process that can open the socket (members of O(group)), as QEMU's own server
-        does. Off by default: a member of the group could otherwise map the group's memory.
+        does. Off by default, since a member of the group could otherwise map the group's memory.
       - The upstream server (O(implementation=qemu)) always admits so.
     type: bool
     default: false
