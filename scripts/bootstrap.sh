@@ -13,6 +13,7 @@ apt_packages=(
   gcc libc6-dev                       # static test programs
   dpkg-dev libglib2.0-dev meson ninja-build zlib1g-dev pkgconf   # upstream ivshmem-server build
   rsync git
+  nftables iproute2                   # the integration tier cuts a migration link (packets dropped)
   systemd                             # systemd-analyze: the server unit's security score
 )
 missing=()

@@ -8,6 +8,7 @@ unreachable and the lost-after-verifying cases; ``journal-hold`` (it guesses "to
 fails those and the altered-memory and killed-destination cases; ``lock`` fails the two runs. The
 rerun after success relies on neither: it fails when the engine does not see the group already
 moved."""
+import contextlib
 import hashlib
 import json
 import os
@@ -353,4 +354,71 @@ def test_a_destination_server_restarted_under_the_waiting_master_fails_the_attem
     report = hosts.engine('a', 'b', attempts=2, observer=restart_destination_server).run()
     assert restarted and report['outcome'] == 'moved' and report['attempt'] == 2, report
     assert 'does not serve the master as ID 0' in report['failures'][0], report['failures']
+    assert_whole_on(hosts, 'b')
+
+
+def streaming(port):
+    """Whether a TCP connection to or from ``port`` on this machine is established."""
+    listing = subprocess.run(['ss', '-Htn', 'state', 'established', '( sport = :%d or dport = :%d )' % (port, port)],
+                             capture_output=True, text=True, check=True).stdout
+    return bool(listing.strip())
+
+
+@contextlib.contextmanager
+def link_cut(ports):
+    """Packets of ``ports`` dropped on this machine (as a pulled cable drops them: no reset, the
+    peers wait) until the block ends. Needs nftables (scripts/bootstrap.sh installs it)."""
+    table = 'ivshmem_fleet_cut_%d' % os.getpid()
+    rules = ['add table inet %s' % table,
+             'add chain inet %s input { type filter hook input priority 0; }' % table]
+    for port in ports:
+        rules += ['add rule inet %s input tcp dport %d drop' % (table, port),
+                  'add rule inet %s input tcp sport %d drop' % (table, port)]
+    subprocess.run(['nft', '-f', '-'], input='\n'.join(rules) + '\n', text=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(['nft', 'delete', 'table', 'inet', table], check=True)
+
+
+def test_the_migration_link_cut_mid_stream_fails_the_attempt_and_the_next_moves_the_group(hosts):
+    """The Molecule faults case link-cut on one machine: the migration stream (and the
+    verification channel beside it) loses every packet mid-send, and the link comes back only once
+    the engine has given that attempt up. The cut attempt ends at its timeout and is rolled back,
+    and the next one, over the same link, moves the group whole."""
+    attempts = []
+
+    def observe(step):
+        if step.startswith('prepare_destination'):
+            attempts.append(step)
+
+    def cut_once():
+        wait_for('the migration stream', lambda: streaming(hosts.port), 60, interval=0.05)
+        with link_cut([hosts.port, hosts.port + 1]):
+            wait_for('the cut attempt given up', lambda: len(attempts) >= 2, 120, interval=0.2)
+    cutter = threading.Thread(target=cut_once, daemon=True)
+    cutter.start()
+    report = hosts.engine('a', 'b', max_bandwidth=SLOW, timeout=10, attempts=3, backoff=1, observer=observe).run()
+    cutter.join(30)
+    assert not cutter.is_alive()
+    assert report['outcome'] == 'moved' and report['attempt'] == 2, report
+    assert 'no completion within 10 s' in report['failures'][0], report['failures']
+    assert_whole_on(hosts, 'b')
+
+
+def test_a_destination_server_restarted_mid_stream_fails_the_attempt_then_moves(hosts):
+    """The Molecule faults case server-restarted-during on one machine: the destination's server
+    restarts while the master's state streams in. That attempt is rolled back (the server no
+    longer serves the master as ID 0) and the next one moves the group whole."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
+
+    def restart_when_streaming():
+        wait_for('the migration stream', lambda: streaming(hosts.port), 60, interval=0.05)
+        ServerManager(dict(hosts.group['server'], timeout=20, **hosts.overrides('b')), hosts.layouts['b'],
+                      False).run('restarted')
+    restarter = threading.Thread(target=restart_when_streaming, daemon=True)
+    restarter.start()
+    report = hosts.engine('a', 'b', max_bandwidth=SLOW, attempts=2).run()
+    restarter.join(30)
+    assert report['outcome'] == 'moved' and report['attempt'] == 2, report
     assert_whole_on(hosts, 'b')
