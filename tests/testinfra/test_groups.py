@@ -100,3 +100,19 @@ def test_guests_run_their_expected_machine_types(host, facts):
     for name, guest in facts['guests'].items():
         if name in expected:
             assert guest['machine_type'] == expected[name], '%s runs %s' % (name, guest['machine_type'])
+
+
+def test_live_peers_have_their_device_back_and_read_their_id(host, facts):
+    """A peer moved live (ivshmem_fleet_expected_live_peers) runs with its device plugged back,
+    and IVPOSITION, read through the BARs its guest gave the device again, says its ID."""
+    expected = host.ansible.get_variables().get('ivshmem_fleet_expected_live_peers') or []
+    if not expected:
+        pytest.skip('no live peers expected in this inventory')
+    for name in expected:
+        guest = facts['guests'].get(name)
+        if guest is None:
+            continue
+        device = guest['ivshmem'][0]
+        assert device['plugged'], '%s runs without its device' % name
+        assert device['ivposition'] == device['server_id'], '%s: IVPOSITION %s, server ID %s' % (
+            name, device['ivposition'], device['server_id'])
