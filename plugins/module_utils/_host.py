@@ -22,6 +22,8 @@ import tempfile
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
+ACCOUNT_TIMEOUT = 60  # groupadd, useradd
+
 
 class HostError(Exception):
     """A host operation failed; the message says which and why."""
@@ -164,8 +166,9 @@ def launch_daemon(argv, log_path, timeout, user=None, group=None, umask=-1):
 
 
 def run_program(argv, timeout, user='nobody'):
-    """Run a short program as ``user`` (as root: nobody, so a probe runs with no privilege);
-    returns (exit status, stdout, stderr) as text. A program still running at ``timeout`` is killed."""
+    """Run a short program as ``user`` (as root: nobody, so a probe runs with no privilege; None:
+    as the caller) with a clean environment; returns (exit status, stdout, stderr) as text. A
+    program still running at ``timeout`` is killed. With spawn, the one place processes start."""
     kwargs = {}
     if user is not None and os.geteuid() == 0:
         try:
@@ -459,9 +462,9 @@ def _create_accounts(commands, what):
     if os.geteuid() != 0:
         raise HostError('%s is missing, and only root can create it' % what)
     for command in commands:
-        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            raise HostError('%s failed: %s' % (' '.join(command), result.stdout.decode('utf-8', 'replace').strip()))
+        status, out, err = run_program(command, ACCOUNT_TIMEOUT, user=None)
+        if status != 0:
+            raise HostError('%s failed: %s' % (' '.join(command), (out + err).strip()))
 
 
 def ensure_account(user, group, check_mode):

@@ -12,9 +12,10 @@ __metaclass__ = type
 
 import os
 import shlex
-import subprocess
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+
+SYSTEMCTL_TIMEOUT = 300  # systemctl waits for a unit's start or stop, itself bounded by the unit
 
 UNIT_DIR = '/etc/systemd/system'
 # The server's sandbox. /dev/shm (and /dev/hugepages) stay the host's under PrivateDevices;
@@ -81,8 +82,8 @@ class SystemdSupervisor:
         self.marker = marker
 
     def _systemctl(self, *args):
-        result = subprocess.run(('systemctl',) + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        return result.returncode, result.stdout.decode('utf-8', 'replace').strip()
+        status, out, err = _host.run_program(['systemctl'] + list(args), SYSTEMCTL_TIMEOUT, user=None)
+        return status, (out + err).strip()
 
     def pid(self):
         if not os.path.exists(self.unit_path):

@@ -104,7 +104,7 @@ _DEAF_TAIL = [('idle', b'\xf4', 'hlt'), (None, b'\xeb\xfd', 'jmp back to hlt')]
 def _code(deaf):
     lines = _BOOT[:[l[0] for l in _BOOT].index('answer')] + _DEAF_TAIL if deaf else _BOOT
     code, labels = b'', {}
-    for label, data, _ in lines:
+    for label, data, _comment in lines:
         if label:
             labels[label] = HEADER_SIZE + len(code)
         code += data
