@@ -490,6 +490,21 @@ def ensure_account(user, group, check_mode):
     return True
 
 
+def ensure_accounts(accounts):
+    """ensure_account for each (user, group), all or none: when one cannot be made, the accounts
+    this call made are removed again, so that a failed start leaves no account behind."""
+    made = []
+    try:
+        for user, group in accounts:
+            if ensure_account(user, group, False):
+                made.append(user)
+    except HostError:
+        for user in reversed(made):
+            run_program(['userdel', user], ACCOUNT_TIMEOUT, user=None)
+        raise
+    return made
+
+
 def kvm_usable_by(user, group, device='/dev/kvm'):
     """Whether ``user`` may open /dev/kvm read-write (the question ``accel: auto`` asks)."""
     try:

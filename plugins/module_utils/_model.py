@@ -53,10 +53,22 @@ PRIVILEGED_USERS = ('root',)
 PRIVILEGED_GROUPS = ('root', 'disk', 'shadow', 'sudo', 'wheel', 'adm', 'staff', 'docker', 'lxd', 'systemd-journal')
 
 
+MAX_ACCOUNT_NAME = 32  # useradd and groupadd refuse longer names
+
+
+def check_account(field, value):
+    """An account or group name: a name useradd and groupadd take."""
+    check_name(field, value)
+    if len(value) > MAX_ACCOUNT_NAME:
+        raise ValidationError(field, '%r is longer than the %d characters an account name may have' % (
+            value, MAX_ACCOUNT_NAME))
+    return value
+
+
 def _user_and_group(params, own_account):
     """A process's account and group: by default its own account in the service group."""
-    user = check_name('user', params.get('user') or own_account)
-    group = check_name('group', params.get('group') or (SERVICE_GROUP if user == own_account else user))
+    user = check_account('user', params.get('user') or own_account)
+    group = check_account('group', params.get('group') or (SERVICE_GROUP if user == own_account else user))
     if user in PRIVILEGED_USERS:
         raise ValidationError('user', '%s: servers and guests run unprivileged, each under its own account (leave '
                                       'user unset)' % user)
@@ -280,7 +292,7 @@ class ServerSpec:
         accounts = params.get('accounts') or {}
         if not isinstance(accounts, dict):
             raise ValidationError('accounts', 'must be a mapping of guest name to the account it runs as')
-        self.accounts = dict((check_name('accounts', guest), check_name('accounts.%s' % guest, user))
+        self.accounts = dict((check_name('accounts', guest), check_account('accounts.%s' % guest, user))
                              for guest, user in sorted(accounts.items()))
         self.max_clients = params.get('max_clients')
         if self.max_clients is not None:  # None: as many as the server's fd limit allows

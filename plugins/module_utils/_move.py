@@ -268,8 +268,8 @@ class HostMove:
     def _step_release(self):
         record = self._record()
         if record is not None and record.get('run_id') == self.run_id:
-            self._write('done', outcome=self.params.get('outcome'))
-        return {}
+            record = self._write('done', outcome=self.params.get('outcome'))
+        return {'record': record}
 
     # --- the destination ----------------------------------------------------------------
     def _guest(self, params, state, **extra):
@@ -562,8 +562,7 @@ class HostMove:
                     name, status['state']))
         self._write('finishing')
         self._remove_group_here()
-        self._write('done', outcome='moved')
-        return {}
+        return {'record': self._write('done', outcome='moved')}
 
     # --- peers moved live -------------------------------------------------------------
     def _live_peer(self):

@@ -465,9 +465,11 @@ class GroupMove:
         except (StepFailed, HostUnreachable) as exc:
             self._recover(exc)
         self._move_live_peers(src, dst)
-        self._call(src, 'finish_source')
-        self._call(dst, 'release', outcome='moved')
-        self._figures(self._call(src, 'inspect')['record'], self._call(dst, 'inspect')['record'])
+        # Each step answers with its journal record: the figures need no further round trip.
+        finished = self._call(src, 'finish_source').get('record')
+        released = self._call(dst, 'release', outcome='moved').get('record')
+        self._figures(finished if finished is not None else self._call(src, 'inspect')['record'],
+                      released if released is not None else self._call(dst, 'inspect')['record'])
 
     def _send_and_verify(self, checksum):
         """The source sends while the destination waits to verify; progress while both run."""
@@ -489,11 +491,15 @@ class GroupMove:
         for thread in threads:
             thread.daemon = True
             thread.start()
-        interval = self.options.get('progress_interval') or 2.0
+        interval = wait = self.options.get('progress_interval') or 2.0
         while threads[0].is_alive():
-            threads[0].join(interval)
+            threads[0].join(wait)
             if threads[0].is_alive() and self.progress is not None:
+                asked = time.monotonic()
                 self._report_progress()
+                # A slow host (a loaded VM) takes seconds to answer: waiting at least as long again
+                # keeps the polling off the source's back while it sends.
+                wait = max(interval, time.monotonic() - asked)
         if 'sent' in errors:
             # A destination that refused the stream has said why by now: its words come first.
             threads[1].join(5)

@@ -212,14 +212,16 @@ class ServerManager(StateMachine):
             raise ValidationError('shm_name', 'shared memory %s already exists and is not a file of %s (uid %d, %d '
                                   'links): refusing a squatted name' % (path, self.spec.user, info.st_uid, info.st_nlink))
 
+    def _accounts(self):
+        """(user, group) of the server and of the guests it knows by account (the server starts
+        before its guests, and must know them already)."""
+        guests = self.spec.guest_accounts() if self.spec.implementation == 'builtin' else {}
+        return [(self.spec.user, self.spec.group)] + [(user, SERVICE_GROUP) for _guest, user in sorted(guests.items())]
+
     def _guest_uids(self):
-        """{guest: uid} of the guests the server knows by account; accounts made as needed (the
-        server starts before its guests, and must know them already)."""
-        uids = {}
-        for guest, user in sorted(self.spec.guest_accounts().items()):
-            _host.ensure_account(user, SERVICE_GROUP, False)
-            uids[guest] = pwd.getpwnam(user).pw_uid
-        return uids
+        """{guest: uid} of the guests the server knows by account; accounts made as needed."""
+        _host.ensure_accounts(self._accounts())
+        return dict((guest, pwd.getpwnam(user).pw_uid) for guest, user in sorted(self.spec.guest_accounts().items()))
 
     def _start(self):
         self.after = {'state': 'started', 'spec': self._desired_record(),
@@ -229,7 +231,8 @@ class ServerManager(StateMachine):
         spec = self.spec
         if spec.implementation == 'qemu':
             self._refuse_squatted_memory()  # before anything is made for it
-        _host.ensure_account(spec.user, spec.group, False)
+        # Every account first, all or none: a failed useradd leaves no account, directory or record.
+        uids = self._guest_uids()
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
         _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
         program = None
@@ -244,8 +247,7 @@ class ServerManager(StateMachine):
         foreground = self.supervisor.kind == 'systemd'
         self.supervisor.user = spec.user  # from now on it runs as this account
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
-        argv = spec.argv(self.layout, python, program, foreground,
-                         self._guest_uids() if spec.implementation == 'builtin' else None)
+        argv = spec.argv(self.layout, python, program, foreground, uids if spec.implementation == 'builtin' else None)
         waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
                                        notify=spec.implementation == 'builtin',
                                        writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'),

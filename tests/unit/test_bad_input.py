@@ -59,6 +59,8 @@ CASES = [
     (ServerManager, 'started', {'name': 's', 'admit_any': 'yes please'}, 'admit_any'),
     (ServerManager, 'started', {'name': 's', 'admit_any': True, 'pins': {'m': 0}}, 'admit_any'),
     (ServerManager, 'started', {'name': 's', 'accounts': ['m']}, 'accounts'),
+    (ServerManager, 'started', {'name': 's', 'pins': {'m': 0}, 'accounts': {'m': 'a' * 33}}, 'accounts.m'),
+    (ServerManager, 'started', {'name': 's', 'user': 'a' * 33}, 'user'),
     (ServerManager, 'started', {'name': 's', 'pins': {'a': 0, 'b': 1}, 'accounts': {'a': 'qemu', 'b': 'qemu'}},
      'accounts.b'),
     # guest module

@@ -126,3 +126,21 @@ def test_read_word_parses_xp_output():
             assert args['command-line'] == 'xp /1wx 0xfebf1008'
             return '00000000febf1008: 0x00000003\r\n'
     assert read_word(FakeQMP(), 0xfebf1008) == 3
+
+
+def test_accounts_are_made_all_or_none(monkeypatch):
+    """A useradd that fails after others succeeded: the accounts this call made are removed again."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+    made, removed = [], []
+
+    def ensure_account(user, group, check_mode):
+        if user == 'broken':
+            raise _host.HostError('useradd failed: cannot lock /etc/passwd')
+        made.append(user)
+        return user != 'existing'
+
+    monkeypatch.setattr(_host, 'ensure_account', ensure_account)
+    monkeypatch.setattr(_host, 'run_program', lambda argv, timeout, user='nobody': removed.append(argv) or (0, '', ''))
+    with pytest.raises(_host.HostError, match='cannot lock'):
+        _host.ensure_accounts([('ivs-s', 'ivshmem'), ('existing', 'ivshmem'), ('ivg-m', 'ivshmem'), ('broken', 'ivshmem')])
+    assert removed == [['userdel', 'ivg-m'], ['userdel', 'ivs-s']]  # never one that existed before
