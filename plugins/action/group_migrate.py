@@ -125,7 +125,10 @@ class ActionModule(ControllerAction):
         if report.get('outcome') != 'moved':
             return 'group %s: %s%s' % (report['group'], first, report.get('outcome'))
         started = report.get('peers_start_ms')
-        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)%s'
+        trips = report.get('round_trips') or []
+        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)%s%s'
                 % (report['group'], first, report['from'], report['to'], report.get('master_outage_ms'),
                    report.get('peer_outage_ms'), report.get('total_time_ms'), report.get('downtime_ms'),
-                   '; restarted peers ran %s ms after the master' % started if started is not None else ''))
+                   '; restarted peers ran %s ms after the master' % started if started is not None else '',
+                   '; %d steps on the hosts, the longest %s' % (len(trips), ', '.join(
+                       '%s on %s %.1f s' % tuple(t) for t in sorted(trips, key=lambda t: -t[2])[:3])) if trips else ''))

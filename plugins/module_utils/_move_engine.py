@@ -177,8 +177,12 @@ class GroupMove:
                       start_timeout=self.options.get('start_timeout'), lease=self.options.get('lease'),
                       tls=self._tls_for(host), live_peers=self.live_peers)
         before = time.time()
-        result = self.hosts[host].call(params)
-        after = time.time()
+        try:
+            result = self.hosts[host].call(params)
+        finally:
+            after = time.time()
+            # Where a move's time goes: each round trip to a host, the step's own work included.
+            self.report.setdefault('round_trips', []).append([step, host, round(after - before, 3)])
         if 'host_time' in result and after - before < self.offsets.get(host, (None, 1e9))[1]:
             # The shortest round trip gives the best estimate of the host clock's offset.
             self.offsets[host] = (result['host_time'] - (before + after) / 2.0, after - before)
@@ -246,12 +250,24 @@ class GroupMove:
         raise MoveFailed('unreachable')  # pragma: no cover
 
     def _inspect_both(self):
-        views = {}
-        for host in (self.source, self.destination):
+        """Both hosts' views, asked at once (read-only: a round trip to a slow host is seconds)."""
+        views, errors = {}, {}
+
+        def inspect(host):
             try:
                 views[host] = self._call(host, 'inspect')
-            except HostUnreachable as exc:
-                raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, exc), self.report)
+            except Exception as exc:  # pylint: disable=broad-except  # re-raised in the caller's thread
+                errors[host] = exc
+        other = threading.Thread(target=inspect, args=(self.destination,))
+        other.daemon = True
+        other.start()
+        inspect(self.source)
+        other.join()
+        for host in (self.source, self.destination):
+            if isinstance(errors.get(host), HostUnreachable):
+                raise MoveFailed('%s is unreachable (%s); nothing was changed' % (host, errors[host]), self.report)
+            if host in errors:
+                raise errors[host]
         return views
 
     def _lacking_credentials(self, views):

