@@ -74,7 +74,7 @@ if [ "${SKIP_LAB:-0}" = 1 ]; then
   scripts/ansible-matrix.sh
   echo "real-VM tier skipped (SKIP_LAB=1)"; exit 0
 fi
-scripts/ansible-matrix.sh >"$matrix_log" 2>&1 &
+nice -n 10 scripts/ansible-matrix.sh >"$matrix_log" 2>&1 &
 matrix_pid=$!
 step "Molecule on real VMs"
 # The scenario lives in molecule/ at the collection root; newer Molecule looks in

@@ -171,6 +171,10 @@ def finish_started_migration(sq, timeout):
     status = sq.command('query-migrate').get('status') or 'none'
     if status in ('none', 'failed', 'cancelled'):
         return None
+    if status == 'completed' and sq.command('query-status')['status'] not in ('postmigrate', 'finish-migrate'):
+        # Running after 'completed': the migration that brought this QEMU here (query-migrate
+        # shows the incoming side's status until an outgoing migration starts), not one it sent.
+        return None
     if status == 'pre-switchover':
         sq.command('migrate-continue', {'state': 'pre-switchover'})
     try:

@@ -34,18 +34,21 @@ def test_the_idle_kernel_halts_the_guest_with_every_interrupt_masked_after_seabi
         assert sorted(masks) == [0xfb, 0xfd], masks
 
 
-@pytest.fixture(params=[False, True], ids=['answers', 'deaf'])
+@pytest.fixture(params=['answers', 'answers@10.0', 'deaf'])
 def idle_group(request):
     """A group of lab guests on host a (master and two live peers) with the idle kernel, or with
-    its deaf variant (the negative control: nothing ejects the device)."""
+    its deaf variant (the negative control: nothing ejects the device); @10.0: host b runs QEMU
+    10.0, as a lab host does once the rollout upgraded it."""
+    deaf = request.param == 'deaf'
+    binaries = {'b': request.getfixturevalue('qemu_backports')} if request.param.endswith('@10.0') else {}
     root = lab_root()
     kernel = os.path.join(root, 'idle-guest-%s.bin' % uuid.uuid4().hex[:6])
     with open(kernel, 'wb') as handle:
-        handle.write(idle_guest.image(deaf=request.param))
+        handle.write(idle_guest.image(deaf=deaf))
     os.chmod(kernel, 0o644)
     hosts = deployed_with_a_pattern(peer_mode='live', peer_unplug_timeout=5, master=dict(kernel=kernel),
-                                    peer=dict(kernel=kernel))
-    hosts.deaf = request.param
+                                    peer=dict(kernel=kernel), binaries=binaries)
+    hosts.deaf = deaf
     yield hosts
     hosts.teardown()
 
@@ -65,3 +68,15 @@ def test_lab_guests_release_their_devices_and_read_ivposition_again_after_a_live
     assert_whole_on(idle_group, 'b')
     here = idle_group.where('b')
     assert [here['g-peer1:ivposition'], here['g-peer2:ivposition']] == [1, 2], here
+
+
+def test_lab_guests_moved_live_there_and_back(idle_group):
+    """Moved out and back (a rollout's two moves): the peer plugged back on b is unplugged and
+    moved again."""
+    if idle_group.deaf:
+        pytest.skip('the deaf kernel never moves live')
+    for source, destination in (('a', 'b'), ('b', 'a')):
+        report = idle_group.engine(source, destination).run()
+        assert report['outcome'] == 'moved', report
+        assert [report['peers'][p]['mode'] for p in ('g-peer1', 'g-peer2')] == ['live', 'live'], report['peers']
+    assert_whole_on(idle_group, 'a')
