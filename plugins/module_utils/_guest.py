@@ -89,7 +89,7 @@ def guest_status(layout, name, registers=True):
     # QEMU writes its pidfile as the guest's account, in the guest's directory: the pid counts only
     # for a process of that account (it could name any other).
     uid = _host.uid_of(record['spec'].get('user'))
-    pid = _running_pid(paths, uid)
+    pid = _running_pid(paths, uid, record.get('process'))
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
@@ -127,11 +127,15 @@ def guest_status(layout, name, registers=True):
     return status
 
 
-def _running_pid(paths, uid):
-    """The guest's QEMU: the pid its pidfile names when that is a process of the guest's account
-    with its QMP socket, else the process of that account that listens on its QMP socket."""
+def _running_pid(paths, uid, held=None):
+    """The guest's QEMU: the process root spawned (``held``: its pid and start time, from the
+    record root wrote), while it runs as the guest's account. A guest started before records
+    held it: the pid its pidfile names when that is a process of the guest's account with its
+    QMP socket, else the process of that account that listens on its QMP socket."""
     if uid is None:
         return None
+    if held is not None:
+        return _host.held_process(held, uid)
     pid = _host.read_pidfile(paths['pidfile'])
     if _host.process_alive(pid, paths['qmp'], uid):
         return pid
@@ -271,7 +275,7 @@ def quit_guest(layout, name, timeout):
     paths = guest_paths(layout, name)
     record = _host.read_json(paths['record']) or {}
     uid = _host.uid_of((record.get('spec') or {}).get('user'))
-    pid = _running_pid(paths, uid)
+    pid = _running_pid(paths, uid, record.get('process'))
     if pid is None:
         return 0.0
     try:
@@ -485,7 +489,9 @@ class GuestManager(StateMachine):
             _host.remove_stale_socket(self.paths['qmp'])
             raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
         with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
-            _host.write_json(self.paths['record'], dict(record, machine_type=running_machine_type(qmp)))
+            # Held from spawn: later calls know this QEMU by pid and start time, never by its pidfile.
+            _host.write_json(self.paths['record'], dict(record, machine_type=running_machine_type(qmp),
+                                                        process=[process.pid, _host.start_time(process.pid)]))
             if incoming:
                 _tls.setup_destination(qmp, _tls.for_guest(self.incoming_tls, spec.user, self.layout.runtime_dir))
                 qmp.command('migrate-incoming', {'uri': self.incoming_uri})

@@ -77,6 +77,26 @@ def process_alive(pid, marker=None, uid=None):
     return marker is None or marker in cmdline
 
 
+def start_time(pid):
+    """When process ``pid`` started (clock ticks after boot, /proc/PID/stat field 22), or None.
+    With the pid, it names one process for good: a pid reused later starts later."""
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return int(handle.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, IndexError, ValueError, TypeError):
+        return None
+
+
+def held_process(identity, uid):
+    """The pid of ``identity`` ([pid, start time], taken by root when it spawned the process)
+    while that very process runs as ``uid``, else None: no file an account can write is read."""
+    try:
+        pid, started = int(identity[0]), int(identity[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+    return pid if start_time(pid) == started and process_alive(pid, uid=uid) else None
+
+
 def terminate(pid, marker, timeout, uid=None):
     """SIGTERM, wait, then SIGKILL, only while ``pid`` is the process described (marker, uid).
     Returns the seconds waited."""

@@ -82,7 +82,12 @@ def server_paths(layout, name):
     directory = layout.server_dir(name)
     return {'dir': directory, 'socket': layout.server_socket(name), 'control': layout.server_control(name),
             'pidfile': os.path.join(directory, 'server.pid'), 'log': os.path.join(directory, 'server.log'),
-            'record': os.path.join(directory, 'spec.json')}
+            'record': os.path.join(directory, 'spec.json'), 'held': os.path.join(directory, 'process.json')}
+
+
+def _held(paths):
+    """[pid, start time] of the server root saw listening once it started (daemon supervisor)."""
+    return (_host.read_json(paths['held']) or {}).get('process')
 
 
 def server_status(layout, name, supervisor_kind='auto'):
@@ -91,7 +96,8 @@ def server_status(layout, name, supervisor_kind='auto'):
     record = _host.read_json(paths['record'])
     if record is None:
         return None
-    supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind, record.get('user'))
+    supervisor = supervisor_for(name, paths['pidfile'], paths['socket'], paths['log'], supervisor_kind, record.get('user'),
+                                _held(paths))
     pid = supervisor.pid()
     builtin = record.get('implementation', 'builtin') == 'builtin'
     status = {'name': name, 'pid': pid, 'state': 'started' if pid else 'stopped', 'spec': record,
@@ -122,7 +128,8 @@ class ServerManager(StateMachine):
         self.paths = server_paths(layout, self.spec.name)
         running_as = (_host.read_json(self.paths['record']) or {}).get('user') or self.spec.user
         self.supervisor = supervisor_for(self.spec.name, self.paths['pidfile'], self.paths['socket'],
-                                         self.paths['log'], params.get('supervisor') or 'auto', running_as)
+                                         self.paths['log'], params.get('supervisor') or 'auto', running_as,
+                                         _held(self.paths))
         self.current = server_status(layout, self.spec.name, self.supervisor.kind)
         self.before = self._view(self.current)
         self.after = dict(self.before)
@@ -246,6 +253,8 @@ class ServerManager(StateMachine):
         _host.write_json(self.paths['record'], self._desired_record())
         foreground = self.supervisor.kind == 'systemd'
         self.supervisor.user = spec.user  # from now on it runs as this account
+        _host.write_json(self.paths['held'], {})  # the next server is the one root sees start
+        self.supervisor.held = None
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
         argv = spec.argv(self.layout, python, program, foreground, uids if spec.implementation == 'builtin' else None)
         waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
@@ -255,6 +264,13 @@ class ServerManager(StateMachine):
                                        # guests') must reach it. Ours sets its modes itself.
                                        umask=0o007 if spec.implementation == 'qemu' else 0o077)
         _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
+        if self.supervisor.kind == 'daemon':
+            # It daemonized itself: held from now on as the process the kernel says listens on
+            # its socket, under its account, and never by the pidfile that account writes.
+            pid = _host.socket_owner(self.paths['socket'], _host.uid_of(spec.user))
+            if pid is not None:
+                _host.write_json(self.paths['held'], {'process': [pid, _host.start_time(pid)]})
+                self.supervisor.held = [pid, _host.start_time(pid)]
         self.result['waited'] = round(waited + gated, 3)
 
     def _stop(self):

@@ -38,7 +38,7 @@ class DaemonSupervisor:
 
     kind = 'daemon'
 
-    def __init__(self, name, pidfile, marker, log_path, user=None):
+    def __init__(self, name, pidfile, marker, log_path, user=None, held=None):
         self.name = name
         self.pidfile = pidfile
         self.marker = marker  # a string in the command line that guards against pid reuse
@@ -47,11 +47,16 @@ class DaemonSupervisor:
         # account (it could name a guest's QEMU, which a stop would then kill). Looked up when
         # asked: the account is made as the server first starts.
         self.user = user
+        # [pid, start time] of the server root saw listening on its socket once it started: while
+        # known, the server is that process and no other, whatever its pidfile says.
+        self.held = held
 
     def pid(self):
         uid = _host.uid_of(self.user)
         if uid is None:
             return None
+        if self.held is not None:
+            return _host.held_process(self.held, uid)
         pid = _host.read_pidfile(self.pidfile)
         if _host.process_alive(pid, self.marker, uid):
             return pid
@@ -75,7 +80,7 @@ class SystemdSupervisor:
 
     kind = 'systemd'
 
-    def __init__(self, name, pidfile, marker, log_path, user=None):
+    def __init__(self, name, pidfile, marker, log_path, user=None, held=None):
         self.name = name
         self.unit = 'ivshmem-fleet-server-%s.service' % name
         self.unit_path = os.path.join(UNIT_DIR, self.unit)
@@ -132,9 +137,10 @@ class SystemdSupervisor:
         return True
 
 
-def supervisor_for(name, pidfile, marker, log_path, kind='auto', user=None):
-    """``user``: the account the server runs as (its pidfile is trusted for that account's processes only)."""
+def supervisor_for(name, pidfile, marker, log_path, kind='auto', user=None, held=None):
+    """``user``: the account the server runs as (its pidfile is trusted for that account's processes
+    only); ``held``: [pid, start time] of the server root saw start (systemd knows its own)."""
     if kind == 'auto':
         kind = 'systemd' if _host.systemd_running() else 'daemon'
     cls = SystemdSupervisor if kind == 'systemd' else DaemonSupervisor
-    return cls(name, pidfile, marker, log_path, user)
+    return cls(name, pidfile, marker, log_path, user, held)

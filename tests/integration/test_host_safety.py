@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, ensure_account
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, ensure_account, process_alive
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, guest_account, server_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_paths, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
@@ -291,6 +291,43 @@ def test_a_server_pidfile_naming_the_master_never_gets_the_master_killed(lab):
     assert lab.status('m')['pid'] == master and lab.status('m')['state'] == 'running'
     # It was the real server that stopped.
     wait_for('the server to exit', lambda: not os.path.exists('/proc/%d' % server), 10)
+
+
+@pytest.mark.parametrize('who', ['guest', 'server'])
+def test_a_pidfile_naming_a_decoy_of_the_same_account_never_hides_the_real_process(lab, who):
+    """The account writes the pid of another process of its own into its pidfile, one that even
+    carries the socket's path in its command line (what the old check looked for): root still
+    knows the process it started (held from spawn: pid and start time), so status names the real
+    one and a stop stops it, not the decoy."""
+    lab.server('s')
+    lab.guest('m', 's', role='master')
+    if who == 'guest':
+        user, marker = guest_account('m'), lab.layout.guest_qmp('m')
+        pidfile = os.path.join(lab.layout.guest_dir('m'), 'qemu.pid')
+        real = lab.status('m')['pid']
+    else:
+        user, marker, pidfile = server_account('s'), lab.layout.server_socket('s'), server_paths(lab.layout, 's')['pidfile']
+        real = server_status(lab.layout, 's')['pid']
+    decoy = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', marker],
+                             user=pwd.getpwnam(user).pw_uid, group=grp.getgrnam(SERVICE_GROUP).gr_gid, extra_groups=[])
+    try:
+        def lie():
+            with open(pidfile + '.new', 'w') as handle:
+                handle.write('%d\n' % decoy.pid)
+            os.rename(pidfile + '.new', pidfile)
+            return 'written'
+        assert as_account(user, lie) == 'written'
+        if who == 'guest':
+            assert lab.status('m')['pid'] == real
+            lab.guest('m', 's', role='master', state='stopped')
+        else:
+            assert server_status(lab.layout, 's')['pid'] == real
+            lab.server('s', state='stopped')
+        wait_for('the real process to exit', lambda: not process_alive(real), 10)  # (a zombie of pytest's, for QEMU)
+        assert decoy.poll() is None  # the decoy was never signalled
+    finally:
+        decoy.kill()
+        decoy.wait()
 
 
 @pytest.mark.parametrize('what', ['qemu.pid', 'qemu.log', 'server.pid'])
