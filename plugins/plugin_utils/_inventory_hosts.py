@@ -26,6 +26,10 @@ from ansible.plugins.loader import become_loader
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import HostUnreachable, StepFailed
 
+# ansible-core's plugin loaders are not thread-safe: two threads loading the same plugin at once
+# can see a half-imported module (no ActionModule yet). Runners are made one at a time.
+_MAKING_RUNNERS = threading.Lock()
+
 
 class InventoryHost:
     """Runs ``module`` on inventory host ``name``; concurrent calls get their own connections."""
@@ -84,7 +88,8 @@ class InventoryHost:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        runner = self._runner()
+        with _MAKING_RUNNERS:
+            runner = self._runner()
         with self._lock:
             self._all.append(runner)
         return runner
