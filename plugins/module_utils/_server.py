@@ -256,7 +256,7 @@ class ServerManager(StateMachine):
         _host.write_json(self.paths['held'], {})  # the next server is the one root sees start
         self.supervisor.held = None
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
-        argv = spec.argv(self.layout, python, program, foreground, uids if spec.implementation == 'builtin' else None)
+        argv = spec.argv(self.layout, python, program, foreground, uids)  # the upstream server's has none
         waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
                                        notify=spec.implementation == 'builtin',
                                        writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'),
@@ -269,8 +269,8 @@ class ServerManager(StateMachine):
             # its socket, under its account, and never by the pidfile that account writes.
             pid = _host.socket_owner(self.paths['socket'], _host.uid_of(spec.user))
             if pid is not None:
-                _host.write_json(self.paths['held'], {'process': [pid, _host.start_time(pid)]})
                 self.supervisor.held = [pid, _host.start_time(pid)]
+                _host.write_json(self.paths['held'], {'process': self.supervisor.held})
         self.result['waited'] = round(waited + gated, 3)
 
     def _stop(self):
