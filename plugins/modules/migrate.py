@@ -205,27 +205,14 @@ migration:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration, MigrationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MIGRATE_ARGS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            phase=dict(type='str', default='full', choices=['full', 'send', 'receive', 'abort']),
-            guest=dict(type='str'),
-            destination=dict(type='str'),
-            uri=dict(type='str'),
-            expected_checksums=dict(type='list', elements='str'),
-            max_bandwidth=dict(type='int', default=10 << 30),
-            downtime_limit=dict(type='int', default=300),
-            timeout=dict(type='int', default=300),
-            verify=dict(type='bool', default=True),
-            checksum=dict(type='str', default=DEFAULT_CHECKSUM, choices=list(CHECKSUMS)),
-            stop_source=dict(type='bool', default=True),
-        ),
+        argument_spec=dict(COMMON_ARGS, **MIGRATE_ARGS),
         required_if=[('phase', 'full', ['guest', 'destination']), ('phase', 'send', ['guest', 'uri']),
                      ('phase', 'receive', ['destination']), ('phase', 'abort', ['guest'])],
         supports_check_mode=True,
