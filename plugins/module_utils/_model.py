@@ -20,7 +20,7 @@ import re
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
     DEFAULT_RUNTIME_DIR, DISK_DEFAULTS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
-    SERVER_DEFAULTS, SERVER_FIELDS)
+    SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
 # \Z, not $: a name with a trailing newline is no name ($ matches before it).
@@ -31,10 +31,10 @@ MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
-# Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in this
-# group: it opens the servers' sockets and reads the migration credentials. A server admits
-# and pins by the account (SO_PEERCRED), which a process cannot choose, never by a name.
-SERVICE_GROUP = 'ivshmem'
+# Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in the
+# group SERVICE_GROUP (_options.py): it opens the servers' sockets and reads the migration
+# credentials. A server admits and pins by the account (SO_PEERCRED), which a process cannot
+# choose, never by a name.
 _ACCOUNT_RE = re.compile(r'^[a-z0-9_-]{1,27}\Z')
 
 

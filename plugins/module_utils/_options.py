@@ -32,6 +32,11 @@ DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
 DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64'
 # A server's interrupt vectors, and a doorbell device's (they must be the server's).
 DEFAULT_VECTORS = 1
+# The group every server and guest runs in unless told otherwise (see _model.py).
+SERVICE_GROUP = 'ivshmem'
+# A host's migration credentials, and the controller's CA.
+DEFAULT_TLS_DIR = '/etc/ivshmem-fleet/tls'
+DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'
 
 
 def defaults(spec):
@@ -227,3 +232,17 @@ MOVE_DEFAULTS = defaults(MOVE_ARGS)
 # What the engine passes on to ivshmem.fleet.move_host as they are (always set there: no defaults).
 MOVE_HOST_OPTIONS = ('max_bandwidth', 'downtime_limit', 'timeout', 'start_timeout', 'lease', 'checksum',
                      'checksum_timeout')
+
+# ---- ivshmem.fleet.migration_credentials
+
+# ivshmem.fleet.migration_credentials' options (its action plugin adds ``files`` for the module).
+CREDENTIALS_ARGS = dict(
+    state=dict(type='str', default='present', choices=['present', 'absent']),
+    dest=dict(type='path', default=DEFAULT_TLS_DIR),
+    group=dict(type='str', default=SERVICE_GROUP),
+    pki_dir=dict(type='path', default=DEFAULT_PKI_DIR),
+    names=dict(type='list', elements='str', default=[]),
+    addresses=dict(type='list', elements='str'),
+    valid_days=dict(type='int', default=825),
+    replace_ca=dict(type='bool', default=False),
+)

@@ -38,6 +38,7 @@ author:
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes
+  - ivshmem.fleet._migration_options
 options:
   phase:
     description:
@@ -64,14 +65,6 @@ options:
     description: The C(source_checksums) that O(phase=send) returned, one per ivshmem device (O(phase=receive)).
     type: list
     elements: str
-  max_bandwidth:
-    description: Bandwidth limit in bytes per second.
-    type: int
-    default: 10737418240
-  downtime_limit:
-    description: Maximum tolerated downtime in milliseconds.
-    type: int
-    default: 300
   timeout:
     description: Seconds the migration may take before it is cancelled and rolled back.
     type: int
@@ -80,11 +73,6 @@ options:
     description: Compare the shared-memory checksums of both sides before the destination runs.
     type: bool
     default: true
-  checksum:
-    description: Hash used per 32 MiB chunk (see M(ivshmem.fleet.group_migrate) for why C(crc32)).
-    type: str
-    choices: [crc32, sha1, sha256, blake2b]
-    default: crc32
   stop_source:
     description: Quit the source QEMU after a verified migration (it must never resume).
     type: bool
