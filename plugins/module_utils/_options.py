@@ -17,15 +17,13 @@ To add a guest option: declare it in ``GUEST_ARGS`` (with its default), document
 ``plugins/modules/guest.py``, and use it in ``GuestSpec`` (``_model.py``). It is recorded, shown in
 the diff and taken in a group's guests from here.
 
-Standard library only (modules import it on the managed host); no other module_utils of the
-collection but ``_checksum``, so the model can import it.
+Standard library only, and no import at all (modules import it on the managed host, and every
+module_utils of the collection may import it; nothing here costs time at import).
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
-
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
 
 DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
 # The QEMU a guest runs unless it names another (Debian's qemu-system-x86 package).
@@ -37,6 +35,9 @@ SERVICE_GROUP = 'ivshmem'
 # A host's migration credentials, and the controller's CA.
 DEFAULT_TLS_DIR = '/etc/ivshmem-fleet/tls'
 DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'
+# The shared-memory checksums _checksum.py computes, and the default (why crc32: see there).
+CHECKSUMS = ('crc32', 'sha1', 'sha256', 'blake2b')
+DEFAULT_CHECKSUM = 'crc32'
 
 
 def defaults(spec):
