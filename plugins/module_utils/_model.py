@@ -19,8 +19,8 @@ import re
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
-    DEFAULT_RUNTIME_DIR, DISK_DEFAULTS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
-    SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
+    DEFAULT_RUNTIME_DIR, DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
+    SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
 # \Z, not $: a name with a trailing newline is no name ($ matches before it).
@@ -126,6 +126,14 @@ def check_size(field, value, minimum=MIN_SHM_SIZE, maximum=MAX_SHM_SIZE, power_o
 def check_int(field, value, minimum, maximum):
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ValidationError(field, '%r is outside %d..%d' % (value, minimum, maximum))
+    return value
+
+
+def check_choice(field, value, spec, option):
+    """One of the choices ``spec`` (an argument spec of _options.py) declares for ``option``."""
+    choices = spec[option]['choices']
+    if value not in choices:
+        raise ValidationError(field, 'must be %s' % (' or '.join([', '.join(choices[:-1]), choices[-1]])))
     return value
 
 
@@ -257,9 +265,8 @@ class ServerSpec:
 
     def __init__(self, params):
         self.name = check_name('name', params.get('name'))
-        self.implementation = params.get('implementation') or SERVER_DEFAULTS['implementation']
-        if self.implementation not in ('builtin', 'qemu'):
-            raise ValidationError('implementation', 'must be builtin or qemu')
+        self.implementation = check_choice('implementation', params.get('implementation') or
+                                           SERVER_DEFAULTS['implementation'], SERVER_ARGS, 'implementation')
         self.binary = check_path('binary', params.get('binary'), required=self.implementation == 'qemu')
         maximum = UPSTREAM_MAX_SIZE if self.implementation == 'qemu' else MAX_SHM_SIZE
         self.size = check_size('size', params.get('size', SERVER_DEFAULTS['size']), maximum=maximum)
@@ -378,12 +385,8 @@ class IvshmemDevice:
             raise ValidationError(field, 'unknown option(s) %s' % ', '.join(sorted(unknown)))
         self.id = 'ivshmem%d' % index
         self.index = index
-        self.type = params.get('type') or IVSHMEM_DEFAULTS['type']
-        if self.type not in ('doorbell', 'plain'):
-            raise ValidationError(field + '.type', 'must be doorbell or plain')
-        self.role = params.get('role') or IVSHMEM_DEFAULTS['role']
-        if self.role not in ('master', 'peer'):
-            raise ValidationError(field + '.role', 'must be master or peer')
+        self.type = check_choice(field + '.type', params.get('type') or IVSHMEM_DEFAULTS['type'], IVSHMEM_ARGS, 'type')
+        self.role = check_choice(field + '.role', params.get('role') or IVSHMEM_DEFAULTS['role'], IVSHMEM_ARGS, 'role')
         self.server = self.socket = self.memory_path = self.size = self.vectors = None
         if self.type == 'doorbell':
             if bool(params.get('server')) == bool(params.get('socket')):
@@ -489,20 +492,15 @@ class GuestSpec:
         self.machine = params.get('machine') or GUEST_DEFAULTS['machine']
         if not isinstance(self.machine, str) or not re.match(r'^[A-Za-z0-9_.=,-]+\Z', self.machine):
             raise ValidationError('machine', '%r is not a machine type' % (self.machine,))
-        self.accel = params.get('accel') or GUEST_DEFAULTS['accel']
-        if self.accel not in ('auto', 'kvm', 'tcg'):
-            raise ValidationError('accel', 'must be auto, kvm or tcg')
+        self.accel = check_choice('accel', params.get('accel') or GUEST_DEFAULTS['accel'], GUEST_ARGS, 'accel')
         self.disks = []
         for index, disk in enumerate(check_list('disks', params.get('disks'))):
             field = 'disks[%d]' % index
             if not isinstance(disk, dict):
                 raise ValidationError(field, 'must be a mapping')
-            fmt = disk.get('format') or DISK_DEFAULTS['format']
-            if fmt not in ('qcow2', 'raw'):
-                raise ValidationError(field + '.format', 'must be qcow2 or raw')
-            interface = disk.get('interface') or DISK_DEFAULTS['interface']
-            if interface not in ('virtio', 'ide', 'scsi'):
-                raise ValidationError(field + '.interface', 'must be virtio, ide or scsi')
+            fmt = check_choice(field + '.format', disk.get('format') or DISK_DEFAULTS['format'], DISK_ARGS, 'format')
+            interface = check_choice(field + '.interface', disk.get('interface') or DISK_DEFAULTS['interface'],
+                                     DISK_ARGS, 'interface')
             self.disks.append({'path': check_path(field + '.path', disk.get('path')), 'format': fmt,
                                'interface': interface, 'readonly': bool(disk.get('readonly', DISK_DEFAULTS['readonly']))})
         self.kernel = check_path('kernel', params.get('kernel'), required=False)
