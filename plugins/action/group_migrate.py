@@ -12,9 +12,8 @@ __metaclass__ = type
 from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import DEFAULT_DIR as TLS_DIR
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR, DEFAULT_TLS_DIR as TLS_DIR, MOVE_ARGS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
     GroupMove, HostUnreachable, LockHeld, MoveFailed, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._controller_action import ControllerAction
@@ -22,32 +21,13 @@ from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts imp
 
 display = Display()
 
-OPTIONS = dict(
-    group=dict(type='dict', required=True),
-    destination=dict(type='str', required=True),
-    source=dict(type='str'),
-    max_bandwidth=dict(type='int', default=10 << 30),
-    downtime_limit=dict(type='int', default=300),
-    timeout=dict(type='int'),
-    checksum_timeout=dict(type='int'),
-    checksum=dict(type='str', default=DEFAULT_CHECKSUM, choices=list(CHECKSUMS)),
-    start_timeout=dict(type='int', default=120),
-    attempts=dict(type='int', default=3),
-    backoff=dict(type='int', default=5),
-    lease=dict(type='int', default=120),
-    progress_interval=dict(type='float', default=5.0),
-    lock_wait=dict(type='int', default=900),
-    verify_channel=dict(type='bool', default=True),
-    tls=dict(type='bool', default=True),
-)
-
 
 def _mib(value):
     return '%.1f MiB' % ((value or 0) / 1048576.0)
 
 
 class ActionModule(ControllerAction):
-    ARGUMENT_SPEC = OPTIONS
+    ARGUMENT_SPEC = MOVE_ARGS
 
     def act(self, args, result, task_vars):
         group = args['group']

@@ -14,7 +14,7 @@ import ipaddress
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CREDENTIALS_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import CREDENTIALS_ARGS
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority, PKIError
 
 display = Display()
@@ -30,11 +30,12 @@ def _is_address(value):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
+    ARGUMENT_SPEC = CREDENTIALS_ARGS  # the module's options but files, which this plugin sets
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
         del tmp
-        _validation, args = self.validate_argument_spec(argument_spec=CREDENTIALS_ARGS)
+        _validation, args = self.validate_argument_spec(argument_spec=self.ARGUMENT_SPEC)
         module_args = dict(state=args['state'], dest=args['dest'], group=args['group'], replace_ca=args['replace_ca'])
         if args['state'] == 'present':
             host = task_vars['inventory_hostname']

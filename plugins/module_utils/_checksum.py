@@ -26,8 +26,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-ALGORITHMS = ('crc32', 'sha1', 'sha256', 'blake2b')
-DEFAULT = 'crc32'
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import CHECKSUMS as ALGORITHMS, DEFAULT_CHECKSUM as DEFAULT
 CHUNK = 32 << 20
 
 

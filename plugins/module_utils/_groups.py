@@ -16,6 +16,7 @@ __metaclass__ = type
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GROUP_GUEST_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -23,26 +24,7 @@ GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 
               'peer_mode', 'peer_fallback', 'peer_unplug_timeout')
 PEER_MODES = ('restart', 'live')
 PEER_FALLBACKS = ('none', 'restart')
-SERVER_KEYS = ('implementation', 'binary', 'shm_name', 'memory_dir', 'max_clients', 'socket_mode', 'memory_mode',
-               'user', 'group')
-GUEST_KEYS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
-              'extra_devices', 'extra_args', 'user', 'group', 'sandbox')
 DEFAULT_MIGRATION_PORT = 4444
-
-# ivshmem.fleet.plan's options beside runtime_dir (the module's and its action plugin's).
-PLAN_ARGS = dict(
-    groups=dict(type='list', elements='dict', required=True),
-    hosts=dict(type='list', elements='str', required=True),
-    facts=dict(type='dict'),
-    rollout=dict(type='dict', options=dict(
-        batch=dict(type='list', elements='str', default=[]),
-        skip=dict(type='list', elements='str', default=[]),
-        destinations=dict(type='raw', default='any'),
-        reserve=dict(type='raw', default='256M'),
-        guest_overhead=dict(type='raw', default='64M'),
-        capacity=dict(type='dict', default={}),
-    )),
-)
 
 
 def _only(prefix, data, allowed):
@@ -79,7 +61,7 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     if host not in hosts:
         raise ValidationError(where + '.host', '%r is not a host of the inventory' % (host,))
     server = group.get('server') or {}
-    _only(where + '.server', server, SERVER_KEYS)
+    _only(where + '.server', server, GROUP_SERVER_OPTIONS)
     server = dict(server)
     master = group.get('master')
     if not master:
@@ -87,7 +69,7 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     peers = group.get('peers') or []
     if not isinstance(peers, list):
         raise ValidationError(where + '.peers', 'must be a list')
-    vectors = check_int(where + '.vectors', group.get('vectors', 1), 1, MAX_VECTORS)
+    vectors = check_int(where + '.vectors', group.get('vectors', SERVER_DEFAULTS['vectors']), 1, MAX_VECTORS)
     pin_ids = group.get('pin_ids', True)
     peer_mode = _choice(where + '.peer_mode', group.get('peer_mode', 'restart'), PEER_MODES)
     peer_fallback = _choice(where + '.peer_fallback', group.get('peer_fallback', 'none'), PEER_FALLBACKS)
@@ -95,7 +77,7 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     guests = []
     for role, field, guest in [('master', where + '.master', master)] + \
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
-        _only(field, guest, GUEST_KEYS)
+        _only(field, guest, GROUP_GUEST_OPTIONS)
         device = {'server': name, 'role': role, 'vectors': vectors}
         if role == 'peer' and peer_mode == 'live':
             device['hotplug'] = True  # unplugged and plugged back when the group moves
@@ -115,13 +97,13 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         users[spec.user] = spec.name
     if accounts is not None:
         accounts.update((spec.name, (field, spec.user)) for field, spec, _params in guests)
-    server_params = dict(server, name=name, size=group.get('size', '4M'), vectors=vectors)
-    if server.get('implementation', 'builtin') == 'builtin':
+    server_params = dict(server, name=name, size=group.get('size', SERVER_DEFAULTS['size']), vectors=vectors)
+    if server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
         server_params['admit'] = list(names)
         accounts = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
         if accounts:
             server_params['accounts'] = accounts
-    if pin_ids and server.get('implementation', 'builtin') == 'builtin':
+    if pin_ids and server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
         server_params['pins'] = dict((guest_name, peer_id) for peer_id, guest_name in enumerate(names))
     spec = prefixed(where, lambda: ServerSpec(server_params))
     port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)

@@ -15,8 +15,9 @@ import shutil
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    DEFAULT_QEMU, GuestSpec, IvshmemDevice, ValidationError, check_int, machine_from_qom, machine_name, pinned_machine,
+    GuestSpec, IvshmemDevice, ValidationError, check_int, machine_from_qom, machine_name, pinned_machine,
     same_machine)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -28,45 +29,6 @@ RESUMABLE = ('paused', 'prelaunch', 'debug', 'suspended')
 
 class GuestError(Exception):
     """A guest could not be brought to the asked state; the message says why."""
-
-
-# The options of one guest, as ivshmem.fleet.guest and ivshmem.fleet.host take them.
-GUEST_ARGS = dict(
-    name=dict(type='str', required=True),
-    state=dict(type='str', default='running', choices=['running', 'paused', 'incoming', 'stopped', 'absent']),
-    binary=dict(type='path', default=DEFAULT_QEMU),
-    memory=dict(type='str', default='128M'),
-    cpus=dict(type='int', default=1),
-    machine=dict(type='str', default='pc'),
-    accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
-    disks=dict(type='list', elements='dict', options=dict(
-        path=dict(type='path', required=True),
-        format=dict(type='str', default='qcow2', choices=['qcow2', 'raw']),
-        interface=dict(type='str', default='virtio', choices=['virtio', 'ide', 'scsi']),
-        readonly=dict(type='bool', default=False),
-    )),
-    kernel=dict(type='path'),
-    initrd=dict(type='path'),
-    append=dict(type='str'),
-    extra_devices=dict(type='list', elements='str'),
-    extra_args=dict(type='list', elements='str'),
-    ivshmem=dict(type='list', elements='dict', options=dict(
-        type=dict(type='str', default='doorbell', choices=['doorbell', 'plain']),
-        server=dict(type='str'),
-        socket=dict(type='path'),
-        memory_path=dict(type='path'),
-        size=dict(type='str'),
-        role=dict(type='str', default='peer', choices=['master', 'peer']),
-        vectors=dict(type='int'),
-        hotplug=dict(type='bool', default=False),
-    )),
-    user=dict(type='str'),
-    group=dict(type='str'),
-    sandbox=dict(type='bool', default=True),
-    incoming_uri=dict(type='str'),
-    restart_on_drift=dict(type='bool', default=False),
-    timeout=dict(type='int', default=60),
-)
 
 
 def guest_paths(layout, name):
@@ -253,7 +215,7 @@ def plug_devices(layout, name):
         for device in _devices(layout, record):
             if device.id in gone:
                 try:
-                    plugged[device.id] = _hotplug.plug(qmp, device, record['spec'].get('machine') or 'pc')
+                    plugged[device.id] = _hotplug.plug(qmp, device, record['spec'].get('machine') or GUEST_DEFAULTS['machine'])
                 except _hotplug.HotplugError as exc:
                     raise GuestError('guest %s: %s' % (name, exc))
                 gone.remove(device.id)
@@ -294,8 +256,8 @@ class GuestManager(StateMachine):
         super(GuestManager, self).__init__(check_mode)
         self.layout = layout
         self.spec = GuestSpec(params, layout)
-        self.timeout = check_int('timeout', params.get('timeout', 60), 1, 86400)  # 0 would fail half-way
-        self.restart_on_drift = params.get('restart_on_drift', False)
+        self.timeout = check_int('timeout', params.get('timeout', GUEST_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
+        self.restart_on_drift = params.get('restart_on_drift', GUEST_DEFAULTS['restart_on_drift'])
         self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
         # Set by the move engine: the stream is only accepted over TLS from the expected source.
         self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
@@ -346,7 +308,7 @@ class GuestManager(StateMachine):
             return False
         record = self.current['record']
         recorded, asked = dict(record['spec']), self.spec.to_dict()
-        if same_machine(asked['machine'], recorded.get('machine') or 'pc', self.current.get('machine_type')):
+        if same_machine(asked['machine'], recorded.get('machine') or GUEST_DEFAULTS['machine'], self.current.get('machine_type')):
             recorded['machine'] = asked['machine']  # an alias and the type it resolved to are equal
         return recorded != asked
 
@@ -356,7 +318,7 @@ class GuestManager(StateMachine):
         if self.machine_type:
             return pinned_machine(self.spec.machine, self.machine_type)
         record = (self.current or {}).get('record') or {}
-        if record.get('machine_type') and same_machine(self.spec.machine, (record.get('spec') or {}).get('machine') or 'pc',
+        if record.get('machine_type') and same_machine(self.spec.machine, (record.get('spec') or {}).get('machine') or GUEST_DEFAULTS['machine'],
                                                        record['machine_type']):
             return pinned_machine(self.spec.machine, record['machine_type'])
         return self.spec.machine

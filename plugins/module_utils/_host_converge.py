@@ -6,7 +6,7 @@
 """One host converged in one call (ivshmem.fleet.host): servers, then masters, then peers.
 
 Every server and guest is validated first with the very option sets the server and guest
-modules declare (SERVER_ARGS, GUEST_ARGS), so bad input fails before anything changes and names
+modules declare (_options.SERVER_ARGS, GUEST_ARGS), so bad input fails before anything changes and names
 its item (``guests[2].memory``). Then, in order: the service account and the runtime directory,
 every server, every guest with a master device (gated: its ID on a builtin server must be 0),
 and the other guests (gated on the IDs their servers pin for them). The same managers as the
@@ -23,9 +23,10 @@ import stat
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GUEST_ARGS, GuestManager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, SERVICE_GROUP, ValidationError, check_list, prefixed
-from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ValidationError, check_list, prefixed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, SERVER_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 _VALIDATORS = {

@@ -26,16 +26,17 @@ import socket
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM, checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATE_ARGS, MIGRATE_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, QMPTimeout, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 FINAL = ('completed', 'failed', 'cancelled')
-PHASES = ('full', 'send', 'receive', 'abort')
+PHASES = tuple(MIGRATE_ARGS['phase']['choices'])
 
 
 class MigrationError(Exception):
@@ -262,7 +263,7 @@ class Migration(StateMachine):
     def __init__(self, params, layout, check_mode):
         super(Migration, self).__init__(check_mode)
         self.layout = layout
-        self.phase = params.get('phase') or 'full'
+        self.phase = params.get('phase') or MIGRATE_DEFAULTS['phase']
         if self.phase not in PHASES:
             raise ValidationError('phase', 'must be one of %s' % ', '.join(PHASES))
         needs_guest = self.phase in ('full', 'send', 'abort')
@@ -277,18 +278,18 @@ class Migration(StateMachine):
         if self.uri is not None:
             _local_only('uri', self.uri)
         self.expected = params.get('expected_checksums') or []
-        if self.phase == 'receive' and params.get('verify', True) and not self.expected:
+        if self.phase == 'receive' and params.get('verify', MIGRATE_DEFAULTS['verify']) and not self.expected:
             raise ValidationError('expected_checksums', 'phase receive needs the checksums phase send returned')
-        self.max_bandwidth = check_int('max_bandwidth', params.get('max_bandwidth', 10 << 30), 1 << 20, 1 << 50)
-        self.downtime_limit = check_int('downtime_limit', params.get('downtime_limit', 300), 1, 600000)
-        self.timeout = check_int('timeout', params.get('timeout', 300), 1, 7 * 86400)
-        self.verify = params.get('verify', True)
-        self.checksum = params.get('checksum') or DEFAULT_CHECKSUM
+        self.max_bandwidth = check_int('max_bandwidth', params.get('max_bandwidth', MIGRATE_DEFAULTS['max_bandwidth']), 1 << 20, 1 << 50)
+        self.downtime_limit = check_int('downtime_limit', params.get('downtime_limit', MIGRATE_DEFAULTS['downtime_limit']), 1, 600000)
+        self.timeout = check_int('timeout', params.get('timeout', MIGRATE_DEFAULTS['timeout']), 1, 7 * 86400)
+        self.verify = params.get('verify', MIGRATE_DEFAULTS['verify'])
+        self.checksum = params.get('checksum') or MIGRATE_DEFAULTS['checksum']
         if self.checksum not in CHECKSUMS:
             raise ValidationError('checksum', 'must be one of %s' % ', '.join(CHECKSUMS))
         if not isinstance(self.expected, list) or not all(isinstance(item, str) for item in self.expected):
             raise ValidationError('expected_checksums', 'must be a list of checksum strings')
-        self.stop_source = params.get('stop_source', True)
+        self.stop_source = params.get('stop_source', MIGRATE_DEFAULTS['stop_source'])
 
     def state_migrated(self):
         getattr(self, '_phase_' + self.phase)()

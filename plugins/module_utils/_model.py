@@ -18,6 +18,9 @@ import os
 import re
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
+    DEFAULT_RUNTIME_DIR, DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
+    SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
 # \Z, not $: a name with a trailing newline is no name ($ matches before it).
@@ -26,15 +29,12 @@ _NAME_RE = re.compile(NAME_PATTERN)
 MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
-DEFAULT_RUNTIME_DIR = '/run/ivshmem-fleet'
-# The QEMU a guest runs unless it names another (Debian's qemu-system-x86 package).
-DEFAULT_QEMU = '/usr/bin/qemu-system-x86_64'
 HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
-# Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in this
-# group: it opens the servers' sockets and reads the migration credentials. A server admits
-# and pins by the account (SO_PEERCRED), which a process cannot choose, never by a name.
-SERVICE_GROUP = 'ivshmem'
+# Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in the
+# group SERVICE_GROUP (_options.py): it opens the servers' sockets and reads the migration
+# credentials. A server admits and pins by the account (SO_PEERCRED), which a process cannot
+# choose, never by a name.
 _ACCOUNT_RE = re.compile(r'^[a-z0-9_-]{1,27}\Z')
 
 
@@ -126,6 +126,14 @@ def check_size(field, value, minimum=MIN_SHM_SIZE, maximum=MAX_SHM_SIZE, power_o
 def check_int(field, value, minimum, maximum):
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ValidationError(field, '%r is outside %d..%d' % (value, minimum, maximum))
+    return value
+
+
+def check_choice(field, value, spec, option):
+    """One of the choices ``spec`` (an argument spec of _options.py) declares for ``option``."""
+    choices = spec[option]['choices']
+    if value not in choices:
+        raise ValidationError(field, 'must be %s' % (' or '.join([', '.join(choices[:-1]), choices[-1]])))
     return value
 
 
@@ -253,18 +261,16 @@ class Layout:
 class ServerSpec:
     """A named ivshmem server: which implementation, which memory, which policy."""
 
-    FIELDS = ('name', 'implementation', 'binary', 'size', 'vectors', 'shm_name', 'memory_dir',
-              'pins', 'admit', 'accounts', 'max_clients', 'socket_mode', 'memory_mode', 'user', 'group')
+    FIELDS = SERVER_FIELDS
 
     def __init__(self, params):
         self.name = check_name('name', params.get('name'))
-        self.implementation = params.get('implementation') or 'builtin'
-        if self.implementation not in ('builtin', 'qemu'):
-            raise ValidationError('implementation', 'must be builtin or qemu')
+        self.implementation = check_choice('implementation', params.get('implementation') or
+                                           SERVER_DEFAULTS['implementation'], SERVER_ARGS, 'implementation')
         self.binary = check_path('binary', params.get('binary'), required=self.implementation == 'qemu')
         maximum = UPSTREAM_MAX_SIZE if self.implementation == 'qemu' else MAX_SHM_SIZE
-        self.size = check_size('size', params.get('size', '4M'), maximum=maximum)
-        self.vectors = check_int('vectors', params.get('vectors', 1), 1, MAX_VECTORS)
+        self.size = check_size('size', params.get('size', SERVER_DEFAULTS['size']), maximum=maximum)
+        self.vectors = check_int('vectors', params.get('vectors', SERVER_DEFAULTS['vectors']), 1, MAX_VECTORS)
         self.shm_name = check_name('shm_name', params.get('shm_name') or 'ivshmem-fleet-' + self.name)
         self.memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
         pins = params.get('pins') or {}
@@ -283,7 +289,7 @@ class ServerSpec:
             self.pins[guest] = peer_id
         admit = check_list('admit', params.get('admit'))
         self.admit = sorted(set(check_name('admit[%d]' % i, guest) for i, guest in enumerate(admit)))
-        self.admit_any = params.get('admit_any', False)
+        self.admit_any = params.get('admit_any', SERVER_DEFAULTS['admit_any'])
         if not isinstance(self.admit_any, bool):
             raise ValidationError('admit_any', 'must be true or false')
         if self.admit_any and (self.pins or self.admit):
@@ -297,8 +303,8 @@ class ServerSpec:
         self.max_clients = params.get('max_clients')
         if self.max_clients is not None:  # None: as many as the server's fd limit allows
             self.max_clients = check_int('max_clients', self.max_clients, 1, MAX_PEER_ID + 1)
-        self.socket_mode = check_mode('socket_mode', params.get('socket_mode', '0660'))
-        self.memory_mode = check_mode('memory_mode', params.get('memory_mode', '0600'))
+        self.socket_mode = check_mode('socket_mode', params.get('socket_mode', SERVER_DEFAULTS['socket_mode']))
+        self.memory_mode = check_mode('memory_mode', params.get('memory_mode', SERVER_DEFAULTS['memory_mode']))
         self.user, self.group = _user_and_group(params, server_account(self.name))
         self.hold = params.get('hold')
         if self.hold is not None:
@@ -374,17 +380,13 @@ class IvshmemDevice:
         field = 'ivshmem[%d]' % index
         if not isinstance(params, dict):
             raise ValidationError(field, 'must be a mapping')
-        unknown = set(params) - set(('type', 'server', 'socket', 'memory_path', 'size', 'role', 'vectors', 'hotplug'))
+        unknown = set(params) - set(IVSHMEM_ARGS)
         if unknown:
             raise ValidationError(field, 'unknown option(s) %s' % ', '.join(sorted(unknown)))
         self.id = 'ivshmem%d' % index
         self.index = index
-        self.type = params.get('type') or 'doorbell'
-        if self.type not in ('doorbell', 'plain'):
-            raise ValidationError(field + '.type', 'must be doorbell or plain')
-        self.role = params.get('role') or 'peer'
-        if self.role not in ('master', 'peer'):
-            raise ValidationError(field + '.role', 'must be master or peer')
+        self.type = check_choice(field + '.type', params.get('type') or IVSHMEM_DEFAULTS['type'], IVSHMEM_ARGS, 'type')
+        self.role = check_choice(field + '.role', params.get('role') or IVSHMEM_DEFAULTS['role'], IVSHMEM_ARGS, 'role')
         self.server = self.socket = self.memory_path = self.size = self.vectors = None
         if self.type == 'doorbell':
             if bool(params.get('server')) == bool(params.get('socket')):
@@ -398,7 +400,8 @@ class IvshmemDevice:
             else:
                 self.socket = check_path(field + '.socket', params['socket'])
             vectors = params.get('vectors')
-            self.vectors = check_int(field + '.vectors', 1 if vectors is None else vectors, 1, MAX_VECTORS)
+            self.vectors = check_int(field + '.vectors', IVSHMEM_DEFAULTS['vectors'] if vectors is None else vectors, 1,
+                                     MAX_VECTORS)
         else:
             for key in ('server', 'socket', 'vectors'):
                 if params.get(key) is not None:
@@ -407,7 +410,7 @@ class IvshmemDevice:
             self.size = check_size(field + '.size', params.get('size'))
         # Placed where PCI hotplug works, so the device can be unplugged and plugged back (a peer
         # moved live, see _hotplug.py). Off by default: it changes the guest's PCI topology.
-        self.hotplug = params.get('hotplug', False)
+        self.hotplug = params.get('hotplug', IVSHMEM_DEFAULTS['hotplug'])
         if not isinstance(self.hotplug, bool):
             raise ValidationError(field + '.hotplug', 'must be true or false')
         if self.hotplug and self.type != 'doorbell':
@@ -457,7 +460,7 @@ class IvshmemDevice:
                       chardev='%s-chr' % self.id, vectors=self.vectors, master='on' if self.role == 'master' else 'off')
         return chardev, device
 
-    def argv(self, machine='pc', plugged=True):
+    def argv(self, machine=GUEST_DEFAULTS['machine'], plugged=True):
         """The device's command line; ``plugged`` False keeps only its hotplug placement."""
         master = 'on' if self.role == 'master' else 'off'
         if self.type == 'doorbell':
@@ -477,35 +480,29 @@ class IvshmemDevice:
 class GuestSpec:
     """A QEMU guest: machine, boot, disks and its ivshmem devices."""
 
-    FIELDS = ('name', 'binary', 'memory', 'cpus', 'machine', 'accel', 'disks', 'kernel', 'initrd', 'append',
-              'extra_devices', 'extra_args', 'ivshmem', 'user', 'group', 'sandbox')
+    FIELDS = GUEST_FIELDS
 
     def __init__(self, params, layout):
         self.name = check_name('name', params.get('name'))
-        self.binary = check_path('binary', params.get('binary') or DEFAULT_QEMU)
-        self.memory = check_size('memory', params.get('memory') or '128M', minimum=16 << 20,
+        self.binary = check_path('binary', params.get('binary') or GUEST_DEFAULTS['binary'])
+        self.memory = check_size('memory', params.get('memory') or GUEST_DEFAULTS['memory'], minimum=16 << 20,
                                  maximum=1 << 42, power_of_two=False) >> 20
         cpus = params.get('cpus')
-        self.cpus = check_int('cpus', 1 if cpus is None else cpus, 1, 256)
-        self.machine = params.get('machine') or 'pc'
+        self.cpus = check_int('cpus', GUEST_DEFAULTS['cpus'] if cpus is None else cpus, 1, 256)
+        self.machine = params.get('machine') or GUEST_DEFAULTS['machine']
         if not isinstance(self.machine, str) or not re.match(r'^[A-Za-z0-9_.=,-]+\Z', self.machine):
             raise ValidationError('machine', '%r is not a machine type' % (self.machine,))
-        self.accel = params.get('accel') or 'auto'
-        if self.accel not in ('auto', 'kvm', 'tcg'):
-            raise ValidationError('accel', 'must be auto, kvm or tcg')
+        self.accel = check_choice('accel', params.get('accel') or GUEST_DEFAULTS['accel'], GUEST_ARGS, 'accel')
         self.disks = []
         for index, disk in enumerate(check_list('disks', params.get('disks'))):
             field = 'disks[%d]' % index
             if not isinstance(disk, dict):
                 raise ValidationError(field, 'must be a mapping')
-            fmt = disk.get('format') or 'qcow2'
-            if fmt not in ('qcow2', 'raw'):
-                raise ValidationError(field + '.format', 'must be qcow2 or raw')
-            interface = disk.get('interface') or 'virtio'
-            if interface not in ('virtio', 'ide', 'scsi'):
-                raise ValidationError(field + '.interface', 'must be virtio, ide or scsi')
+            fmt = check_choice(field + '.format', disk.get('format') or DISK_DEFAULTS['format'], DISK_ARGS, 'format')
+            interface = check_choice(field + '.interface', disk.get('interface') or DISK_DEFAULTS['interface'],
+                                     DISK_ARGS, 'interface')
             self.disks.append({'path': check_path(field + '.path', disk.get('path')), 'format': fmt,
-                               'interface': interface, 'readonly': bool(disk.get('readonly', False))})
+                               'interface': interface, 'readonly': bool(disk.get('readonly', DISK_DEFAULTS['readonly']))})
         self.kernel = check_path('kernel', params.get('kernel'), required=False)
         self.initrd = check_path('initrd', params.get('initrd'), required=False)
         self.append = params.get('append')
@@ -523,7 +520,7 @@ class GuestSpec:
             if device.hotplug:
                 device.hotplug_placement(self.machine)  # a machine without a placement fails here
         self.user, self.group = _user_and_group(params, guest_account(self.name))
-        self.sandbox = bool(params.get('sandbox', True))
+        self.sandbox = bool(params.get('sandbox', GUEST_DEFAULTS['sandbox']))
 
     @property
     def ivshmem(self):

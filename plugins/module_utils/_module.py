@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""What every module shares: the common options and one way to run a manager."""
+"""What every module shares: one way to run a manager (the common options: _options.COMMON_ARGS)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,13 +11,9 @@ __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, check_own_directory
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_RUNTIME_DIR, Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
-
-COMMON_ARGS = dict(
-    runtime_dir=dict(type='path', default=DEFAULT_RUNTIME_DIR),
-)
 
 # Failures that are the host's or QEMU's answer, reported as a message, never a traceback.
 OPERATIONAL = (HostError, QMPError, WaitTimeout, ControlError, OSError)

@@ -30,14 +30,15 @@ import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _readiness, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM, checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import (
     GuestError, GuestManager, exit_log, guest_status, plug_devices, unplug_devices)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     MigrationError, cancel_and_resume, finish_started_migration, follow_migration, progress_of, settle_source,
     start_migration, verify_destination, wait_loaded)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import DEFAULT_QEMU, ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, MIGRATION_DEFAULTS, MOVE_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -52,7 +53,6 @@ STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'unplug_
          'release')
 # A record whose step is one of these holds no lock.
 FINISHED = ('done',)
-DEFAULT_LEASE = 120
 
 
 class MoveError(Exception):
@@ -111,7 +111,7 @@ class HostMove:
         # The peers this move keeps running (moved live); the others are paused and restarted.
         self.live = [name for name in params.get('live_peers') or [] if name in self.peers]
         self.server = dict(self.group['server'], **(params.get('server_overrides') or {}))
-        self.start_timeout = params.get('start_timeout') or 120
+        self.start_timeout = params.get('start_timeout') or MOVE_DEFAULTS['start_timeout']
         self.path = journal_path(layout, self.name)
         # {'dir': this host's credentials, 'peer': the other host}, or None for a stream in clear.
         self.tls = _tls.check_settings('tls', params.get('tls'))
@@ -167,7 +167,7 @@ class HostMove:
         if record.get('step') != step or not history:
             history.append([step, round(now, 3)])
         record.update(data, run_id=self.run_id, step=step, history=history, updated=now,
-                      lease_until=now + (self.params.get('lease') or DEFAULT_LEASE))
+                      lease_until=now + (self.params.get('lease') or MOVE_DEFAULTS['lease']))
         for key in ('holder', 'role', 'source', 'destination'):
             if self.params.get(key) is not None and not (takeover and record.get('taken_over')):
                 record[key] = self.params[key]
@@ -179,7 +179,7 @@ class HostMove:
         with self._locked():
             record = self._record() or {}
             if record.get('run_id') == self.run_id and record.get('step') not in FINISHED:
-                record['lease_until'] = time.time() + (self.params.get('lease') or DEFAULT_LEASE)
+                record['lease_until'] = time.time() + (self.params.get('lease') or MOVE_DEFAULTS['lease'])
                 _host.write_json(self.path, record, 0o600)
 
     # --- what runs here ---------------------------------------------------------------
@@ -347,7 +347,7 @@ class HostMove:
         try:
             with QMPClient(status['qmp'], timeout=30) as dq:
                 waited = wait_loaded(dq, timeout)
-                check = verify_destination(dq, self._memories(), self.params.get('checksum') or DEFAULT_CHECKSUM)
+                check = verify_destination(dq, self._memories(), self.params.get('checksum') or MIGRATION_DEFAULTS['checksum'])
         except QMPError as exc:
             said = exit_log(self.layout, self.master)
             if said is None:
@@ -483,10 +483,10 @@ class HostMove:
                     if at is not None:
                         peers_stopped_at = min(at, peers_stopped_at or at)
             self._write('sending', peers_stopped_at=peers_stopped_at)
-            hashing = _Background(checksum_files, memories, self.params.get('checksum') or DEFAULT_CHECKSUM)
+            hashing = _Background(checksum_files, memories, self.params.get('checksum') or MIGRATION_DEFAULTS['checksum'])
             with QMPClient(status['qmp'], timeout=30) as sq:
-                start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
-                                self.params.get('downtime_limit') or 300, self._tls_for(status))
+                start_migration(sq, self.params['uri'], self.params.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'],
+                                self.params.get('downtime_limit') or MIGRATION_DEFAULTS['downtime_limit'], self._tls_for(status))
                 # At the switchover gate the master and its peers are stopped: the memory is final,
                 # so it is hashed while the last pass runs, not after it.
                 report = follow_migration(sq, self.params.get('timeout') or 300,
@@ -629,8 +629,8 @@ class HostMove:
                 if report is None:
                     if pq.command('query-status')['status'] != 'running':
                         raise MoveError('peer %s is %s here, not running' % (name, status['state']))
-                    start_migration(pq, self.params['uri'], self.params.get('max_bandwidth') or (10 << 30),
-                                    self.params.get('downtime_limit') or 300, self._tls_for(status))
+                    start_migration(pq, self.params['uri'], self.params.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'],
+                                    self.params.get('downtime_limit') or MIGRATION_DEFAULTS['downtime_limit'], self._tls_for(status))
                     report = follow_migration(pq, self.params.get('timeout') or 300)
             except (MigrationError, QMPError) as exc:
                 try:

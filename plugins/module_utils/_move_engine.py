@@ -32,9 +32,9 @@ import threading
 import time
 import uuid
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS, IVSHMEM_DEFAULTS, MIGRATION_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
@@ -98,7 +98,7 @@ def holder_alive(record):
 
 def migration_timeout(field, guest, max_bandwidth, shared=0):
     """Seconds to migrate ``guest`` (its RAM plus ``shared`` bytes of shared memory it carries)."""
-    total = check_size(field, guest.get('memory') or '128M', minimum=1, power_of_two=False) + shared
+    total = check_size(field, guest.get('memory') or GUEST_DEFAULTS['memory'], minimum=1, power_of_two=False) + shared
     return int(60 + SECONDS_PER_GIB * total / GIB + 2.0 * total / max(1, max_bandwidth))
 
 
@@ -142,7 +142,7 @@ class GroupMove:
                                       not minimum <= value <= maximum):
                 raise ValidationError(field, '%r is outside %s..%s' % (value, minimum, maximum))
         self.timeout, self.checksum_timeout = derived_timeouts(
-            group, self.options.get('max_bandwidth') or (10 << 30), self.options.get('timeout'),
+            group, self.options.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'], self.options.get('timeout'),
             self.options.get('checksum_timeout'))
         self.holder = holder or this_holder()
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -298,11 +298,11 @@ class GroupMove:
             if offers is None:
                 continue  # a host side that does not say: the migration itself will tell
             versions[self.destination] = offers.get('version')
-            machine = types.get(name) or guest.get('machine') or 'pc'
+            machine = types.get(name) or guest.get('machine') or GUEST_DEFAULTS['machine']
             if offers.get('error'):
                 problems.append('guest %s: %s' % (name, offers['error']))
                 continue
-            devices = sorted(set('ivshmem-' + (d.get('type') or 'doorbell') for d in guest.get('ivshmem') or []))
+            devices = sorted(set('ivshmem-' + (d.get('type') or IVSHMEM_DEFAULTS['type']) for d in guest.get('ivshmem') or []))
             try:
                 check_guest(offers, machine, devices, self.destination)
             except QemuBinaryError as exc:
@@ -471,7 +471,7 @@ class GroupMove:
                 self.live_peers = unplugged.get('live_peers') or []
                 if unplugged.get('fallback'):
                     self.report['fallback'] = unplugged['fallback']
-            sent, checked = self._send_and_verify(self.options.get('checksum') or DEFAULT_CHECKSUM)
+            sent, checked = self._send_and_verify(self.options.get('checksum') or MIGRATION_DEFAULTS['checksum'])
             if checked.get('step') != 'running':
                 if sent['sent']['checksums'] != checked['verification']['checksums']:
                     raise StepFailed('shared memory differs after the migration: source %s, destination %s' % (
@@ -617,7 +617,7 @@ class GroupMove:
         for name in self.live_peers:
             # A live peer carries its RAM only: its device, and so the shared memory, is unplugged.
             timeout = self.options.get('peer_timeout') or migration_timeout(
-                'group.peers.memory', peers[name], self.options.get('max_bandwidth') or (10 << 30))
+                'group.peers.memory', peers[name], self.options.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'])
             where = src
             try:
                 self._call(dst, 'prepare_peer', peer=name, uri=self.options['uri'])

@@ -20,6 +20,7 @@ import zipfile
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
@@ -29,33 +30,6 @@ _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
 SYSTEM_PYTHON = '/usr/bin/python3'
 _MAIN = ('import sys\nfrom %s._ivshmem_server import main\nsys.exit(main())\n' % _PACKAGE)
-
-# The options of one server, as ivshmem.fleet.server and ivshmem.fleet.host take them.
-SERVER_ARGS = dict(
-    name=dict(type='str', required=True),
-    state=dict(type='str', default='started', choices=['started', 'stopped', 'restarted', 'absent']),
-    implementation=dict(type='str', default='builtin', choices=['builtin', 'qemu']),
-    binary=dict(type='path'),
-    size=dict(type='str', default='4M'),
-    vectors=dict(type='int', default=1),
-    shm_name=dict(type='str'),
-    memory_dir=dict(type='path'),
-    pins=dict(type='dict'),
-    admit=dict(type='list', elements='str'),
-    admit_any=dict(type='bool', default=False),
-    accounts=dict(type='dict'),
-    admission=dict(type='str', default='open', choices=['open', 'held']),
-    hold_for=dict(type='str'),
-    max_clients=dict(type='int'),
-    socket_mode=dict(type='raw', default='0660'),
-    memory_mode=dict(type='raw', default='0600'),
-    user=dict(type='str'),
-    group=dict(type='str'),
-    supervisor=dict(type='str', default='auto', choices=['auto', 'systemd', 'daemon']),
-    program_dir=dict(type='path', default='/usr/local/lib/ivshmem-fleet'),
-    restart_on_drift=dict(type='bool', default=False),
-    timeout=dict(type='int', default=30),
-)
 
 
 def builtin_program():
@@ -120,15 +94,15 @@ class ServerManager(StateMachine):
         if params.get('admission') == 'held' and not params.get('hold_for'):
             raise ValidationError('hold_for', 'admission held needs the master guest name in hold_for')
         self.spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
-        self.timeout = check_int('timeout', params.get('timeout', 30), 1, 86400)  # 0 would fail half-way
-        self.restart_on_drift = params.get('restart_on_drift', False)
-        self.program_dir = check_path('program_dir', params.get('program_dir') or '/usr/local/lib/ivshmem-fleet')
+        self.timeout = check_int('timeout', params.get('timeout', SERVER_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
+        self.restart_on_drift = params.get('restart_on_drift', SERVER_DEFAULTS['restart_on_drift'])
+        self.program_dir = check_path('program_dir', params.get('program_dir') or SERVER_DEFAULTS['program_dir'])
         if self.program_dir.split('/')[1] in ('proc', 'sys', 'dev'):
             raise ValidationError('program_dir', '%s is in a kernel file system, not a place for a program' % self.program_dir)
         self.paths = server_paths(layout, self.spec.name)
         running_as = (_host.read_json(self.paths['record']) or {}).get('user') or self.spec.user
         self.supervisor = supervisor_for(self.spec.name, self.paths['pidfile'], self.paths['socket'],
-                                         self.paths['log'], params.get('supervisor') or 'auto', running_as,
+                                         self.paths['log'], params.get('supervisor') or SERVER_DEFAULTS['supervisor'], running_as,
                                          _held(self.paths))
         self.current = server_status(layout, self.spec.name, self.supervisor.kind)
         self.before = self._view(self.current)

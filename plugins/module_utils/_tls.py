@@ -36,23 +36,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 
-DEFAULT_DIR = '/etc/ivshmem-fleet/tls'
 CA = 'ca-cert.pem'
 CERTIFICATES = (CA, 'server-cert.pem', 'client-cert.pem')
 KEYS = ('server-key.pem', 'client-key.pem')
 FILES = CERTIFICATES + KEYS
-DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'  # on the controller
-# ivshmem.fleet.migration_credentials' options (its action plugin adds ``files`` for the module).
-CREDENTIALS_ARGS = dict(
-    state=dict(type='str', default='present', choices=['present', 'absent']),
-    dest=dict(type='path', default=DEFAULT_DIR),
-    group=dict(type='str', default='ivshmem'),
-    pki_dir=dict(type='path', default=DEFAULT_PKI_DIR),
-    names=dict(type='list', elements='str', default=[]),
-    addresses=dict(type='list', elements='str'),
-    valid_days=dict(type='int', default=825),
-    replace_ca=dict(type='bool', default=False),
-)
 CREDS_ID = 'ivshmem-fleet-migration-tls'
 AUTHZ_ID = 'ivshmem-fleet-migration-authz'
 

@@ -58,6 +58,8 @@ description:
     C(ivshmem_fleet_tls_dir) (default C(/etc/ivshmem-fleet/tls)): the host's migration credentials."
 author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
+extends_documentation_fragment:
+  - ivshmem.fleet._migration_options
 attributes:
   action:
     support: full
@@ -90,14 +92,6 @@ options:
     description: Inventory name of the destination host.
     type: str
     required: true
-  max_bandwidth:
-    description: Migration bandwidth limit in bytes per second.
-    type: int
-    default: 10737418240
-  downtime_limit:
-    description: QEMU's downtime limit in milliseconds.
-    type: int
-    default: 300
   timeout:
     description:
       - Seconds one migration may take. By default 60 s plus 120 s per GiB of guest RAM and shared
@@ -106,16 +100,6 @@ options:
   checksum_timeout:
     description: Seconds the checksums may take. By default 30 s plus 60 s per GiB of shared memory.
     type: int
-  checksum:
-    description:
-      - Hash used per 32 MiB chunk; a memory's checksum is the sha256 of its chunk digests, labelled
-        for example C(chunked-crc32-32MiB:...) (it is not the C(crc32) or C(sha1sum) of the memory file).
-      - The checksum guards against memory lost or mixed up on the way, not against an attacker (the
-        TLS stream is authenticated). C(crc32) is the fastest here (about 0.19 s per GiB on two cores
-        against 0.35 s for C(sha1)), and the destination's hash is part of the master's outage.
-    type: str
-    choices: [crc32, sha1, sha256, blake2b]
-    default: crc32
   start_timeout:
     description: Seconds a server or guest may take to start.
     type: int

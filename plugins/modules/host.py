@@ -105,18 +105,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import GateError, HostConverger
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, HOST_ARGS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            servers=dict(type='list', elements='dict', default=[]),
-            guests=dict(type='list', elements='dict', default=[]),
-            user=dict(type='str'),
-            group=dict(type='str'),
-        ),
+        argument_spec=dict(COMMON_ARGS, **HOST_ARGS),
         supports_check_mode=True,
     )
     run_manager(module, HostConverger, 'present', expected_errors=(GuestError, GateError))

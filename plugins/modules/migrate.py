@@ -38,6 +38,7 @@ author:
 extends_documentation_fragment:
   - ivshmem.fleet._common
   - ivshmem.fleet._common.attributes
+  - ivshmem.fleet._migration_options
 options:
   phase:
     description:
@@ -64,14 +65,6 @@ options:
     description: The C(source_checksums) that O(phase=send) returned, one per ivshmem device (O(phase=receive)).
     type: list
     elements: str
-  max_bandwidth:
-    description: Bandwidth limit in bytes per second.
-    type: int
-    default: 10737418240
-  downtime_limit:
-    description: Maximum tolerated downtime in milliseconds.
-    type: int
-    default: 300
   timeout:
     description: Seconds the migration may take before it is cancelled and rolled back.
     type: int
@@ -80,11 +73,6 @@ options:
     description: Compare the shared-memory checksums of both sides before the destination runs.
     type: bool
     default: true
-  checksum:
-    description: Hash used per 32 MiB chunk (see M(ivshmem.fleet.group_migrate) for why C(crc32)).
-    type: str
-    choices: [crc32, sha1, sha256, blake2b]
-    default: crc32
   stop_source:
     description: Quit the source QEMU after a verified migration (it must never resume).
     type: bool
@@ -205,27 +193,14 @@ migration:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, DEFAULT as DEFAULT_CHECKSUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration, MigrationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MIGRATE_ARGS
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            COMMON_ARGS,
-            phase=dict(type='str', default='full', choices=['full', 'send', 'receive', 'abort']),
-            guest=dict(type='str'),
-            destination=dict(type='str'),
-            uri=dict(type='str'),
-            expected_checksums=dict(type='list', elements='str'),
-            max_bandwidth=dict(type='int', default=10 << 30),
-            downtime_limit=dict(type='int', default=300),
-            timeout=dict(type='int', default=300),
-            verify=dict(type='bool', default=True),
-            checksum=dict(type='str', default=DEFAULT_CHECKSUM, choices=list(CHECKSUMS)),
-            stop_source=dict(type='bool', default=True),
-        ),
+        argument_spec=dict(COMMON_ARGS, **MIGRATE_ARGS),
         required_if=[('phase', 'full', ['guest', 'destination']), ('phase', 'send', ['guest', 'uri']),
                      ('phase', 'receive', ['destination']), ('phase', 'abort', ['guest'])],
         supports_check_mode=True,

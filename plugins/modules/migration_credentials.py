@@ -123,7 +123,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CREDENTIALS_ARGS, install, remove
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import CREDENTIALS_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import install, remove
 
 
 def main():

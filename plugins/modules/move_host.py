@@ -171,9 +171,9 @@ host_time:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, MoveError, MoveStep
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MOVE_ARGS, MOVE_HOST_OPTIONS, pick
 
 
 def main():
@@ -190,13 +190,6 @@ def main():
             expect_run=dict(type='str'),
             mark=dict(type='str'),
             uri=dict(type='str'),
-            max_bandwidth=dict(type='int'),
-            downtime_limit=dict(type='int'),
-            timeout=dict(type='int'),
-            start_timeout=dict(type='int'),
-            lease=dict(type='int'),
-            checksum=dict(type='str', choices=list(CHECKSUMS)),
-            checksum_timeout=dict(type='int'),
             channel_key=dict(type='str', no_log=True),
             expected_checksums=dict(type='list', elements='str'),
             force=dict(type='bool', default=False),
@@ -206,6 +199,7 @@ def main():
             tls=dict(type='dict'),
             live_peers=dict(type='list', elements='str'),
             peer=dict(type='str'),
+            **pick(MOVE_ARGS, *MOVE_HOST_OPTIONS, without_default=True)
         ),
         supports_check_mode=False,
     )

@@ -193,8 +193,9 @@ rollout:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import PLAN_ARGS, GroupPlan
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, PLAN_ARGS
 
 
 def main():

@@ -270,8 +270,9 @@ waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._module import COMMON_ARGS, run_manager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._server import SERVER_ARGS, ServerManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, SERVER_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 
 
 def main():
