@@ -114,15 +114,18 @@ def assert_moved_live(hosts):
     bells_grow(hosts, 'b', 'g-master')  # ... and peer to master
 
 
-# q35 (a pcie-root-port per device), known, not yet fixed; marked so that it shows (XPASS /
-# XFAIL) without failing the suite. Two ways it failed:
+# q35 (a pcie-root-port per device): known, not yet fixed, and intermittent. Two ways it failed:
 # - 2026-11-27, about one run in six: the guest never assigned the BARs of the device plugged back
 #   (60 s), as if its pciehp missed the hot-add right after the migration; a rerun then waits again
 #   rather than plugging anew;
 # - 2026-12-04, 2 runs in 56: the source peer's QEMU 7.2 segfaulted while the guest released the
 #   device (QMP closed while waiting for DEVICE_DELETED; dmesg: both at the same code offset).
+# Either way the engine stops with MoveFailed (the README's known issue: the move fails naming the
+# peer). Only that is tolerated: a q35 move that reports success must pass every check below (a
+# peer that rebooted, stale data, a wrong IVPOSITION fail the test), and any other exception is a
+# failure. Not strict: the case passes in most runs, and a strict XPASS would fail the suite then.
 Q35_KNOWN_FAILURES = 'q35: hot-add after migration sometimes missed, unplug sometimes crashes QEMU (see comment above)'
-Q35_PLUG = pytest.param('q35', marks=pytest.mark.xfail(strict=False, reason=Q35_KNOWN_FAILURES))
+Q35_PLUG = pytest.param('q35', marks=pytest.mark.xfail(raises=MoveFailed, strict=False, reason=Q35_KNOWN_FAILURES))
 
 
 @pytest.mark.parametrize('live', ['pc', Q35_PLUG, 'pc@10.0'], indirect=True)

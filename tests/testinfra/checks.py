@@ -40,29 +40,40 @@ def check_server(host, server):
 
 
 def check_guests(server, guests, expected=None):
-    """One running master at ID 0, running peers with distinct IDs (the inventory's when given)."""
+    """One running master at ID 0, running peers with distinct IDs; each guest in the role and
+    at the ID the inventory gives it (master 0, peers 1.. in order), when the group is given."""
+    want = {}
+    if expected:
+        want = dict([(expected['master']['name'], ('master', 0))] +
+                    [(p['name'], ('peer', i + 1)) for i, p in enumerate(expected.get('peers') or [])])
     roles = {}
     for guest in guests:
         device = guest['ivshmem'][0]
+        # The role QEMU resolved for the device (its QOM master property, read by info).
+        role = device.get('role')
         assert guest['state'] == 'running', '%s is %s' % (guest['name'], guest['state'])
-        assert device['role'] == (device.get('role') or 'peer')
-        roles[guest['name']] = (device['role'], device.get('server_id'))
+        assert role in ('master', 'peer'), '%s reports ivshmem role %r' % (guest['name'], role)
+        if want:  # the inventory's role for it: a guest the group does not name has none
+            wanted = want.get(guest['name'], ('no role (not in the group)',))[0]
+            assert role == wanted, '%s runs as %s on server %s, expected %s' % (guest['name'], role, server['name'], wanted)
+        roles[guest['name']] = (role, device.get('server_id'))
     masters = [name for name, (role, _id) in roles.items() if role == 'master']
     assert len(masters) == 1, 'server %s has masters %s' % (server['name'], masters)
     assert roles[masters[0]][1] == 0, 'master %s has ID %s' % (masters[0], roles[masters[0]][1])
     ids = [peer_id for _role, peer_id in roles.values()]
     assert len(set(ids)) == len(ids), 'IDs %s are not distinct' % ids
-    if expected:
-        want = dict([(expected['master']['name'], ('master', 0))] +
-                    [(p['name'], ('peer', i + 1)) for i, p in enumerate(expected.get('peers') or [])])
+    if want:
         assert roles == want, 'group %s runs as %s, expected %s' % (server['name'], roles, want)
 
 
 def check_pattern(host, server):
-    """Where a test wrote a pattern into the memory, the memory still holds it."""
+    """Where a test wrote a pattern into the memory, the memory still holds it: True when a
+    pattern was recorded for this server's group and checked, False when none was recorded.
+    A recorded pattern the server has no memory file for is a failure, not a pass."""
     record = host.file('%s/%s.sha1' % (PATTERN_DIR, server['name']))
-    if not record.exists or not server['memory']:
+    if not record.exists:
         return False
+    assert server['memory'], 'group %s has a recorded pattern but its server reports no memory file' % server['name']
     actual = host.check_output('sha1sum %s', server['memory']).split()[0]
     assert actual == record.content_string.strip(), 'memory of %s changed' % server['name']
     return True
