@@ -12,7 +12,7 @@ import yaml
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 PLUGINS = 'ansible_collections.ivshmem.fleet.plugins'
 MODULES = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, 'plugins', 'modules'))
                  if name.endswith('.py') and not name.startswith('_'))
