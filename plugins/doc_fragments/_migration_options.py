@@ -12,7 +12,7 @@ class ModuleDocFragment(object):
 
     # The migration options ivshmem.fleet.migrate (one host) and ivshmem.fleet.group_migrate
     # (between hosts) share: module_utils/_options.py MIGRATION_ARGS, checked against it by
-    # tests/unit/test_options.py.
+    # tests/unit/plugins/test_options.py.
     DOCUMENTATION = r'''
 options:
   max_bandwidth:

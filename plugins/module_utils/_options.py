@@ -11,7 +11,7 @@ and the move take their defaults from them (``DEFAULTS``) and their lists of fie
 The documentation cannot be generated (ansible-doc reads it as text): each module's
 DOCUMENTATION, the shared fragments in ``plugins/doc_fragments/`` and the roles'
 ``meta/argument_specs.yml`` are checked against these declarations by
-``tests/unit/test_options.py``, which names the option that differs.
+``tests/unit/plugins/test_options.py``, which names the option that differs.
 
 To add a guest option: declare it in ``GUEST_ARGS`` (with its default), document it in
 ``plugins/modules/guest.py``, and use it in ``GuestSpec`` (``_model.py``). It is recorded, shown in
