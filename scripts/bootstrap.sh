@@ -15,6 +15,7 @@ apt_packages=(
   rsync git
   nftables iproute2                   # the integration tier cuts a migration link (packets dropped)
   systemd                             # systemd-analyze: the server unit's security score
+  podman runc debootstrap             # the execution environment (scripts/ee.sh): built and run here
 )
 missing=()
 for p in "${apt_packages[@]}"; do
