@@ -15,8 +15,9 @@ import sys
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import PROGRAM_NAME_RE
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
-from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import NAME_RE, VERSION, Config, ServerError
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import VERSION, Config, ServerError
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.loop import IvshmemServer
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.system import sd_notify
 
@@ -27,20 +28,20 @@ DEFAULT_SIZE = 4 << 20
 
 def _pin(text):
     name, sep, peer_id = text.rpartition('=')
-    if not sep or not NAME_RE.match(name) or not peer_id.isdigit() or int(peer_id) > MAX_PEER_ID:
+    if not sep or not PROGRAM_NAME_RE.match(name) or not peer_id.isdigit() or int(peer_id) > MAX_PEER_ID:
         raise argparse.ArgumentTypeError('expected NAME=ID with ID 0..%d, got %r' % (MAX_PEER_ID, text))
     return name, int(peer_id)
 
 
 def _account(text):
     name, sep, uid = text.rpartition('=')
-    if not sep or not NAME_RE.match(name) or not uid.isdigit():
+    if not sep or not PROGRAM_NAME_RE.match(name) or not uid.isdigit():
         raise argparse.ArgumentTypeError('expected NAME=UID, got %r' % text)
     return name, int(uid)
 
 
 def _name(text):
-    if not NAME_RE.match(text):
+    if not PROGRAM_NAME_RE.match(text):
         raise argparse.ArgumentTypeError('invalid name %r' % text)
     return text
 

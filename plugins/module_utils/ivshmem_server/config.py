@@ -10,12 +10,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
-import re
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import round_up_power_of_two
 
 VERSION = '1.0.0'
-NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z')
 
 
 class ServerError(Exception):
@@ -24,12 +23,11 @@ class ServerError(Exception):
 
 def check_accounts(accounts):
     """{name: uid} must name each uid once: the uid is how a client is told apart."""
-    seen = {}
-    for name, uid in sorted(accounts.items()):
-        if uid in seen:
-            raise ServerError('--account: uid %d given to both %s and %s; each guest needs its own account' % (
-                uid, seen[uid], name))
-        seen[uid] = name
+    shared = shared_account(accounts)
+    if shared:
+        first, second, uid = shared
+        raise ServerError('--account: uid %d given to both %s and %s; each guest needs its own account' % (
+            uid, first, second))
     return dict((uid, name) for name, uid in accounts.items())
 
 

@@ -18,8 +18,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol im
     encode_response,
     read_request,
 )
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import PROGRAM_NAME_RE
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.clients import peer_credentials
-from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import NAME_RE, VERSION
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import VERSION
 
 MAX_CONTROLS = 64
 CONTROL_IDLE = 2.0  # seconds a control connection may take to send its request and read the reply
@@ -113,14 +114,14 @@ class Control:
             raise ControlError('%s needs root or the admin group (the request came from uid %s)' % (command, peer.uid))
         if command == 'admit':
             guest = request.get('guest')
-            if not isinstance(guest, str) or not NAME_RE.match(guest):
+            if not isinstance(guest, str) or not PROGRAM_NAME_RE.match(guest):
                 raise ControlError('admit needs a valid guest name')
             self._know(guest, request_uid(request, 'admit', required=True))
             self.log('guest %s admitted (uid %d)' % (guest, self.accounts[guest]))
             return self.status()
         if command == 'hold':
             master, uid = request.get('master'), request_uid(request, 'hold')
-            if not isinstance(master, str) or not NAME_RE.match(master):
+            if not isinstance(master, str) or not PROGRAM_NAME_RE.match(master):
                 raise ControlError('hold needs a valid master name')
             if uid is not None:
                 self._know(master, uid)

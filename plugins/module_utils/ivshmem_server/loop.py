@@ -27,6 +27,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     SHM_MARKER,
 )
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_send import best_sender
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import write_atomic
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.admission import REFUSALS_KEPT, Admission
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.clients import CLIENT_QUANTUM, HANDSHAKE_QUANTUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import ServerError, check_accounts
@@ -37,7 +38,6 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.syste
     remove_stale_socket,
     sd_notify,
     unlink_quietly,
-    write_atomic,
 )
 
 _RESERVED_FDS = 128  # listeners, control connections, the memory, the log
@@ -129,7 +129,7 @@ class IvshmemServer(Admission, Control):
             signal.signal(signum, self._on_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeup)
         if self.config.pidfile:
-            write_atomic(self.config.pidfile, '%d\n' % os.getpid(), 0o644)
+            write_atomic(self.config.pidfile, '%d\n' % os.getpid(), 0o644, exact_mode=False)
         self.log('listening on %s (memory %s, %d bytes, %d vectors, up to %d clients, sending with %s%s)' % (
             self.config.socket_path, self.config.memory_path, self.config.size, self.config.vectors,
             self.max_clients, self.sender.name, ', held for %s' % self.hold if self.hold else ''))

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The host's facilities the server uses: fd limit, files, stale sockets, systemd readiness."""
+"""The host's facilities the server uses: fd limit, stale sockets, files, systemd readiness."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -12,31 +12,30 @@ __metaclass__ = type
 import os
 import resource
 import socket
-import stat
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import ServerError
 
 
 def remove_stale_socket(path):
     """A socket left by a killed server is removed; a live one or a non-socket is an error."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ServerError('%s exists and is not a socket' % path)
+    if _rules.remove_stale_socket(path, _listening, ServerError) is False:
+        raise ServerError('another server is listening on %s' % path)
+
+
+def _listening(path):
+    """Whether a process listens on the socket ``path``: found by connecting to it."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)
-        return
+        return False
     except OSError as exc:
         raise ServerError('cannot probe %s: %s' % (path, exc))
     finally:
         probe.close()
-    raise ServerError('another server is listening on %s' % path)
+    return True
 
 
 def raise_fd_limit():
@@ -49,14 +48,6 @@ def raise_fd_limit():
         except (ValueError, OSError):
             pass
     return soft
-
-
-def write_atomic(path, text, mode):
-    tmp = '%s.%d.tmp' % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, 'w') as handle:
-        handle.write(text)
-    os.rename(tmp, path)
 
 
 def unlink_quietly(path):
