@@ -50,7 +50,11 @@ _COLLECT_BUSY = 30.0  # seconds after which garbage is collected even if no queu
 
 
 class IvshmemServer(Admission, Control):
-    """One shared memory, its listening socket, its control socket and its clients."""
+    """One shared memory, its listening socket, its control socket and its clients.
+
+    The joins (``admission.Admission``) and the control requests (``control.Control``) are
+    methods of this class, written beside their concern.
+    """
 
     def __init__(self, config, log):
         self.config = config
@@ -65,7 +69,7 @@ class IvshmemServer(Admission, Control):
         self.absent = {}
         self.ids = IdAllocator(config.pins)
         self.hold = config.hold
-        self.accounts = dict(config.accounts)  # a hold may add the master's (see _control)
+        self.accounts = dict(config.accounts)  # a hold may add the master's (see control.py)
         self.names_by_uid = check_accounts(self.accounts)
         self.refused = 0
         self.refusals = collections.deque(maxlen=REFUSALS_KEPT)
@@ -83,7 +87,7 @@ class IvshmemServer(Admission, Control):
         self.max_backlog = config.max_backlog
         self._wake_r = self._wake_w = None
         self._stopping = False
-        self._controls = {}  # socket fd -> _Control
+        self._controls = {}  # socket fd -> control.ControlConnection
         self._dirty = collections.OrderedDict()  # clients with messages to try now, in turn
         self._held_back = set()  # clients the kernel's limit on fds in flight held back
         self._retry_at = None
@@ -271,7 +275,7 @@ class IvshmemServer(Admission, Control):
 
     def _settle(self):
         # Sending is done here, never from inside an event handler (but a newcomer's own
-        # handshake, see _admit): a client that fails while others are being told about a
+        # handshake, see admission.py): a client that fails while others are being told about a
         # departure is dropped without recursion.
         # Each client sends a quantum in turn, and a round ends after its time slice (see
         # serve): a burst of long handshakes never keeps the loop from others (a status
