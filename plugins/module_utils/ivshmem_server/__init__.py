@@ -24,8 +24,11 @@ The program by concern, each module importing only what it needs:
 - ``admission``: who may join, and the join itself (the handshake, the announcements);
 - ``loop``: the server (``IvshmemServer``): memory, sockets, the event loop, sending, departures;
 - ``control``: the control socket (status, hold, release, admit);
-- ``system``: the host's facilities (fd limit, pid file, stale sockets, systemd readiness);
+- ``system``: the host's facilities (fd limit, stale sockets, systemd readiness);
 - ``cli``: the command line, logging and the daemon (``main``).
+
+What it shares with the modules (names, one account per guest, stale sockets, atomic writes)
+it imports from ``module_utils/_rules.py``, which the zipapp carries too.
 
 Standard library only (Python >= 3.10 for os.eventfd): the modules ship this package to
 managed hosts inside a zipapp (``_server.builtin_program``), and the tests run it directly

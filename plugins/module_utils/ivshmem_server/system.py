@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The host's facilities the server uses: fd limit, stale sockets, files, systemd readiness."""
+"""The host's facilities the server uses: fd limit, stale sockets, files removed, systemd readiness."""
 
 from __future__ import absolute_import, division, print_function
 
