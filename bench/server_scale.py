@@ -32,14 +32,14 @@ from ivshmem_probe import Probe  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import (  # noqa: E402
     ControlError, control_request)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _ivshmem_server  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import loop as server_loop  # noqa: E402
 
 sys.path.insert(0, HERE)
 from report_section import header, progress, ratio, table, verdict  # noqa: E402
 
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER', os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
 JOIN_TIMEOUT = 10.0
-ROUND_SLICE = _ivshmem_server._ROUND_SLICE
+ROUND_SLICE = server_loop._ROUND_SLICE
 # A status request during a burst may wait for the round in progress (a time slice and the one
 # admission or turn that ends it) on top of its own cost, which is the idle figure.
 BURST_TOLERANCE = 2.0
@@ -64,7 +64,7 @@ def start_server(kind, directory, vectors, pin=PINNED):
     common = ['-F', '-S', sock, '-M', name, '-l', '1M', '-n', str(vectors)]
     if kind == 'ours':
         argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
-                '_ivshmem_server import main; sys.exit(main())'] + common
+                'ivshmem_server.cli import main; sys.exit(main())'] + common
     else:
         argv = [UPSTREAM] + common
     cores = {SERVER_CPU} if pin else set(range(os.cpu_count()))

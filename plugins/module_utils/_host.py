@@ -17,8 +17,8 @@ import signal
 import socket
 import stat
 import subprocess
-import tempfile
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
@@ -301,16 +301,7 @@ def tcp_listening(port):
 
 def remove_stale_socket(path):
     """Remove a socket file nobody listens on; refuse to touch anything else."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(info.st_mode):
-        raise HostError('%s exists and is not a socket' % path)
-    if unix_listening(path):
-        return False
-    os.unlink(path)
-    return True
+    return _rules.remove_stale_socket(path, unix_listening, HostError) is True
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -367,18 +358,7 @@ def write_file(path, data, mode=0o644):
                 return False
         finally:
             os.close(fd)
-    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=os.path.dirname(path) or '.')
-    try:
-        with os.fdopen(fd, 'wb') as handle:
-            handle.write(data)
-            os.fchmod(handle.fileno(), mode)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _rules.write_atomic(path, data, mode)
     return True
 
 

@@ -21,11 +21,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
     DEFAULT_RUNTIME_DIR, DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
     SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import NAME_RE, shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
-# \Z, not $: a name with a trailing newline is no name ($ matches before it).
-NAME_PATTERN = r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z'
-_NAME_RE = re.compile(NAME_PATTERN)
 MIN_SHM_SIZE = 4096
 MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
@@ -105,7 +103,7 @@ def prefixed(prefix, build):
 
 
 def check_name(field, value):
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
         raise ValidationError(field, '%r is not a valid name (letters, digits, "_", "." and "-", '
                                      'at most 64, no path or shell characters)' % (value,))
     return value
@@ -253,7 +251,7 @@ class Layout:
 
     def names(self, kind):
         try:
-            return sorted(n for n in os.listdir(os.path.join(self.runtime_dir, kind)) if _NAME_RE.match(n))
+            return sorted(n for n in os.listdir(os.path.join(self.runtime_dir, kind)) if NAME_RE.match(n))
         except OSError:
             return []
 
@@ -314,12 +312,11 @@ class ServerSpec:
                 if getattr(self, field):
                     raise ValidationError(field, 'needs implementation builtin (upstream has no %s)' % field)
             self.admit_any = True  # upstream admits whoever can open its socket
-        named = self.guest_accounts()
-        for guest, user in sorted(named.items()):
-            for other, other_user in sorted(named.items()):
-                if other < guest and other_user == user:
-                    raise ValidationError('accounts.%s' % guest, 'guests %s and %s both run as %s: the server tells '
-                                          'guests apart by their account, so each needs its own' % (other, guest, user))
+        shared = shared_account(self.guest_accounts())
+        if shared:
+            other, guest, user = shared
+            raise ValidationError('accounts.%s' % guest, 'guests %s and %s both run as %s: the server tells '
+                                  'guests apart by their account, so each needs its own' % (other, guest, user))
 
     def guest_accounts(self):
         """{guest: the account it runs as} for every guest this server knows by name (pinned,

@@ -29,7 +29,7 @@ _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
 # The server runs as the service user: the interpreter must be one that user may run
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
 SYSTEM_PYTHON = '/usr/bin/python3'
-_MAIN = ('import sys\nfrom %s._ivshmem_server import main\nsys.exit(main())\n' % _PACKAGE)
+_MAIN = ('import sys\nfrom %s.ivshmem_server.cli import main\nsys.exit(main())\n' % _PACKAGE)
 
 
 def builtin_program():
@@ -38,7 +38,9 @@ def builtin_program():
     # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
     # any import statement names, so they still reach the host.
     from ansible_collections.ivshmem.fleet.plugins.module_utils import (
-        _control_protocol, _ivshmem_protocol, _ivshmem_send, _ivshmem_server, _sizes)
+        _control_protocol, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
+    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import (
+        admission, cli, clients, config, control, ids, loop, system)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
         def add(path, text):
@@ -47,8 +49,10 @@ def builtin_program():
         parts = _PACKAGE.split('.')
         for depth in range(1, len(parts) + 1):
             add('/'.join(parts[:depth]) + '/__init__.py', '')
-        for module in (_ivshmem_server, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol):
-            add('%s.py' % module.__name__.replace('.', '/'), module.__spec__.loader.get_source(module.__name__))
+        for module in (ivshmem_server, admission, cli, clients, config, control, ids, loop, system,
+                       _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
+            path = module.__name__.replace('.', '/') + ('/__init__.py' if module is ivshmem_server else '.py')
+            add(path, module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
 
 

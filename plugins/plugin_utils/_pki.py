@@ -35,6 +35,7 @@ try:
 except ImportError as exc:  # reported when a certificate is needed, not at import
     CRYPTOGRAPHY_ERROR = exc
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import write_atomic
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CA
 
 RENEW_BEFORE = datetime.timedelta(days=30)  # at most: a third of a short validity
@@ -105,11 +106,7 @@ class Authority:
     def _write(self, relative, text, mode):
         path = os.path.join(self.directory, relative)
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        tmp = '%s.tmp%d' % (path, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, 'w') as handle:
-            handle.write(text)
-        os.rename(tmp, path)
+        write_atomic(path, text, mode, exact_mode=False)
 
     def _read(self, relative):
         try:

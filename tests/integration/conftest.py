@@ -153,7 +153,7 @@ def start_server():
         sock = os.path.join(root, 's.sock')
         name = 'srv-%d-%d' % (os.getpid(), len(started))
         argv = [sys.executable, '-c', 'import sys; from ansible_collections.ivshmem.fleet.plugins.module_utils.'
-                '_ivshmem_server import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M']
+                'ivshmem_server.cli import main; sys.exit(main())', '-F', '-S', sock, '-M', name, '-l', '1M']
         log = os.path.join(root, 'server.log')
 
         def limit_fds():

@@ -3,8 +3,11 @@ import os
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
-from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import (
-    Config, IdAllocator, IvshmemServer, build_parser, guest_name_of)
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.cli import build_parser
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.clients import guest_name_of
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import Config
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.ids import IdAllocator
+from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.loop import IvshmemServer
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
 
@@ -84,7 +87,7 @@ def test_a_guest_is_known_by_its_account_never_by_a_name():
     (['--account', 'm=5', '--account', 'p=5'], 'uid 5 given to both m and p'),
 ])
 def test_names_without_an_account_are_refused_at_start(args, message):
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import ServerError
+    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import ServerError
     with pytest.raises(ServerError) as info:
         Config(build_parser().parse_args(args))
     assert message in str(info.value)
@@ -99,7 +102,7 @@ def test_parser_is_a_drop_in_for_upstream_options():
 
 
 def test_conflicting_pins_are_refused():
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_server import ServerError
+    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import ServerError
     with pytest.raises(ServerError):
         Config(build_parser().parse_args(['--account', 'a=5', '--account', 'b=6', '--pin', 'a=1', '--pin', 'b=1']))
 
