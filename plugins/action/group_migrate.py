@@ -12,6 +12,7 @@ __metaclass__ = type
 from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import move_source
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR, DEFAULT_TLS_DIR as TLS_DIR, MOVE_ARGS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
@@ -32,11 +33,8 @@ class ActionModule(ControllerAction):
     def act(self, args, result, task_vars):
         group = args['group']
         destination = args['destination']
-        source = args['source'] or group.get('current_host') or group.get('host')
-        transition = group.get('in_transition') or {}
-        if not args['source'] and source == destination and transition.get('destination') not in (None, destination):
-            # A move away from the destination was left open: resolving it runs between those hosts.
-            source = transition['destination']
+        # Where from, as ivshmem.fleet.plan's moves say (a move left open is resolved first).
+        source = args['source'] or move_source(group, destination)
         hosts = {}
         known = task_vars.get('hostvars') or {}
         for field, name in (('source', source), ('destination', destination)):
@@ -47,9 +45,9 @@ class ActionModule(ControllerAction):
             for name in sorted(set((source, destination))):
                 hosts[name] = InventoryHost(self, name, task_vars, 'ivshmem.fleet.move_host')
             for name, host in hosts.items():
-                host._fixed_args = {'runtime_dir': host.var('ivshmem_fleet_runtime_dir') or DEFAULT_RUNTIME_DIR,
-                                    'server_overrides': host.var('ivshmem_fleet_server_overrides') or {},
-                                    'guest_overrides': host.var('ivshmem_fleet_guest_overrides') or {}}
+                host.send_always(runtime_dir=host.var('ivshmem_fleet_runtime_dir') or DEFAULT_RUNTIME_DIR,
+                                 server_overrides=host.var('ivshmem_fleet_server_overrides') or {},
+                                 guest_overrides=host.var('ivshmem_fleet_guest_overrides') or {})
             address = hosts[destination].var('ivshmem_fleet_migration_address') or \
                 hosts[destination].var('ansible_host') or destination
             options = dict((k, args[k]) for k in (

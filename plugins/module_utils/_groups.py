@@ -139,6 +139,8 @@ class GroupPlan(StateMachine):
         self.layout = layout
         self.facts = params.get('facts') or {}
         self.rollout = params.get('rollout')
+        self.group, self.evacuate = params.get('group'), params.get('evacuate')
+        self.destination = params.get('destination')
 
     def state_planned(self):
         if not isinstance(self.groups, list):
@@ -169,6 +171,8 @@ class GroupPlan(StateMachine):
             plan.append(normalized)
         by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
         self.result.update(groups=plan, by_host=by_host)
+        if self.group is not None or self.evacuate is not None or self.destination is not None:
+            self.result['moves'] = select_moves(plan, self.hosts, self.group, self.evacuate, self.destination)
         if self.rollout is not None:
             self.result['rollout'] = place(plan, self.hosts, self.facts, self.rollout)
 
@@ -189,3 +193,36 @@ class GroupPlan(StateMachine):
         master = group['master']['name']
         serving = sorted(host for host, guests in self.running.items() if master in (guests or []))
         return serving[0] if serving else group['host']
+
+
+def move_source(group, destination):
+    """The host a move of ``group`` (as planned) to ``destination`` runs from: where it serves now,
+    except that a move away from the destination left open is resolved between the destination
+    and that move's own destination."""
+    source = group.get('current_host') or group.get('host')
+    transition = group.get('in_transition') or {}
+    if source == destination and transition.get('destination') not in (None, destination):
+        source = transition['destination']
+    return source
+
+
+def select_moves(plan, hosts, group, evacuate, destination):
+    """The moves of the migrate playbook, decided here once: the group named ``group``, or every
+    group serving from host ``evacuate``, to ``destination``. A group already on the destination
+    moves only when an earlier move of it is in transition (the move resolves it first); those
+    come after the others. Each move: its ``name``, ``source``, ``destination`` and ``group`` (as
+    planned)."""
+    if (group is None) == (evacuate is None):
+        raise ValidationError('group', 'give either group (a group to move) or evacuate (a host to empty)')
+    if destination not in hosts:
+        raise ValidationError('destination', '%r is not a host of the inventory' % (destination,))
+    if group is not None:
+        chosen = [g for g in plan if g['name'] == group]
+        if not chosen:
+            raise ValidationError('group', 'no group named %s' % group)
+    else:
+        chosen = [g for g in plan if g['current_host'] == evacuate]
+    selected = [g for g in chosen if g['current_host'] != destination] + \
+        [g for g in chosen if g['current_host'] == destination and g['in_transition']]
+    return [{'name': g['name'], 'source': move_source(g, destination), 'destination': destination, 'group': g}
+            for g in selected]

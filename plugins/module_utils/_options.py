@@ -182,6 +182,9 @@ PLAN_ARGS = dict(
         guest_overhead=dict(type='raw', default='64M'),
         capacity=dict(type='dict', default={}),
     )),
+    group=dict(type='str'),
+    evacuate=dict(type='str'),
+    destination=dict(type='str'),
 )
 
 

@@ -82,11 +82,14 @@ attributes:
     description: Target OS/families that can be operated against.
 options:
   group:
-    description: One group as M(ivshmem.fleet.plan) returned it.
+    description: One group as M(ivshmem.fleet.plan) returned it (a move's C(group) in its RV(ivshmem.fleet.plan#module:moves)).
     type: dict
     required: true
   source:
-    description: Inventory name of the host the group serves from; defaults to the plan's C(current_host).
+    description:
+      - Inventory name of the host the move runs from (a move's C(source) in the plan's RV(ivshmem.fleet.plan#module:moves)).
+      - Without it, the same rule - the plan's C(current_host), or for a group on the destination whose move away
+        is in transition, that move's destination.
     type: str
   destination:
     description: Inventory name of the destination host.
@@ -152,23 +155,30 @@ seealso:
 '''
 
 EXAMPLES = r'''
-- name: Validate the groups and find where they serve
+- name: Validate the groups and find whether g1 moves to hv2, and from where
   ivshmem.fleet.plan:
     groups: "{{ ivshmem_fleet_groups }}"
     hosts: "{{ groups['hypervisors'] }}"
+    facts: "{{ dict(groups['hypervisors'] | zip(groups['hypervisors'] | map('extract', hostvars, ['ansible_facts', 'ivshmem_fleet']))) }}"
+    group: g1
+    destination: hv2
   run_once: true
   register: fleet_plan
 
-- name: Move g1 to hv2
+- name: Move g1 to hv2 (nothing to do when it serves there already)
   ivshmem.fleet.group_migrate:
-    group: "{{ fleet_plan.groups | selectattr('name', 'equalto', 'g1') | first }}"
-    destination: hv2
+    group: "{{ item.group }}"
+    source: "{{ item.source }}"
+    destination: "{{ item.destination }}"
+  loop: "{{ fleet_plan.moves }}"
   run_once: true
   register: moved
 
 - name: The real outage
   ansible.builtin.debug:
-    msg: "{{ moved.move.master_outage_ms }} ms master, {{ moved.move.peer_outage_ms }} ms peers"
+    msg: "{{ item.move.master_outage_ms }} ms master, {{ item.move.peer_outage_ms }} ms peers"
+  loop: "{{ moved.results }}"
+  run_once: true
 '''
 
 RETURN = r'''

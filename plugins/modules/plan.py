@@ -31,6 +31,11 @@ description:
     of the inventory must fit alone on some destination other than its own host, else the error names
     the first that does not and by how much; a batch whose groups do not fit together fails naming the
     group left over. Nothing moves either way.
+  - With O(group) or O(evacuate) and O(destination), also says which groups move, from where - RV(moves), the
+    one decision the migrate playbook and M(ivshmem.fleet.group_migrate) act on. That is the named group, or
+    every group serving from the evacuated host now, except those already on the destination; a group on
+    the destination whose earlier move is in transition moves all the same (resolving that move first), after
+    the others. Nothing moves here either.
   - Pure logic, run on the controller by the collection's action plugin of the same name. It makes no
     connection to the host the task names (use C(run_once)).
 author:
@@ -116,8 +121,25 @@ options:
         description: At most this much memory (a size) of a destination host goes to the rollout, by host.
         type: dict
         default: {}
+  group:
+    description:
+      - The group to move (its name); the result has RV(moves). An unknown name fails, naming it.
+      - Mutually exclusive with O(evacuate); needs O(destination).
+    type: str
+    version_added: 1.1.0
+  evacuate:
+    description:
+      - Move every group serving from this host now; the result has RV(moves).
+      - Mutually exclusive with O(group); needs O(destination).
+    type: str
+    version_added: 1.1.0
+  destination:
+    description: The host of O(hosts) the groups of O(group) or O(evacuate) move to.
+    type: str
+    version_added: 1.1.0
 seealso:
   - module: ivshmem.fleet.info
+  - module: ivshmem.fleet.group_migrate
 '''
 
 EXAMPLES = r'''
@@ -139,6 +161,16 @@ EXAMPLES = r'''
       capacity: {s2: 8G}
   run_once: true
   register: fleet_placed
+
+- name: Which groups leave hv1 for hv2, and from where
+  ivshmem.fleet.plan:
+    groups: "{{ ivshmem_fleet_groups }}"
+    hosts: "{{ groups['hypervisors'] }}"
+    facts: "{{ dict(groups['hypervisors'] | zip(groups['hypervisors'] | map('extract', hostvars, ['ansible_facts', 'ivshmem_fleet']))) }}"
+    evacuate: hv1
+    destination: hv2
+  run_once: true
+  register: fleet_moves
 '''
 
 RETURN = r'''
@@ -165,6 +197,17 @@ by_host:
   returned: success
   type: dict
   sample: {"hv1": ["g1"], "hv2": []}
+moves:
+  description:
+    - The moves for O(group) or O(evacuate), in order - each with C(name), C(source) (the host it runs from -
+      where the group serves now, or for a group on the destination whose move away is in transition, that
+      move's destination), C(destination) and C(group) (as in RV(groups), what M(ivshmem.fleet.group_migrate)
+      takes). Empty when every group chosen is on the destination already.
+  returned: when group or evacuate is given
+  type: list
+  elements: dict
+  sample: [{"name": "g1", "source": "hv1", "destination": "hv2", "group": {"name": "g1", "current_host": "hv1"}}]
+  version_added: 1.1.0
 rollout:
   description: The batch's placement, with O(rollout) only.
   returned: when rollout is given

@@ -53,6 +53,11 @@ class InventoryHost:
             return default
         return self._templar.template(self.vars[key])
 
+    def send_always(self, **params):
+        """Options every later call sends beside its own (the host's runtime directory and
+        overrides, say: they come from its variables, so only after this handle exists)."""
+        self._fixed_args.update(params)
+
     def call(self, params):
         runner = self._take()
         try:
