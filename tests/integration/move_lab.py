@@ -1,5 +1,6 @@
 """Two "hosts" on this machine for the group move engine: two runtime directories, two servers
-of the group, real QEMU and QMP. Used by test_group_move.py and bench/move_outage.py.
+of the group, real QEMU and QMP, each driven through a LocalHost handle (the host side run
+in-process). Used by test_group_move.py and bench/move_outage.py.
 
 Run as a script, it moves the group once and prints each step it starts (``STEP <name>``), so
 a test can kill it at any step as a controller would be killed:
@@ -17,9 +18,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache'
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move import read_journal  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import GroupMove, LocalHost  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError, read_journal, run_step  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import GroupMove, StepFailed  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority  # noqa: E402
 
@@ -28,6 +30,25 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         return probe.getsockname()[1]
+
+
+class LocalHost:
+    """A host handle for a runtime directory on this machine: the move_host module's step run
+    in-process, its failures as the engine gets them from a real host (StepFailed)."""
+
+    def __init__(self, layout, server_overrides=None, guest_overrides=None):
+        self.layout = layout
+        self.server_overrides = server_overrides or {}
+        self.guest_overrides = guest_overrides or {}
+
+    def call(self, params):
+        params = dict(params, server_overrides=self.server_overrides, guest_overrides=self.guest_overrides)
+        try:
+            return run_step(params, self.layout)
+        except (ValidationError, MoveError) as exc:
+            raise StepFailed(str(exc))
+        except OPERATIONAL as exc:
+            raise StepFailed('%s: %s' % (type(exc).__name__, exc))
 
 
 class TwoHosts:

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (
     GroupMove, HostUnreachable, LockHeld, MoveFailed, derived_timeouts, holder_alive, this_holder)
 
 GROUP = {'name': 'g', 'size': 4 << 20, 'master': {'name': 'm', 'memory': '1G'}, 'peers': [{'name': 'p'}],
@@ -60,7 +60,7 @@ def test_a_live_holder_on_this_controller_is_detected_by_pid():
     child = subprocess.Popen(['sleep', '5'])
     try:
         holder = dict(this_holder(), pid=child.pid)
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import _start_ticks
+        from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import _start_ticks
         holder['start_ticks'] = _start_ticks(child.pid)
         assert holder_alive({'holder': holder})
     finally:

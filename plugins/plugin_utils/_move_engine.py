@@ -5,9 +5,10 @@
 
 """The group move engine: one resumable, locked move of a shared-memory group between hosts.
 
-It runs wherever the orchestration runs (the group_migrate action plugin on the controller,
-or in-process for tests and benchmarks) and drives the host side (_move.py) through *host
-handles*: objects with ``call(params) -> dict`` that raise HostUnreachable or StepFailed.
+It runs on the controller (the group_migrate action plugin; tests and benchmarks run it
+in-process) and drives the host side (module_utils/_move.py, the move_host module) through
+*host handles*: objects with ``call(params) -> dict`` that raise HostUnreachable or StepFailed
+(_inventory_hosts.InventoryHost; the tests' LocalHost, a runtime directory on this machine).
 The same sequence serves two real hosts and two runtime directories on one machine.
 
 Decisions, all here:
@@ -698,23 +699,3 @@ def _ms(end, start):
         return None
     return int(round((end - start) * 1000))
 
-
-class LocalHost:
-    """A host handle for a runtime directory on this machine (tests, benchmarks, one-host moves)."""
-
-    def __init__(self, layout, server_overrides=None, guest_overrides=None):
-        self.layout = layout
-        self.server_overrides = server_overrides or {}
-        self.guest_overrides = guest_overrides or {}
-
-    def call(self, params):
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL
-        params = dict(params, server_overrides=self.server_overrides, guest_overrides=self.guest_overrides)
-        try:
-            return run_step(params, self.layout)
-        except (ValidationError, MoveError) as exc:
-            raise StepFailed(str(exc))
-        except OPERATIONAL as exc:
-            raise StepFailed('%s: %s' % (type(exc).__name__, exc))
