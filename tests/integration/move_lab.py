@@ -21,7 +21,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestM
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError, read_journal, run_step  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import GroupMove, StepFailed  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (  # noqa: E402
+    GroupMove, MoveFailed, Safeguards, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority  # noqa: E402
 
@@ -49,6 +50,36 @@ class LocalHost:
             raise StepFailed(str(exc))
         except OPERATIONAL as exc:
             raise StepFailed('%s: %s' % (type(exc).__name__, exc))
+
+
+class WithoutLock(Safeguards):
+    """No lock: a run never sees another one that lives."""
+
+    def holder_alive(self, record):
+        return False
+
+
+class WithoutJournals(Safeguards):
+    """No journals: after a failure the engine guesses "roll back" (risks two masters)."""
+    journals = False
+
+
+class HoldWithoutJournals(WithoutJournals):
+    """No journals: after a failure the engine guesses "touch nothing" (risks a frozen group)."""
+
+    def before_recovery(self, error, report):
+        raise MoveFailed('%s; (test: no journal) the group is left as it is' % error, report)
+
+
+WEAKENED = {'lock': WithoutLock, 'journal': WithoutJournals, 'journal-hold': HoldWithoutJournals}
+
+
+def weakened(names):
+    """The engine's safeguards without ``names`` (of WEAKENED); all of them when there are none."""
+    names = set(names) - ({'journal'} if 'journal-hold' in names else set())
+    if not names:
+        return None
+    return type('Weakened', tuple(WEAKENED[name] for name in sorted(names)), {})()
 
 
 class TwoHosts:
@@ -122,10 +153,9 @@ class TwoHosts:
             options['tls_dirs'] = self.tls_dirs()  # encrypted, as group_migrate moves by default
         # IVSHMEM_FLEET_TEST_DISABLE=journal, journal-hold or lock: run the matrix without them (it must fail).
         disabled = os.environ.get('IVSHMEM_FLEET_TEST_DISABLE')
-        if disabled:
-            options['disable_for_tests'] = disabled.split(',')
         return GroupMove(self.group, source, destination, self.handles(), options,
-                         observer=options.pop('observer', None), progress=options.pop('progress', None))
+                         observer=options.pop('observer', None), progress=options.pop('progress', None),
+                         safeguards=weakened(disabled.split(',') if disabled else ()))
 
     def memory(self, host):
         status = server_status(self.layouts[host], 'g')
