@@ -712,4 +712,3 @@ def _ms(end, start):
     if end is None or start is None:
         return None
     return int(round((end - start) * 1000))
-

@@ -20,7 +20,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import norma
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError, read_journal, run_step  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError, read_journal  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (  # noqa: E402
     GroupMove, MoveFailed, Safeguards, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
