@@ -41,8 +41,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine impor
 class AnyBut(tuple):
     """Journal steps a step is refused from (all others allowed): ``step in AnyBut(...)``."""
 
-    def __contains__(self, step):
-        return not tuple.__contains__(self, step)
+    def __contains__(self, name):
+        return not tuple.__contains__(self, name)
 
 
 # One step of a move on this host.
@@ -55,33 +55,33 @@ class AnyBut(tuple):
 Step = namedtuple('Step', 'allowed_from refusal forceable done_when action changes renews')
 
 
-def step(action, allowed_from=None, refusal=None, forceable=False, done_when=None, changes=True, renews=False):
+def row(action, allowed_from=None, refusal=None, forceable=False, done_when=None, changes=True, renews=False):
     return Step(allowed_from, refusal, forceable, done_when, action, changes, renews)
 
 
 TABLE = {
     # the lock and the record
-    'inspect': step(steps.inspect, changes=False),
-    'claim': step(steps.claim),
-    'mark': step(steps.mark),
-    'progress': step(steps.progress, changes=False),
-    'release': step(steps.release, done_when=steps.not_mine),
+    'inspect': row(steps.inspect, changes=False),
+    'claim': row(steps.claim),
+    'mark': row(steps.mark),
+    'progress': row(steps.progress, changes=False),
+    'release': row(steps.release, done_when=steps.not_mine),
     # the destination
-    'prepare_destination': step(steps.prepare_destination, done_when=steps.prepared_already),
-    'verify': step(steps.verify, done_when=steps.verified_already, renews=True),
-    'commit': step(steps.commit, allowed_from=steps.COMMITTABLE, refusal=steps.NOT_VERIFIED),
-    'rollback_destination': step(steps.rollback_destination, allowed_from=AnyBut(steps.MAY_RUN),
+    'prepare_destination': row(steps.prepare_destination, done_when=steps.prepared_already),
+    'verify': row(steps.verify, done_when=steps.verified_already, renews=True),
+    'commit': row(steps.commit, allowed_from=steps.COMMITTABLE, refusal=steps.NOT_VERIFIED),
+    'rollback_destination': row(steps.rollback_destination, allowed_from=AnyBut(steps.MAY_RUN),
                                  refusal=steps.MAY_RUN_REFUSAL, forceable=True, done_when=steps.nothing_to_discard),
     # the source
-    'send': step(steps.send, done_when=steps.sent_already, renews=True),
-    'finish_source': step(steps.finish_source),
-    'rollback_source': step(steps.rollback_source, allowed_from=AnyBut(('committing',)), refusal=steps.NOT_COMMITTING,
+    'send': row(steps.send, done_when=steps.sent_already, renews=True),
+    'finish_source': row(steps.finish_source),
+    'rollback_source': row(steps.rollback_source, allowed_from=AnyBut(('committing',)), refusal=steps.NOT_COMMITTING,
                             forceable=True, done_when=steps.nothing_to_resume),
     # peers moved live
-    'unplug_peers': step(live.unplug_peers, done_when=live.unplugged_already),
-    'prepare_peer': step(live.prepare_peer, done_when=live.peer_arrived),
-    'send_peer': step(live.send_peer, done_when=live.peer_sent, renews=True),
-    'plug_peer': step(live.plug_peer),
+    'unplug_peers': row(live.unplug_peers, done_when=live.unplugged_already),
+    'prepare_peer': row(live.prepare_peer, done_when=live.peer_arrived),
+    'send_peer': row(live.send_peer, done_when=live.peer_sent, renews=True),
+    'plug_peer': row(live.plug_peer),
 }
 # The steps as move_host takes them (its choices), in this order.
 STEPS = ('inspect', 'claim', 'mark', 'progress', 'prepare_destination', 'unplug_peers', 'send', 'verify', 'commit',
