@@ -71,12 +71,12 @@ TABLE = {
     'verify': row(steps.verify, done_when=steps.verified_already, renews=True),
     'commit': row(steps.commit, allowed_from=steps.COMMITTABLE, refusal=steps.NOT_VERIFIED),
     'rollback_destination': row(steps.rollback_destination, allowed_from=AnyBut(steps.MAY_RUN),
-                                 refusal=steps.MAY_RUN_REFUSAL, forceable=True, done_when=steps.nothing_to_discard),
+                                refusal=steps.MAY_RUN_REFUSAL, forceable=True, done_when=steps.nothing_to_discard),
     # the source
     'send': row(steps.send, done_when=steps.sent_already, renews=True),
     'finish_source': row(steps.finish_source),
     'rollback_source': row(steps.rollback_source, allowed_from=AnyBut(('committing',)), refusal=steps.NOT_COMMITTING,
-                            forceable=True, done_when=steps.nothing_to_resume),
+                           forceable=True, done_when=steps.nothing_to_resume),
     # peers moved live
     'unplug_peers': row(live.unplug_peers, done_when=live.unplugged_already),
     'prepare_peer': row(live.prepare_peer, done_when=live.peer_arrived),
