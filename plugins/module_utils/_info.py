@@ -11,7 +11,7 @@ __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _qemu_binary
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move import transitions
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine

@@ -24,7 +24,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.loader import become_loader
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import HostUnreachable, StepFailed
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import HostUnreachable, StepFailed
 
 # ansible-core's plugin loaders are not thread-safe: two threads loading the same plugin at once
 # can see a half-imported module (no ActionModule yet). Runners are made one at a time.

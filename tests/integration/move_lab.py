@@ -1,5 +1,6 @@
 """Two "hosts" on this machine for the group move engine: two runtime directories, two servers
-of the group, real QEMU and QMP. Used by test_group_move.py and bench/move_outage.py.
+of the group, real QEMU and QMP, each driven through a LocalHost handle (the host side run
+in-process). Used by test_group_move.py and bench/move_outage.py.
 
 Run as a script, it moves the group once and prints each step it starts (``STEP <name>``), so
 a test can kill it at any step as a controller would be killed:
@@ -17,9 +18,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache'
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move import read_journal  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import GroupMove, LocalHost  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError, read_journal  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (  # noqa: E402
+    GroupMove, MoveFailed, Safeguards, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority  # noqa: E402
 
@@ -28,6 +32,55 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         return probe.getsockname()[1]
+
+
+class LocalHost:
+    """A host handle for a runtime directory on this machine: the move_host module's step run
+    in-process, its failures as the engine gets them from a real host (StepFailed)."""
+
+    def __init__(self, layout, server_overrides=None, guest_overrides=None):
+        self.layout = layout
+        self.server_overrides = server_overrides or {}
+        self.guest_overrides = guest_overrides or {}
+
+    def call(self, params):
+        params = dict(params, server_overrides=self.server_overrides, guest_overrides=self.guest_overrides)
+        try:
+            return run_step(params, self.layout)
+        except (ValidationError, MoveError) as exc:
+            raise StepFailed(str(exc))
+        except OPERATIONAL as exc:
+            raise StepFailed('%s: %s' % (type(exc).__name__, exc))
+
+
+class WithoutLock(Safeguards):
+    """No lock: a run never sees another one that lives."""
+
+    def holder_alive(self, record):
+        return False
+
+
+class WithoutJournals(Safeguards):
+    """No journals: after a failure the engine guesses "roll back" (risks two masters)."""
+    journals = False
+
+
+class HoldWithoutJournals(WithoutJournals):
+    """No journals: after a failure the engine guesses "touch nothing" (risks a frozen group)."""
+
+    def before_recovery(self, error, report):
+        raise MoveFailed('%s; (test: no journal) the group is left as it is' % error, report)
+
+
+WEAKENED = {'lock': WithoutLock, 'journal': WithoutJournals, 'journal-hold': HoldWithoutJournals}
+
+
+def weakened(names):
+    """The engine's safeguards without ``names`` (of WEAKENED); all of them when there are none."""
+    names = set(names) - ({'journal'} if 'journal-hold' in names else set())
+    if not names:
+        return None
+    return type('Weakened', tuple(WEAKENED[name] for name in sorted(names)), {})()
 
 
 class TwoHosts:
@@ -101,10 +154,9 @@ class TwoHosts:
             options['tls_dirs'] = self.tls_dirs()  # encrypted, as group_migrate moves by default
         # IVSHMEM_FLEET_TEST_DISABLE=journal, journal-hold or lock: run the matrix without them (it must fail).
         disabled = os.environ.get('IVSHMEM_FLEET_TEST_DISABLE')
-        if disabled:
-            options['disable_for_tests'] = disabled.split(',')
         return GroupMove(self.group, source, destination, self.handles(), options,
-                         observer=options.pop('observer', None), progress=options.pop('progress', None))
+                         observer=options.pop('observer', None), progress=options.pop('progress', None),
+                         safeguards=weakened(disabled.split(',') if disabled else ()))
 
     def memory(self, host):
         status = server_status(self.layouts[host], 'g')

@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, unplug_devices
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import MoveFailed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 

@@ -12,7 +12,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import MoveFailed
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import MoveFailed
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority
 
 from test_group_move import assert_whole_on, hosts, run_killed_at  # noqa: F401  # pylint: disable=unused-import

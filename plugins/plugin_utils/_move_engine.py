@@ -5,9 +5,10 @@
 
 """The group move engine: one resumable, locked move of a shared-memory group between hosts.
 
-It runs wherever the orchestration runs (the group_migrate action plugin on the controller,
-or in-process for tests and benchmarks) and drives the host side (_move.py) through *host
-handles*: objects with ``call(params) -> dict`` that raise HostUnreachable or StepFailed.
+It runs on the controller (the group_migrate action plugin; tests and benchmarks run it
+in-process) and drives the host side (module_utils/_move.py, the move_host module) through
+*host handles*: objects with ``call(params) -> dict`` that raise HostUnreachable or StepFailed
+(_inventory_hosts.InventoryHost; the tests' LocalHost, a runtime directory on this machine).
 The same sequence serves two real hosts and two runtime directories on one machine.
 
 Decisions, all here:
@@ -96,6 +97,25 @@ def holder_alive(record):
     return not record.get('lease_expired', True)
 
 
+class Safeguards:
+    """What the engine's decisions rest on: the lock and the journals. Every move runs with this
+    one; the tests pass a weaker one (tests/integration/move_lab.py) to show that each case of the
+    failure matrix fails without what it relies on."""
+
+    # After a failed step and on a rerun the journals decide: finish a verified destination, keep
+    # a committing source paused, resolve a dead run's move. Without them the engine can only
+    # guess "roll back", which risks two masters.
+    journals = True
+
+    def holder_alive(self, record):
+        """The lock: does the run that wrote ``record`` still hold the group?"""
+        return holder_alive(record)
+
+    def before_recovery(self, error, report):
+        """Called after a failed step, before the journals are read. Raising MoveFailed here
+        leaves the group as it is (a guess of "touch nothing", which risks a frozen group)."""
+
+
 def migration_timeout(field, guest, max_bandwidth, shared=0):
     """Seconds to migrate ``guest`` (its RAM plus ``shared`` bytes of shared memory it carries)."""
     total = check_size(field, guest.get('memory') or GUEST_DEFAULTS['memory'], minimum=1, power_of_two=False) + shared
@@ -116,11 +136,12 @@ class GroupMove:
     ``hosts`` maps host names to handles. ``options``: uri (the destination's migration URI),
     max_bandwidth, downtime_limit, timeout and checksum_timeout (None: derived), checksum,
     start_timeout, attempts, backoff, lease, progress_interval. ``progress(dict)`` is called while
-    the migration runs; ``observer(step)`` before each step (tests inject faults there).
+    the migration runs; ``observer(step)`` before each step (tests inject faults there);
+    ``safeguards`` (a Safeguards, the default) is what the decisions rest on.
     """
 
     def __init__(self, group, source, destination, hosts, options, holder=None, progress=None, observer=None,
-                 run_id=None):
+                 run_id=None, safeguards=None):
         if not isinstance(group, dict) or not isinstance(group.get('master'), dict) or 'name' not in group:
             raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, master, peers, ...)')
         self.group = group
@@ -152,12 +173,7 @@ class GroupMove:
         # (_tls.py). None only when the caller chose a stream in clear.
         self.tls_dirs = self.options.get('tls_dirs')
         self.progress = progress
-        # Only to show that the failure matrix depends on them: never set outside tests. Without
-        # its journal the engine must guess after a failure: 'journal' guesses "roll back" (risks
-        # two masters), 'journal-hold' guesses "touch nothing" (risks a frozen group).
-        self.disabled = set(self.options.get('disable_for_tests') or ())
-        if 'journal-hold' in self.disabled:
-            self.disabled.add('journal')
+        self.safeguards = safeguards or Safeguards()
         self.observer = observer
         # Peers kept running through the move (peer_mode: live): unplugged, migrated after the
         # master, plugged back. The source's journal says which, once they are unplugged.
@@ -350,7 +366,7 @@ class GroupMove:
         """(host, record) of another run that lives and holds the group, or None."""
         for host, view in sorted(views.items()):
             record = view['record']
-            if self._held_by_other(record) and holder_alive(record) and 'lock' not in self.disabled:
+            if self._held_by_other(record) and self.safeguards.holder_alive(record):
                 return host, record
         return None
 
@@ -388,7 +404,7 @@ class GroupMove:
             record = views[host]['record']
             expect = record['run_id'] if self._held_by_other(record) else None
             try:
-                views[host] = self._call(host, 'claim', expect_run=expect, force='journal' in self.disabled)
+                views[host] = self._call(host, 'claim', expect_run=expect, force=not self.safeguards.journals)
             except StepFailed as exc:
                 if host == self.destination:
                     self._release(self.source, 'not moved: %s' % exc)  # nothing was done under it
@@ -399,7 +415,7 @@ class GroupMove:
         return bool(record) and record.get('step') != 'done' and record.get('run_id') != self.run_id
 
     def _unfinished(self, views):
-        if 'journal' in self.disabled:
+        if not self.safeguards.journals:
             return False
         return any((view['record'] or {}).get('taken_over') for view in views.values())
 
@@ -563,13 +579,12 @@ class GroupMove:
         ``committing`` on the source with the destination out of reach means nobody can tell
         (the source stays paused); anything else is rolled back to the source.
         """
-        if 'journal-hold' in self.disabled:
-            raise MoveFailed('%s; (test: no journal) the group is left as it is' % exc, self.report)
+        self.safeguards.before_recovery(exc, self.report)
         try:
             source_record = self._call(self.source, 'inspect')['record'] or {}
         except (HostUnreachable, StepFailed):
             source_record = {'step': 'committing'}  # unknown: never resume a source that may have handed over
-        committing = source_record.get('step') == 'committing' and 'journal' not in self.disabled
+        committing = source_record.get('step') == 'committing' and self.safeguards.journals
         try:
             view = self._call(self.destination, 'inspect')
         except (HostUnreachable, StepFailed):
@@ -584,7 +599,7 @@ class GroupMove:
                 raise MoveFailed('%s; %s cannot be reached and may already run group %s, so %s keeps it paused: '
                                  'run the same command again to resolve' % (exc, self.destination, self.name,
                                                                             self.source), self.report)
-        if view is not None and self._destination_may_run(view) and 'journal' not in self.disabled:
+        if view is not None and self._destination_may_run(view) and self.safeguards.journals:
             try:
                 self._call(self.destination, 'commit')
                 return
@@ -616,7 +631,7 @@ class GroupMove:
         peers = dict((p['name'], p) for p in self.group.get('peers') or [])
         for name in self.live_peers:
             # A live peer carries its RAM only: its device, and so the shared memory, is unplugged.
-            timeout = self.options.get('peer_timeout') or migration_timeout(
+            timeout = migration_timeout(
                 'group.peers.memory', peers[name], self.options.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'])
             where = src
             try:
@@ -697,24 +712,3 @@ def _ms(end, start):
     if end is None or start is None:
         return None
     return int(round((end - start) * 1000))
-
-
-class LocalHost:
-    """A host handle for a runtime directory on this machine (tests, benchmarks, one-host moves)."""
-
-    def __init__(self, layout, server_overrides=None, guest_overrides=None):
-        self.layout = layout
-        self.server_overrides = server_overrides or {}
-        self.guest_overrides = guest_overrides or {}
-
-    def call(self, params):
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move import MoveError
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL
-        params = dict(params, server_overrides=self.server_overrides, guest_overrides=self.guest_overrides)
-        try:
-            return run_step(params, self.layout)
-        except (ValidationError, MoveError) as exc:
-            raise StepFailed(str(exc))
-        except OPERATIONAL as exc:
-            raise StepFailed('%s: %s' % (type(exc).__name__, exc))

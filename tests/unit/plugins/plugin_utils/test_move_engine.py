@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import (
-    GroupMove, HostUnreachable, LockHeld, MoveFailed, derived_timeouts, holder_alive, this_holder)
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (
+    GroupMove, HostUnreachable, LockHeld, MoveFailed, Safeguards, StepFailed, derived_timeouts, holder_alive,
+    this_holder)
 
 GROUP = {'name': 'g', 'size': 4 << 20, 'master': {'name': 'm', 'memory': '1G'}, 'peers': [{'name': 'p'}],
          'migration_port': 4444}
@@ -60,7 +61,7 @@ def test_a_live_holder_on_this_controller_is_detected_by_pid():
     child = subprocess.Popen(['sleep', '5'])
     try:
         holder = dict(this_holder(), pid=child.pid)
-        from ansible_collections.ivshmem.fleet.plugins.module_utils._move_engine import _start_ticks
+        from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import _start_ticks
         holder['start_ticks'] = _start_ticks(child.pid)
         assert holder_alive({'holder': holder})
     finally:
@@ -79,6 +80,25 @@ def test_a_live_run_elsewhere_makes_a_second_run_fail_before_any_change():
     with pytest.raises(LockHeld) as info:
         engine({'inspect': held}, {'inspect': view()}, log).run()
     assert 'old' in str(info.value) and sorted(log) == ['inspect:a', 'inspect:b']  # both at once, nothing else
+
+
+def test_the_lock_is_the_injected_safeguards_one():
+    """Safeguards are injected: without the lock, the same live run elsewhere is not seen and the
+    group is claimed (tests/integration/move_lab.py runs the real matrix that way, to see it fail)."""
+    class WithoutLock(Safeguards):
+        def holder_alive(self, record):
+            return False
+
+    log = []
+    held = view('sending', lease_expired=False)
+    held['record']['lease_expired'] = False
+    refused = StepFailed('the host refuses the claim')  # only the host's own compare-and-swap stops it now
+    hosts = {'a': Scripted({'inspect': held, 'claim': refused}, log, 'a'), 'b': Scripted({'inspect': view()}, log, 'b')}
+    move = GroupMove(GROUP, 'a', 'b', hosts, {'uri': 'tcp:x:1', 'relay_checksums': True}, run_id='new',
+                     safeguards=WithoutLock())
+    with pytest.raises(LockHeld) as info:
+        move.run()
+    assert str(info.value) == 'the host refuses the claim' and 'claim:a' in log
 
 
 @pytest.mark.parametrize('dest_step, expected', [
