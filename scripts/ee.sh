@@ -96,18 +96,18 @@ run() {
   # A project as AWX has one: a playbook that runs the collection's.
   printf -- '---\n- name: %s\n  ansible.builtin.import_playbook: %s\n' "$playbook" "$playbook" > "$private/project/main.yml"
   # The SSH key the inventory names reaches the job as AWX hands it a machine credential: in
-  # env/ssh_key, which ansible-runner loads into an ssh-agent inside the container. The job runs
-  # as the image's user (1000), which owns its private data directory.
+  # env/ssh_key, which ansible-runner loads into an ssh-agent inside the container.
   key=$(grep -rhoE '(ansible_ssh_private_key_file|ansible_private_key_file)["]?:[[:space:]]*["]?[^"[:space:]]+' "$private/inventory" \
         | sed -E 's/.*:[[:space:]]*"?//' | sort -u | head -1)
   if [ -n "$key" ] && [ -f "$key" ]; then
     mkdir -p "$private/env"; install -m 600 "$key" "$private/env/ssh_key"
   fi
-  chown -R 1000:1000 "$private"
   # The lab's hosts are reached on loopback ports: the container shares this machine's network.
+  # Rootful podman: the job runs as root in the container, as the files runner makes for it
+  # here (the key's pipe, the artifacts) are root's.
   ansible-runner run "$private" --playbook main.yml --process-isolation \
     --process-isolation-executable podman --container-image "$image" \
-    --container-option=--network=host \
+    --container-option=--network=host --container-option=--user=0 \
     --cmdline "$(printf '%q ' "$@")"
 }
 

@@ -104,9 +104,12 @@ class ActionModule(ControllerAction):
             return 'group %s: %s%s' % (report['group'], first, report.get('outcome'))
         started = report.get('peers_start_ms')
         trips = report.get('round_trips') or []
-        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (QEMU: total %s ms, downtime %s ms)%s%s'
+        # The outages compare two hosts' clocks: within how much they were compared is part of the figure.
+        clocks = report.get('clock_uncertainty_ms')
+        return ('group %s: %smoved %s -> %s: master out %s ms, peers out %s ms (%sQEMU: total %s ms, downtime %s ms)%s%s'
                 % (report['group'], first, report['from'], report['to'], report.get('master_outage_ms'),
-                   report.get('peer_outage_ms'), report.get('total_time_ms'), report.get('downtime_ms'),
+                   report.get('peer_outage_ms'), 'the hosts\' clocks compared within %s ms; ' % clocks if clocks else '',
+                   report.get('total_time_ms'), report.get('downtime_ms'),
                    '; restarted peers ran %s ms after the master' % started if started is not None else '',
                    '; %d steps on the hosts, the longest %s' % (len(trips), ', '.join(
                        '%s on %s %.1f s' % tuple(t) for t in sorted(trips, key=lambda t: -t[2])[:3])) if trips else ''))

@@ -43,7 +43,8 @@ description:
   - "Reports, beside QEMU's total time and downtime, the real outage: C(master_outage_ms) from the
     source's QMP STOP event to the destination's RESUME event, and C(peer_outage_ms) from the first
     peer stopped (or unplugged) to the last peer running (or plugged back) on the destination. Host
-    clocks are compared with the controller's; C(clock_uncertainty_ms) bounds the error."
+    clocks are compared with the controller's by reading them with C(date) (a module's round trip is
+    too long on a slow host); C(clock_uncertainty_ms) bounds the error, and C(msg) says it."
   - Refuses migration settings that corrupt shared memory (postcopy, C(x-ignore-shared)).
   - "Peers: a group with C(peer_mode=live) keeps its peers running (QEMU's documented procedure):
     each peer's device is unplugged on the source (its guest OS releases it), the master moves, then
@@ -186,8 +187,8 @@ msg:
   description: One line on what happened.
   returned: always
   type: str
-  sample: "group g1 moved hv1 -> hv2: master out 310 ms, peers out 1250 ms (QEMU: total 3700 ms, downtime 298 ms);
-    restarted peers ran 640 ms after the master"
+  sample: "group g1 moved hv1 -> hv2: master out 310 ms, peers out 1250 ms (the hosts' clocks compared within 12.5 ms;
+    QEMU: total 3700 ms, downtime 298 ms); restarted peers ran 640 ms after the master"
 move:
   description: The move's report.
   returned: always

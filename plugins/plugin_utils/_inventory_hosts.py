@@ -17,6 +17,7 @@ __metaclass__ = type
 
 import os
 import threading
+import time
 
 from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
@@ -79,6 +80,26 @@ class InventoryHost:
         if result.get('failed'):
             raise StepFailed('%s: %s' % (self.name, result.get('msg') or result.get('module_stderr') or result))
         return result
+
+    def clock(self):
+        """(before, the host's time.time(), after), before and after on the controller's clock: the
+        host's clock read with the cheapest command there is, for comparing its timestamps with
+        another host's. A module's round trip is seconds on a slow host, most of it the module
+        starting, which the midpoint of such a trip cannot see; ``date`` takes milliseconds."""
+        runner = self._take()
+        try:
+            before = time.time()
+            result = runner._low_level_execute_command('date +%s.%N', sudoable=False)
+            after = time.time()
+        except AnsibleError as exc:
+            raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
+        finally:
+            with self._lock:
+                self._idle.append(runner)
+        try:
+            return before, float(to_text(result.get('stdout')).strip()), after
+        except ValueError:
+            raise StepFailed('%s: no clock reading from date: %r' % (self.name, result.get('stdout')))
 
     def close(self):
         with self._lock:

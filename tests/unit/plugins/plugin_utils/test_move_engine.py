@@ -3,6 +3,7 @@ tests/integration/test_group_move.py)."""
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -202,3 +203,32 @@ def test_a_hand_written_group_is_refused_by_field_not_a_key_error(group):
     with pytest.raises(ValidationError) as info:
         GroupMove(group, 'a', 'b', {'a': None, 'b': None}, {'uri': 'tcp:x:1'})
     assert info.value.field == 'group'
+
+
+class Clocked(Scripted):
+    """A host whose clock is ``offset`` s ahead of the controller's and whose module reads it
+    ``late`` s after the middle of its round trip (a module starts slowly on a slow host)."""
+
+    def __init__(self, answers, log, name, offset, late):
+        Scripted.__init__(self, answers, log, name)
+        self.offset, self.late = offset, late
+
+    def call(self, params):
+        return dict(Scripted.call(self, params), host_time=time.time() + self.offset + self.late)
+
+    def clock(self):
+        now = time.time()
+        return now, now + self.offset, now
+
+
+def test_outages_compare_the_hosts_clocks_as_read_cheaply_not_from_a_module_s_round_trip():
+    log = []
+    hosts = {'a': Clocked({}, log, 'a', 0.0, 0.5), 'b': Clocked({}, log, 'b', 5.0, 2.0)}
+    move = GroupMove(GROUP, 'a', 'b', hosts, {'uri': 'tcp:x:1', 'relay_checksums': True}, run_id='new')
+    move._call('a', 'inspect')
+    move._call('b', 'inspect')
+    stopped = time.time()
+    # The master stopped on a at `stopped` (a's clock) and resumed on b 300 ms later (b's clock).
+    move._figures({'sent': {'stopped_at': stopped}}, {'resumed_at': stopped + 5.0 + 0.3})
+    assert 290 <= move.report['master_outage_ms'] <= 310, move.report
+    assert move.report['clock_uncertainty_ms'] < 10
