@@ -20,6 +20,7 @@ import subprocess
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 ACCOUNT_TIMEOUT = 60  # groupadd, useradd
@@ -411,6 +412,15 @@ def ensure_dir(path, mode=0o755, user=None, group=None):
     return created
 
 
+def names(directory):
+    """The sorted entries of ``directory`` that are names the modules take (NAME_RE); none if it
+    cannot be read (a runtime directory not made yet)."""
+    try:
+        return sorted(n for n in os.listdir(directory) if _rules.NAME_RE.match(n))
+    except OSError:
+        return []
+
+
 def check_own_directory(field, path):
     """Refuse (ValidationError on ``field``) a directory that exists and is not root's alone: not a
     directory (a link is not followed), owned by another account, or writable by anyone but root
@@ -424,7 +434,7 @@ def check_own_directory(field, path):
     if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o7022:
         raise ValidationError(field, '%s exists and is not the collection\'s (owner uid %d, mode %04o): a runtime '
                               'directory is root\'s and only root writes in it; name a directory of its own, such as '
-                              '/run/ivshmem-fleet' % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+                              '%s' % (path, info.st_uid, stat.S_IMODE(info.st_mode), DEFAULT_RUNTIME_DIR))
     return info
 
 
