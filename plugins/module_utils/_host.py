@@ -230,6 +230,17 @@ def tail(path, lines=5):
 
 
 # --- sockets ------------------------------------------------------------------------------
+def _unix_listeners(table, path):
+    """The inodes of the UNIX sockets listening on ``path``, one by one, from ``table`` (a
+    /proc/.../net/unix). Raises OSError, ValueError or StopIteration on an unreadable table."""
+    with open(table) as handle:
+        next(handle)
+        for line in handle:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                yield fields[6]
+
+
 def unix_listening(path, pid=None):
     """True if some process listens on the UNIX socket ``path`` (no connection made:
     the upstream server exits when a client connects and closes at once).
@@ -237,12 +248,8 @@ def unix_listening(path, pid=None):
     ``pid``: look in that process's network namespace (a server unit has its own, under
     PrivateNetwork; its socket on the file system still reaches it from everywhere)."""
     try:
-        with open('/proc/%d/net/unix' % pid if pid else '/proc/net/unix') as handle:
-            next(handle)
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
-                    return True
+        for _inode in _unix_listeners('/proc/%d/net/unix' % pid if pid else '/proc/net/unix', path):
+            return True
     except (OSError, ValueError, StopIteration):
         return False
     return False
@@ -252,12 +259,8 @@ def _listening_inodes(path):
     """Inodes of the UNIX sockets listening on ``path`` (from /proc/net/unix)."""
     inodes = set()
     try:
-        with open('/proc/net/unix') as handle:
-            next(handle)
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
-                    inodes.add(fields[6])
+        for inode in _unix_listeners('/proc/net/unix', path):
+            inodes.add(inode)
     except (OSError, ValueError, StopIteration):
         pass
     return inodes
