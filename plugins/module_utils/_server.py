@@ -13,11 +13,10 @@ import io
 import os
 import pwd
 import shutil
-import stat
 import sys
 import zipfile
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
@@ -180,8 +179,7 @@ class ServerManager(StateMachine):
 
     def _refuse_squatted_memory(self):
         """QEMU's server opens its memory name without O_EXCL: a name another account made first
-        (to read or write the group's memory) would be used as it is. Only a plain file of the
-        server's own account (left by a crash) may be there."""
+        (to read or write the group's memory) would be used as it is (the rule: _rules.squatted)."""
         path = self.spec.memory_path()
         try:
             info = os.lstat(path) if path else None
@@ -190,7 +188,7 @@ class ServerManager(StateMachine):
         if info is None:
             return
         uid = _host.uid_of(self.spec.user)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != uid:
+        if _rules.squatted(info, uid):
             raise ValidationError('shm_name', 'shared memory %s already exists and is not a file of %s (uid %d, %d '
                                   'links): refusing a squatted name' % (path, self.spec.user, info.st_uid, info.st_nlink))
 
