@@ -232,9 +232,9 @@ def tail(path, lines=5):
 # --- sockets ------------------------------------------------------------------------------
 def _unix_listeners(table, path):
     """The inodes of the UNIX sockets listening on ``path``, one by one, from ``table`` (a
-    /proc/.../net/unix). Raises OSError, ValueError or StopIteration on an unreadable table."""
+    /proc/.../net/unix, its header line skipped). Raises OSError or ValueError on an unreadable table."""
     with open(table) as handle:
-        next(handle)
+        next(handle, None)
         for line in handle:
             fields = line.split()
             if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
@@ -250,7 +250,7 @@ def unix_listening(path, pid=None):
     try:
         for _inode in _unix_listeners('/proc/%d/net/unix' % pid if pid else '/proc/net/unix', path):
             return True
-    except (OSError, ValueError, StopIteration):
+    except (OSError, ValueError):
         return False
     return False
 
@@ -261,7 +261,7 @@ def _listening_inodes(path):
     try:
         for inode in _unix_listeners('/proc/net/unix', path):
             inodes.add(inode)
-    except (OSError, ValueError, StopIteration):
+    except (OSError, ValueError):
         pass
     return inodes
 
