@@ -32,10 +32,7 @@ class GuestError(Exception):
 
 
 def guest_paths(layout, name):
-    directory = layout.guest_dir(name)
-    return {'dir': directory, 'qmp': layout.guest_qmp(name), 'pidfile': os.path.join(directory, 'qemu.pid'),
-            'log': os.path.join(directory, 'qemu.log'), 'console': os.path.join(directory, 'console.log'),
-            'record': os.path.join(directory, 'spec.json')}
+    return layout.guest_paths(name)
 
 
 def guest_status(layout, name, registers=True):
@@ -403,7 +400,7 @@ class GuestManager(StateMachine):
                 self.warnings.append('%s: %s (assumed started by an earlier task in check mode)' % (field, message))
         if not mine:
             return
-        for other in self.layout.names('guests'):
+        for other in _host.names(self.layout.kind_dir('guests')):
             if other == self.spec.name:
                 continue
             status = guest_status(self.layout, other, registers=False)

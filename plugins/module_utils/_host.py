@@ -20,6 +20,7 @@ import subprocess
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 ACCOUNT_TIMEOUT = 60  # groupadd, useradd
@@ -229,6 +230,17 @@ def tail(path, lines=5):
 
 
 # --- sockets ------------------------------------------------------------------------------
+def _unix_listeners(table, path):
+    """The inodes of the UNIX sockets listening on ``path``, one by one, from ``table`` (a
+    /proc/.../net/unix, its header line skipped). Raises OSError or ValueError on an unreadable table."""
+    with open(table) as handle:
+        next(handle, None)
+        for line in handle:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                yield fields[6]
+
+
 def unix_listening(path, pid=None):
     """True if some process listens on the UNIX socket ``path`` (no connection made:
     the upstream server exits when a client connects and closes at once).
@@ -236,13 +248,9 @@ def unix_listening(path, pid=None):
     ``pid``: look in that process's network namespace (a server unit has its own, under
     PrivateNetwork; its socket on the file system still reaches it from everywhere)."""
     try:
-        with open('/proc/%d/net/unix' % pid if pid else '/proc/net/unix') as handle:
-            next(handle)
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
-                    return True
-    except (OSError, ValueError, StopIteration):
+        for _inode in _unix_listeners('/proc/%d/net/unix' % pid if pid else '/proc/net/unix', path):
+            return True
+    except (OSError, ValueError):
         return False
     return False
 
@@ -251,13 +259,9 @@ def _listening_inodes(path):
     """Inodes of the UNIX sockets listening on ``path`` (from /proc/net/unix)."""
     inodes = set()
     try:
-        with open('/proc/net/unix') as handle:
-            next(handle)
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
-                    inodes.add(fields[6])
-    except (OSError, ValueError, StopIteration):
+        for inode in _unix_listeners('/proc/net/unix', path):
+            inodes.add(inode)
+    except (OSError, ValueError):
         pass
     return inodes
 
@@ -411,6 +415,15 @@ def ensure_dir(path, mode=0o755, user=None, group=None):
     return created
 
 
+def names(directory):
+    """The sorted entries of ``directory`` that are names the modules take (NAME_RE); none if it
+    cannot be read (a runtime directory not made yet)."""
+    try:
+        return sorted(n for n in os.listdir(directory) if _rules.NAME_RE.match(n))
+    except OSError:
+        return []
+
+
 def check_own_directory(field, path):
     """Refuse (ValidationError on ``field``) a directory that exists and is not root's alone: not a
     directory (a link is not followed), owned by another account, or writable by anyone but root
@@ -424,7 +437,7 @@ def check_own_directory(field, path):
     if info.st_uid != 0 or stat.S_IMODE(info.st_mode) & 0o7022:
         raise ValidationError(field, '%s exists and is not the collection\'s (owner uid %d, mode %04o): a runtime '
                               'directory is root\'s and only root writes in it; name a directory of its own, such as '
-                              '/run/ivshmem-fleet' % (path, info.st_uid, stat.S_IMODE(info.st_mode)))
+                              '%s' % (path, info.st_uid, stat.S_IMODE(info.st_mode), DEFAULT_RUNTIME_DIR))
     return info
 
 

@@ -102,7 +102,7 @@ class HostConverger(StateMachine):
         if _host.ensure_group(self.group, self.check_mode):  # the migration credentials' group too
             self.changed = True
         if not self.check_mode:  # key copies a run killed mid-handover left readable by a guest
-            _tls.sweep_handover(os.path.join(self.layout.runtime_dir, 'tls-handover'))
+            _tls.sweep_handover(self.layout.tls_handover())
         for field, params, manager in self.servers:
             self._run(field, 'servers', params, manager)
         for field, params, manager in self.masters + self.peers:

@@ -9,7 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _qemu_binary
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU
@@ -44,12 +44,12 @@ class HostInfo(StateMachine):
 
     def state_gathered(self):
         servers = {}
-        for name in self.layout.names('servers'):
+        for name in _host.names(self.layout.kind_dir('servers')):
             status = server_status(self.layout, name)
             if status is not None:
                 servers[name] = status
         guests = {}
-        for name in self.layout.names('guests'):
+        for name in _host.names(self.layout.kind_dir('guests')):
             status = guest_status(self.layout, name)
             if status is not None:
                 spec = status.pop('record').get('spec')

@@ -21,7 +21,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import os
 import socket
 import time
 
@@ -48,7 +47,7 @@ def memory_path_of(layout, device):
     if device['type'] == 'plain':
         return device['memory_path']
     if device.get('server'):
-        record = _host.read_json(os.path.join(layout.server_dir(device['server']), 'spec.json')) or {}
+        record = _host.read_json(layout.server_record(device['server'])) or {}
         return record.get('memory_path')
     return None
 
@@ -299,7 +298,7 @@ class Migration(StateMachine):
         return 'absent' if status is None else status['state']
 
     def _record_path(self, guest):
-        return os.path.join(self.layout.guest_dir(guest), 'migration.json')
+        return self.layout.guest_migration(guest)
 
     # --- phases -------------------------------------------------------------------------
     def _phase_full(self):

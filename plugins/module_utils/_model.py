@@ -18,8 +18,9 @@ import os
 import re
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
-    DEFAULT_RUNTIME_DIR, DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
+    DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
     SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import NAME_RE, shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
@@ -225,37 +226,6 @@ def same_machine(asked, recorded, resolved):
     return name == resolved or (family is not None and resolved.startswith(family))
 
 
-class Layout:
-    """Where a host keeps each server's and guest's runtime files."""
-
-    def __init__(self, runtime_dir=DEFAULT_RUNTIME_DIR):
-        self.runtime_dir = check_path('runtime_dir', runtime_dir)
-
-    def server_dir(self, name):
-        return os.path.join(self.runtime_dir, 'servers', name)
-
-    def server_socket(self, name):
-        return os.path.join(self.server_dir(name), 'ivshmem.sock')
-
-    def server_control(self, name):
-        return os.path.join(self.server_dir(name), 'control.sock')
-
-    def guest_dir(self, name):
-        return os.path.join(self.runtime_dir, 'guests', name)
-
-    def guest_qmp(self, name):
-        return os.path.join(self.guest_dir(name), 'qmp.sock')
-
-    def incoming_uri(self, name):
-        return 'unix:' + os.path.join(self.guest_dir(name), 'incoming.sock')
-
-    def names(self, kind):
-        try:
-            return sorted(n for n in os.listdir(os.path.join(self.runtime_dir, kind)) if NAME_RE.match(n))
-        except OSError:
-            return []
-
-
 class ServerSpec:
     """A named ivshmem server: which implementation, which memory, which policy."""
 
@@ -337,15 +307,14 @@ class ServerSpec:
         """The memory file on the host, or None where the host cannot see it."""
         if self.memory_dir:
             # Upstream creates an anonymous, unlinked file in the directory.
-            return None if self.implementation == 'qemu' else os.path.join(self.memory_dir, self.shm_name)
-        return os.path.join('/dev/shm', self.shm_name)
+            return None if self.implementation == 'qemu' else Layout.server_memory(self.shm_name, self.memory_dir)
+        return Layout.server_memory(self.shm_name)
 
     def argv(self, layout, python, program, foreground, uids=None):
         """The server's command line. ``program`` is the builtin zipapp (ignored for qemu);
         ``uids``: {guest: uid} of guest_accounts(), resolved on the host."""
-        directory = layout.server_dir(self.name)
         common = ['-S', layout.server_socket(self.name), '-M', self.shm_name,
-                  '-l', str(self.size), '-n', str(self.vectors), '-p', os.path.join(directory, 'server.pid')]
+                  '-l', str(self.size), '-n', str(self.vectors), '-p', layout.server_pidfile(self.name)]
         if self.memory_dir:
             common += ['-m', self.memory_dir]
         if foreground:
@@ -539,13 +508,12 @@ class GuestSpec:
         """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S;
         the devices whose IDs are in ``unplugged`` are left out (their hotplug placement stays);
         ``machine``: the machine to run (the versioned type this guest resolved before), else its own."""
-        directory = layout.guest_dir(self.name)
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
         argv = [self.binary, '-name', self.name, '-machine', machine or self.machine, '-accel', accel_opt,
                 '-m', str(self.memory), '-smp', str(self.cpus), '-nodefaults', '-no-user-config',
                 '-display', 'none',
                 '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),
-                '-serial', 'file:%s' % os.path.join(directory, 'console.log')]
+                '-serial', 'file:%s' % layout.guest_console(self.name)]
         if self.sandbox:
             argv += ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']
         for index, disk in enumerate(self.disks):

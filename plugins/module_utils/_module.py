@@ -11,7 +11,8 @@ __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, check_own_directory
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 

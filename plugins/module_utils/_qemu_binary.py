@@ -37,7 +37,7 @@ class QemuBinaryError(ValidationError):
 
 def cache_dir(layout, check_mode=False):
     """Where what binaries offer is kept; None in check mode (nothing is written then)."""
-    return None if check_mode else os.path.join(layout.runtime_dir, 'qemu')
+    return None if check_mode else layout.qemu_cache()
 
 
 def parse_version(text):

@@ -4,7 +4,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 
 """Rules the modules and the server program share, each written once: names, one account per
-guest, stale sockets, atomic writes.
+guest, squatted memory names, stale sockets, atomic writes.
 
 Standard library only: ``_server.builtin_program`` ships this file inside the server's zipapp,
 so the server on a host and the modules that start it apply the same rule.
@@ -40,6 +40,15 @@ def shared_account(accounts):
             return seen[account], name, account
         seen[account] = name
     return None
+
+
+def squatted(info, uid):
+    """Is the file ``info`` (an lstat or fstat result) at a server's memory name another's? Only
+    a plain file of the server's account ``uid`` with one link (one a crashed server left) may be
+    there: a name another account made first (to read or write the group's memory), a link or
+    anything else is refused. The server checks the file it opened; the server module checks
+    before it starts QEMU's server, which opens the name without O_EXCL."""
+    return not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != uid
 
 
 def remove_stale_socket(path, listening, error):

@@ -13,18 +13,17 @@ import io
 import os
 import pwd
 import shutil
-import stat
 import sys
 import zipfile
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
-PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
 _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
 # The server runs as the service user: the interpreter must be one that user may run
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
@@ -57,10 +56,7 @@ def builtin_program():
 
 
 def server_paths(layout, name):
-    directory = layout.server_dir(name)
-    return {'dir': directory, 'socket': layout.server_socket(name), 'control': layout.server_control(name),
-            'pidfile': os.path.join(directory, 'server.pid'), 'log': os.path.join(directory, 'server.log'),
-            'record': os.path.join(directory, 'spec.json'), 'held': os.path.join(directory, 'process.json')}
+    return layout.server_paths(name)
 
 
 def _held(paths):
@@ -183,8 +179,7 @@ class ServerManager(StateMachine):
 
     def _refuse_squatted_memory(self):
         """QEMU's server opens its memory name without O_EXCL: a name another account made first
-        (to read or write the group's memory) would be used as it is. Only a plain file of the
-        server's own account (left by a crash) may be there."""
+        (to read or write the group's memory) would be used as it is (the rule: _rules.squatted)."""
         path = self.spec.memory_path()
         try:
             info = os.lstat(path) if path else None
@@ -193,7 +188,7 @@ class ServerManager(StateMachine):
         if info is None:
             return
         uid = _host.uid_of(self.spec.user)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != uid:
+        if _rules.squatted(info, uid):
             raise ValidationError('shm_name', 'shared memory %s already exists and is not a file of %s (uid %d, %d '
                                   'links): refusing a squatted name' % (path, self.spec.user, info.st_uid, info.st_nlink))
 
@@ -223,7 +218,7 @@ class ServerManager(StateMachine):
         program = None
         if spec.implementation == 'builtin':
             _host.ensure_dir(self.program_dir, 0o755)
-            program = os.path.join(self.program_dir, PROGRAM_NAME)
+            program = Layout.program(self.program_dir)
             _host.write_file(program, builtin_program(), 0o644)
         _host.remove_stale_socket(self.paths['socket'])
         if spec.memory_dir:

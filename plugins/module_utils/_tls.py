@@ -33,6 +33,7 @@ import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 
@@ -76,7 +77,7 @@ def for_guest(settings, account, runtime_dir):
     """``settings`` (check_settings) for the QEMU that runs as ``account``; None stays None."""
     if settings is None:
         return None
-    return dict(settings, account=account, handover_dir=os.path.join(runtime_dir, 'tls-handover'))
+    return dict(settings, account=account, handover_dir=Layout(runtime_dir).tls_handover())
 
 
 # A handover lasts as long as QEMU takes to load the files (milliseconds); one older than this was

@@ -18,7 +18,6 @@ import select
 import selectors
 import signal
 import socket
-import stat
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import (
@@ -27,7 +26,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
     SHM_MARKER,
 )
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_send import best_sender
-from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import write_atomic
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import squatted, write_atomic
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.admission import REFUSALS_KEPT, Admission
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.clients import CLIENT_QUANTUM, HANDSHAKE_QUANTUM
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import ServerError, check_accounts
@@ -155,7 +154,7 @@ class IvshmemServer(Admission, Control):
             except FileExistsError:
                 fd = os.open(path, flags)
                 info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+                if squatted(info, os.geteuid()):
                     os.close(fd)
                     raise ServerError('shared memory %s already exists and is not a file of this server\'s '
                                       'account (uid %d, %d links): refusing a squatted name' % (

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import (
-    NAME_RE, PROGRAM_NAME_RE, remove_stale_socket, shared_account, write_atomic)
+    NAME_RE, PROGRAM_NAME_RE, remove_stale_socket, shared_account, squatted, write_atomic)
 
 
 @pytest.mark.parametrize('name', ['a', 'g1', 'A.b_c-d', 'x' * 64, '0peer'])
@@ -77,3 +77,16 @@ def test_write_atomic_removes_its_temporary_on_failure(tmp_path):
     with pytest.raises(OSError):
         write_atomic(str(tmp_path / 'dir'), 'x', 0o644)
     assert os.listdir(str(tmp_path)) == ['dir']
+
+
+def test_squatted_memory_is_anything_but_a_plain_file_of_the_account_with_one_link(tmp_path):
+    mine = tmp_path / 'mine'
+    mine.write_bytes(b'')
+    uid = os.geteuid()
+    assert not squatted(os.lstat(str(mine)), uid)
+    assert squatted(os.lstat(str(mine)), uid + 1)  # another account's
+    os.link(str(mine), str(tmp_path / 'hard'))
+    assert squatted(os.lstat(str(mine)), uid)  # a second name for it
+    os.symlink(str(mine), str(tmp_path / 'link'))
+    assert squatted(os.lstat(str(tmp_path / 'link')), uid)
+    assert squatted(os.lstat(str(tmp_path)), uid)  # a directory
