@@ -129,10 +129,3 @@ class Layout:
     def tls_handover(self):
         """Where QEMU is handed copies of the migration credentials it loads (_tls.py)."""
         return os.path.join(self.runtime_dir, 'tls-handover')
-
-    # --- not pure, kept for a caller that has not moved yet ------------------------------------
-    def names(self, kind):
-        """The names under ``kind_dir(kind)``. Reads the disk: kept only until the move's host side
-        (``_move.py``) lists through ``_host.names(layout.moves_dir())``; do not use it anew."""
-        from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
-        return _host.names(self.kind_dir(kind))

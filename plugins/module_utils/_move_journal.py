@@ -38,24 +38,16 @@ class MoveError(Exception):
     """A step could not do what it was asked; the message says what and where the group is."""
 
 
-def moves_dir(layout):
-    return os.path.join(layout.runtime_dir, 'moves')
-
-
-def journal_path(layout, group):
-    return os.path.join(moves_dir(layout), '%s.json' % group)
-
-
 def read_journal(layout, group):
-    return _host.read_json(journal_path(layout, group))
+    return _host.read_json(layout.move_record(group))
 
 
 def transitions(layout):
     """{group: record} of every unfinished move on this host (for ivshmem.fleet.info)."""
     found = {}
-    for name in layout.names('moves'):
+    for name in _host.names(layout.moves_dir()):
         if name.endswith('.json'):
-            record = _host.read_json(os.path.join(moves_dir(layout), name))
+            record = _host.read_json(os.path.join(layout.moves_dir(), name))
             if record and record.get('step') not in FINISHED:
                 found[name[:-5]] = record
     return found
@@ -68,13 +60,13 @@ class Journal:
 
     def __init__(self, layout, name, run_id, params):
         self.layout, self.name, self.run_id, self.params = layout, name, run_id, params
-        self.path = journal_path(layout, name)
+        self.path = layout.move_record(name)
 
     @contextmanager
     def locked(self):
         """Serializes read-modify-write of the records on this host (held for one step only)."""
-        _host.ensure_dir(moves_dir(self.layout), 0o700)
-        with open(os.path.join(moves_dir(self.layout), '.lock'), 'a') as handle:
+        _host.ensure_dir(self.layout.moves_dir(), 0o700)
+        with open(self.layout.move_lock(), 'a') as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
