@@ -179,9 +179,9 @@ class TwoHosts:
 
     def teardown(self):
         for layout in self.layouts.values():
-            for name in layout.names('guests'):
+            for name in _host.names(layout.kind_dir('guests')):
                 GuestManager(dict(name=name, timeout=10), layout, False).run('absent')
-            for name in layout.names('servers'):
+            for name in _host.names(layout.kind_dir('servers')):
                 ServerManager(dict(name=name, implementation='builtin', timeout=10), layout, False).run('absent')
 
 
