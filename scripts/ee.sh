@@ -99,16 +99,20 @@ run() {
   # env/ssh_key, which ansible-runner loads into an ssh-agent inside the container.
   key=$(grep -rhoE '(ansible_ssh_private_key_file|ansible_private_key_file)["]?:[[:space:]]*["]?[^"[:space:]]+' "$private/inventory" \
         | sed -E 's/.*:[[:space:]]*"?//' | sort -u | head -1)
+  local mounts=()
   if [ -n "$key" ] && [ -f "$key" ]; then
     mkdir -p "$private/env"; install -m 600 "$key" "$private/env/ssh_key"
+    # And the key's directory read-only at its own path: an inventory that also says
+    # IdentitiesOnly=yes (Molecule's does) offers the agent's key only beside its file.
+    mounts=(--container-volume-mount "$(dirname "$key"):$(dirname "$key"):ro")
   fi
   # The lab's hosts are reached on loopback ports: the container shares this machine's network.
   # Rootful podman: the job runs as root in the container, as the files runner makes for it
   # here (the key's pipe, the artifacts) are root's.
   ansible-runner run "$private" --playbook main.yml --process-isolation \
     --process-isolation-executable podman --container-image "$image" \
-    --container-option=--network=host --container-option=--user=0 \
-    --cmdline "$(printf '%q ' "$@")"
+    --container-option=--network=host --container-option=--user=0 "${mounts[@]}" \
+    ${1+--cmdline "$(printf '%q ' "$@")"}
 }
 
 case "${1:-}" in
