@@ -10,9 +10,17 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority
 
 
-def test_install_writes_once_with_private_keys_and_never_follows_a_link(tmp_path, issue):
+def issue(directory, host='hv1', names=(), addresses=('192.0.2.1',), keep=True):
+    authority = Authority(str(directory))
+    with authority.locked():
+        authority.load()
+        return authority.credentials(host, list(names), list(addresses), keep=keep)
+
+
+def test_install_writes_once_with_private_keys_and_never_follows_a_link(tmp_path):
     files = issue(tmp_path / 'pki')
     dest = tmp_path / 'tls'
     assert _tls.install(str(dest), files, 'root', check_mode=True) == list(_tls.FILES)
@@ -49,7 +57,7 @@ def test_install_names_a_missing_group(tmp_path):
 
 @pytest.mark.parametrize('value', ['/etc/tls', {'dir': 'relative', 'peer': 'hv2'}, {'dir': '/etc/tls'},
                                    {'dir': '/etc/tls', 'peer': 'a b'}])
-def test_settings_are_checked_by_field(value, issue):
+def test_settings_are_checked_by_field(value):
     with pytest.raises(ValidationError) as failed:
         _tls.check_settings('tls', value)
     assert failed.value.field.startswith('tls')
@@ -64,7 +72,7 @@ class Recorder:
         return {}
 
 
-def installed(tmp_path, issue):
+def installed(tmp_path):
     dest = tmp_path / 'tls'
     _tls.install(str(dest), issue(tmp_path / 'pki'), 'root', check_mode=False)
     return str(dest)
@@ -82,9 +90,9 @@ class Loader(Recorder):
         return Recorder.command(self, name, arguments)
 
 
-def test_the_destination_admits_only_the_expected_source_and_the_source_checks_the_destination(tmp_path, issue):
+def test_the_destination_admits_only_the_expected_source_and_the_source_checks_the_destination(tmp_path):
     destination, source = Loader(), Loader()
-    tls = installed(tmp_path, issue)
+    tls = installed(tmp_path)
     _tls.setup_destination(destination, _tls.for_guest({'dir': tls, 'peer': 'hv1'}, 'nobody', str(tmp_path)))
     _tls.setup_source(source, _tls.for_guest({'dir': tls, 'peer': 'hv2'}, 'nobody', str(tmp_path)))
     added = dict((args['qom-type'], args) for name, args in destination.calls if name == 'object-add')
@@ -97,17 +105,17 @@ def test_the_destination_admits_only_the_expected_source_and_the_source_checks_t
     assert in_clear.calls == [('migrate-set-parameters', {'tls-creds': ''})]
 
 
-def test_a_qemu_loads_a_copy_only_its_account_reads_and_the_copy_is_gone_after(tmp_path, issue):
+def test_a_qemu_loads_a_copy_only_its_account_reads_and_the_copy_is_gone_after(tmp_path):
     import pwd
     loader = Loader()
-    _tls.setup_source(loader, _tls.for_guest({'dir': installed(tmp_path, issue), 'peer': 'hv2'}, 'nobody', str(tmp_path)))
+    _tls.setup_source(loader, _tls.for_guest({'dir': installed(tmp_path), 'peer': 'hv2'}, 'nobody', str(tmp_path)))
     nobody = pwd.getpwnam('nobody').pw_uid
     assert loader.seen == dict((name, (nobody, 0o400)) for name in _tls.FILES)
     assert os.path.dirname(loader.directory) == str(tmp_path / 'tls-handover')
     assert not os.path.exists(loader.directory) and os.listdir(str(tmp_path / 'tls-handover')) == []
 
 
-def test_a_host_of_another_ca_is_refused_unless_replace_ca(tmp_path, issue):
+def test_a_host_of_another_ca_is_refused_unless_replace_ca(tmp_path):
     dest = str(tmp_path / 'tls')
     _tls.install(dest, issue(tmp_path / 'pki-a'), 'root', check_mode=False)
     other = issue(tmp_path / 'pki-b')
@@ -117,7 +125,7 @@ def test_a_host_of_another_ca_is_refused_unless_replace_ca(tmp_path, issue):
     assert _tls.install(dest, other, 'root', check_mode=False, replace_ca=True) == list(_tls.FILES)
 
 
-def test_modes_that_drifted_are_set_again(tmp_path, issue):
+def test_modes_that_drifted_are_set_again(tmp_path):
     dest = tmp_path / 'tls'
     files = issue(tmp_path / 'pki')
     _tls.install(str(dest), files, 'root', check_mode=False)
