@@ -18,6 +18,7 @@ __metaclass__ = type
 import os
 import threading
 import time
+from contextlib import contextmanager
 
 from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
@@ -60,21 +61,19 @@ class InventoryHost:
         self._fixed_args.update(params)
 
     def call(self, params):
-        runner = self._take()
-        try:
-            result = runner._execute_module(module_name=self._module, module_args=dict(self._fixed_args, **params),
-                                            task_vars=self.vars)
-        except AnsibleConnectionFailure as exc:
-            raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
-        except AnsibleError as exc:
-            raise StepFailed('%s: %s' % (self.name, to_text(exc)))
-        finally:
+        with self._borrowed() as runner:
             try:
-                runner.cleanup()
-            except AnsibleError:
-                pass
-            with self._lock:
-                self._idle.append(runner)
+                result = runner._execute_module(module_name=self._module, module_args=dict(self._fixed_args, **params),
+                                                task_vars=self.vars)
+            except AnsibleConnectionFailure as exc:
+                raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
+            except AnsibleError as exc:
+                raise StepFailed('%s: %s' % (self.name, to_text(exc)))
+            finally:
+                try:
+                    runner.cleanup()
+                except AnsibleError:
+                    pass
         if result.get('unreachable'):
             raise HostUnreachable('%s: %s' % (self.name, result.get('msg')))
         if result.get('failed'):
@@ -86,16 +85,13 @@ class InventoryHost:
         host's clock read with the cheapest command there is, for comparing its timestamps with
         another host's. A module's round trip is seconds on a slow host, most of it the module
         starting, which the midpoint of such a trip cannot see; ``date`` takes milliseconds."""
-        runner = self._take()
-        try:
-            before = time.time()
-            result = runner._low_level_execute_command('date +%s.%N', sudoable=False)
-            after = time.time()
-        except AnsibleError as exc:
-            raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
-        finally:
-            with self._lock:
-                self._idle.append(runner)
+        with self._borrowed() as runner:
+            try:
+                before = time.time()
+                result = runner._low_level_execute_command('date +%s.%N', sudoable=False)
+                after = time.time()
+            except AnsibleError as exc:
+                raise HostUnreachable('%s: %s' % (self.name, to_text(exc)))
         try:
             return before, float(to_text(result.get('stdout')).strip()), after
         except ValueError:
@@ -110,15 +106,22 @@ class InventoryHost:
             except AnsibleError:
                 pass
 
-    def _take(self):
+    @contextmanager
+    def _borrowed(self):
+        """A runner of this host's, an idle one or a new one, handed back when done: concurrent
+        calls each get their own."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        with _MAKING_RUNNERS:
-            runner = self._runner()
-        with self._lock:
-            self._all.append(runner)
-        return runner
+            runner = self._idle.pop() if self._idle else None
+        if runner is None:
+            with _MAKING_RUNNERS:
+                runner = self._runner()
+            with self._lock:
+                self._all.append(runner)
+        try:
+            yield runner
+        finally:
+            with self._lock:
+                self._idle.append(runner)
 
     def _runner(self):
         """A fresh connection to the host and an action object to run modules over it."""

@@ -201,10 +201,15 @@ class GroupMove:
             after = time.time()
             # Where a move's time goes: each round trip to a host, the step's own work included.
             self.report.setdefault('round_trips', []).append([step, host, round(after - before, 3)])
-        if 'host_time' in result and after - before < self.offsets.get(host, (None, 1e9))[1]:
-            # The shortest round trip gives the best estimate of the host clock's offset.
-            self.offsets[host] = (result['host_time'] - (before + after) / 2.0, after - before)
+        if 'host_time' in result:
+            self._note_clock(host, before, result['host_time'], after)
         return result
+
+    def _note_clock(self, host, before, host_time, after):
+        """A reading of ``host``'s clock taken between ``before`` and ``after`` (the controller's):
+        the shortest round trip gives the best estimate of its offset."""
+        if after - before < self.offsets.get(host, (None, 1e9))[1]:
+            self.offsets[host] = (host_time - (before + after) / 2.0, after - before)
 
     def _tls_for(self, host):
         if not self.tls_dirs:
@@ -219,11 +224,9 @@ class GroupMove:
             read = getattr(self.hosts[host], 'clock', None)
             for _sample in range(CLOCK_SAMPLES if read else 0):
                 try:
-                    before, host_time, after = read()
+                    self._note_clock(host, *read())
                 except (HostUnreachable, StepFailed):
                     break
-                if after - before < self.offsets.get(host, (None, 1e9))[1]:
-                    self.offsets[host] = (host_time - (before + after) / 2.0, after - before)
 
     def _local_time(self, host, stamp):
         return None if stamp is None else stamp - self.offsets.get(host, (0.0, 0.0))[0]
