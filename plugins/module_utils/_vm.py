@@ -14,7 +14,10 @@ The protocol itself is _qmp.py's; the process that runs the guest is found by ``
 
 Inside ``with handle.qmp() as qmp:`` every call on the handle uses that one connection (QEMU
 sends an event only to the monitors connected when it happens: a STOP is awaited on the
-connection that sent ``stop``); outside, each call opens a connection of its own.
+connection that sent ``stop``); outside, each call opens a connection of its own. QEMU serves
+one monitor client at a time (``-qmp unix:...,server=on``): a second connection opened while
+one is held waits for its greeting until the first closes. A handle holds the block's
+connection: it belongs to one thread (threads each make their own).
 """
 
 from __future__ import absolute_import, division, print_function

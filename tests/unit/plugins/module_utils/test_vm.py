@@ -2,6 +2,7 @@
 connection per ``qmp()`` block, the handle's calls on it, event times, quit, the timeouts."""
 import json
 import os
+import re
 import socket
 import threading
 
@@ -208,3 +209,17 @@ def test_connection_errors_are_qmp_errors(tmp_path):
     vm = GuestHandle.of(Layout(str(tmp_path)), 'g')
     with pytest.raises(QMPError):
         vm.status()
+
+
+def test_only_the_handle_opens_qmp():
+    """Every QMP use of the collection's host code goes through _vm.GuestHandle."""
+    plugins = os.path.join(os.path.dirname(_vm.__file__), '..')
+    opened = []
+    for directory, _dirs, files in os.walk(plugins):
+        for name in files:
+            if name.endswith('.py'):
+                path = os.path.join(directory, name)
+                with open(path) as handle:
+                    if re.search(r'\bQMPClient\(', handle.read()):
+                        opened.append(os.path.relpath(path, plugins))
+    assert opened == ['module_utils/_vm.py']
