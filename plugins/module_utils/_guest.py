@@ -15,12 +15,12 @@ import shutil
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, IvshmemDevice, ValidationError, check_int, machine_from_qom, machine_name, pinned_machine,
+    GuestSpec, IvshmemDevice, ValidationError, check_int, machine_name, pinned_machine,
     same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import device_role, read_ivshmem_registers
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle, running_pid
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
 # QEMU run states that count as "the guest executes" or "paused, resumable by cont".
@@ -48,7 +48,7 @@ def guest_status(layout, name, registers=True):
     # QEMU writes its pidfile as the guest's account, in the guest's directory: the pid counts only
     # for a process of that account (it could name any other).
     uid = _host.uid_of(record['spec'].get('user'))
-    pid = _running_pid(paths, uid, record.get('process'))
+    pid = running_pid(paths, uid, record.get('process'))
     status = {'name': name, 'pid': pid, 'qmp': paths['qmp'], 'record': record, 'run_state': None,
               'incoming': record.get('incoming', False), 'incoming_uri': record.get('incoming_uri'),
               'accel': record.get('accel'), 'console': paths['console'],
@@ -62,21 +62,24 @@ def guest_status(layout, name, registers=True):
     if pid is None:
         status['state'] = 'stopped'
         return status
+    # 5 s for each answer, not the handle's 30: a status is read for every guest of a host (the
+    # info module), and a QEMU that does not answer is reported as such, not waited on.
+    vm = GuestHandle(paths, timeout=5.0)
     try:
-        with QMPClient(paths['qmp'], timeout=5.0) as qmp:
-            status['run_state'] = qmp.command('query-status')['status']
+        with vm.qmp() as qmp:
+            status['run_state'] = vm.status()
             if not status['machine_type']:  # started before types were recorded: ask QEMU
-                status['machine_type'] = running_machine_type(qmp)
+                status['machine_type'] = vm.machine_type()
             migration = qmp.command('query-migrate')
             status['migration'] = {'status': migration.get('status', 'none'),
                                    'blocked_reasons': migration.get('blocked-reasons', []),
                                    # Set when this QEMU sent or received over TLS (_tls.py); '' in clear.
                                    'tls_creds': qmp.command('query-migrate-parameters').get('tls-creds') or ''}
             if registers:
-                live = read_ivshmem_registers(qmp)
+                live = vm.ivshmem_registers()
                 for device in status['ivshmem']:
                     device['ivposition'] = live.get(device['id'], {}).get('ivposition')
-                    device['role'] = device_role(qmp, device['id'])
+                    device['role'] = vm.device_role(device['id'])
     except QMPError as exc:
         status['error'] = str(exc)
     for device in status['ivshmem']:
@@ -84,27 +87,6 @@ def guest_status(layout, name, registers=True):
             device['server_id'] = _server_id(layout, device['server'], status['pid'])
     status['state'] = _state_of(status)
     return status
-
-
-def _running_pid(paths, uid, held=None):
-    """The guest's QEMU: the process root spawned (``held``: its pid and start time, from the
-    record root wrote), while it runs as the guest's account. A guest started before records
-    held it: the pid its pidfile names when that is a process of the guest's account with its
-    QMP socket, else the process of that account that listens on its QMP socket."""
-    if uid is None:
-        return None
-    if held is not None:
-        return _host.held_process(held, uid)
-    pid = _host.read_pidfile(paths['pidfile'])
-    if _host.process_alive(pid, paths['qmp'], uid):
-        return pid
-    pid = _host.socket_owner(paths['qmp'], uid)
-    return pid if _host.process_alive(pid, paths['qmp'], uid) else None
-
-
-def running_machine_type(qmp):
-    """The versioned machine type a running QEMU resolved (``pc-i440fx-7.2``), or None."""
-    return machine_from_qom(qmp.command('qom-get', {'path': '/machine', 'property': 'type'}))
 
 
 def _server_id(layout, server, pid):
@@ -186,7 +168,7 @@ def unplug_devices(layout, name, timeout):
         raise GuestError('guest %s is not running, so its devices cannot be unplugged' % name)
     gone = list(status['record'].get('unplugged') or [])
     released = {}
-    with QMPClient(status['qmp'], timeout=30) as qmp:
+    with GuestHandle.of(layout, name).qmp() as qmp:
         for device in _devices(layout, status['record']):
             if not device.hotplug:
                 raise GuestError('guest %s: its %s is not placed for hotplug (hotplug: true, which needs a restart)' % (
@@ -208,7 +190,7 @@ def plug_devices(layout, name):
     record = status['record']
     gone = list(record.get('unplugged') or [])
     plugged = {}
-    with QMPClient(status['qmp'], timeout=30) as qmp:
+    with GuestHandle.of(layout, name).qmp() as qmp:
         for device in _devices(layout, record):
             if device.id in gone:
                 try:
@@ -227,25 +209,6 @@ def exit_log(layout, name):
     if status is None or status['pid'] is not None:
         return None
     return _host.tail(guest_paths(layout, name)['log']) or None
-
-
-def quit_guest(layout, name, timeout):
-    """Stop QEMU: QMP quit, then signals. Returns the seconds waited."""
-    paths = guest_paths(layout, name)
-    record = _host.read_json(paths['record']) or {}
-    uid = _host.uid_of((record.get('spec') or {}).get('user'))
-    pid = _running_pid(paths, uid, record.get('process'))
-    if pid is None:
-        return 0.0
-    try:
-        with QMPClient(paths['qmp'], timeout=min(timeout, 5.0)) as qmp:
-            qmp.command('quit')
-    except QMPError:
-        pass
-    try:
-        return _host.terminate(pid, paths['qmp'], timeout, uid)
-    finally:
-        _host.remove_stale_socket(paths['qmp'])
 
 
 class GuestManager(StateMachine):
@@ -268,6 +231,8 @@ class GuestManager(StateMachine):
                                               machine_name(self.machine_type) != self.machine_type):
             raise ValidationError('machine_type', '%r is not a machine type' % (self.machine_type,))
         self.paths = guest_paths(layout, self.spec.name)
+        # Each QMP answer may take the module's timeout: it bounds the whole task.
+        self.vm = GuestHandle(self.paths, timeout=self.timeout)
         self.current = guest_status(layout, self.spec.name, registers=False)
         self.before = self._view(self.current)
         self.after = dict(self.before)
@@ -358,14 +323,14 @@ class GuestManager(StateMachine):
         if self.running:
             self.after = dict(self.before, state='stopped')
             if self.change('stop'):
-                self.result['waited'] = round(quit_guest(self.layout, self.spec.name, self.timeout), 3)
+                self.result['waited'] = round(self.vm.quit(self.timeout), 3)
         self._report()
 
     def state_absent(self):
         if self.current is not None:
             self.after = {'state': 'absent'}
             if self.change('remove'):
-                self.result['waited'] = round(quit_guest(self.layout, self.spec.name, self.timeout), 3)
+                self.result['waited'] = round(self.vm.quit(self.timeout), 3)
                 shutil.rmtree(self.paths['dir'], ignore_errors=True)
         self.result['guest'] = {'name': self.spec.name, 'state': 'absent'}
 
@@ -384,7 +349,7 @@ class GuestManager(StateMachine):
             self.after = {'state': state, 'spec': self.spec.to_dict()}
             return
         if self.change('restart'):
-            quit_guest(self.layout, self.spec.name, self.timeout)
+            self.vm.quit(self.timeout)
         self.current = dict(self.current, pid=None)
 
     def _check_masters(self):
@@ -439,7 +404,7 @@ class GuestManager(StateMachine):
         # session instead, and readiness is "QMP answers a command" (after the ivshmem handshake).
         process = _host.spawn(argv + ['-pidfile', self.paths['pidfile']], self.paths['log'], spec.user, spec.group)
         try:
-            _value, waited = _readiness.wait('qmp_answers', self.timeout, self.paths['qmp'], process.poll,
+            _value, waited = _readiness.wait('qmp_answers', self.timeout, self.vm, process.poll,
                                              lambda: _refusal(self.layout, spec.devices, process.pid))
         except (WaitTimeout, _host.HostError) as exc:
             if process.poll() is None:
@@ -447,9 +412,9 @@ class GuestManager(StateMachine):
             process.wait()
             _host.remove_stale_socket(self.paths['qmp'])
             raise GuestError('guest %s did not start: %s; log: %s' % (spec.name, exc, _host.tail(self.paths['log'])))
-        with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
+        with self.vm.qmp() as qmp:
             # Held from spawn: later calls know this QEMU by pid and start time, never by its pidfile.
-            _host.write_json(self.paths['record'], dict(record, machine_type=running_machine_type(qmp),
+            _host.write_json(self.paths['record'], dict(record, machine_type=self.vm.machine_type(),
                                                         process=[process.pid, _host.start_time(process.pid)]))
             if incoming:
                 _tls.setup_destination(qmp, _tls.for_guest(self.incoming_tls, spec.user, self.layout.runtime_dir))
@@ -459,8 +424,7 @@ class GuestManager(StateMachine):
     def _qmp_change(self, command, new_state):
         self.after = dict(self.before, state=new_state)
         if self.change(command):
-            with QMPClient(self.paths['qmp'], timeout=self.timeout) as qmp:
-                qmp.command(command)
+            {'stop': self.vm.stop, 'cont': self.vm.cont}[command]()
 
     def _report(self, wait_bars=False):
         if self.check_mode:
@@ -469,7 +433,7 @@ class GuestManager(StateMachine):
             return
         if wait_bars and self.spec.devices:
             try:
-                _value, waited = _readiness.wait('bars_assigned', 15, self.paths['qmp'])
+                _value, waited = _readiness.wait('bars_assigned', 15, self.vm)
             except WaitTimeout as exc:
                 self.warnings.append('IVPOSITION not readable yet: %s' % exc)
         status = guest_status(self.layout, self.spec.name)

@@ -26,12 +26,12 @@ import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status, quit_guest
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATE_ARGS, MIGRATE_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, QMPTimeout, event_seconds
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, QMPTimeout, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle, read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 FINAL = ('completed', 'failed', 'cancelled')
@@ -300,6 +300,9 @@ class Migration(StateMachine):
     def _record_path(self, guest):
         return self.layout.guest_migration(guest)
 
+    def _vm(self, guest):
+        return GuestHandle.of(self.layout, guest)
+
     # --- phases -------------------------------------------------------------------------
     def _phase_full(self):
         src = guest_status(self.layout, self.source, registers=False)
@@ -308,7 +311,7 @@ class Migration(StateMachine):
         if dst is not None and dst['state'] == 'running' and (src is None or src['state'] in ('stopped', 'migrated')):
             # Done before: at most the stale source is left to stop.
             if src is not None and src['state'] == 'migrated' and self.stop_source and self.change('stop source'):
-                quit_guest(self.layout, self.source, 30)
+                self._vm(self.source).quit(30)
             self.after = {'guest': 'stopped' if src else 'absent', 'destination': 'running'}
             self.result['migration'] = {'status': 'already migrated'}
             return
@@ -320,17 +323,19 @@ class Migration(StateMachine):
             return
         report = {'uri': self.uri or _local_only('destination incoming_uri', dst['incoming_uri']), 'events': []}
         started = time.monotonic()
-        with QMPClient(src['qmp'], timeout=30) as sq, QMPClient(dst['qmp'], timeout=30) as dq:
+        source, destination = self._vm(self.source), self._vm(self.destination)
+        with source.qmp() as sq, destination.qmp() as dq:
             self._send(sq, report, started, gate=lambda: self._destination_waits(dq))
             verification = self._verify_destination(dq, memories, expected=None, source_qmp=sq)
             report['verification'] = verification
             if not verification['ok']:
-                quit_guest(self.layout, self.destination, 10)
-                sq.command('cont')
+                # A handle of its own, as before there was one: its connection waits behind dq's.
+                self._vm(self.destination).quit(10)
+                source.cont()
                 raise MigrationError('verification failed, the destination was discarded and the source '
                                      'resumed: %s' % verification['problem'])
-            dq.command('cont')
-            report['destination_state'] = dq.command('query-status')['status']
+            destination.cont()
+            report['destination_state'] = destination.status()
         report['source_state'] = self._finish_source()
         report['elapsed_s'] = round(time.monotonic() - started, 3)
         self.result['migration'] = report
@@ -350,7 +355,7 @@ class Migration(StateMachine):
             return
         report = {'uri': self.uri, 'events': []}
         started = time.monotonic()
-        with QMPClient(src['qmp'], timeout=30) as sq:
+        with self._vm(self.source).qmp() as sq:
             self._send(sq, report, started, gate=None)
             try:
                 settle_source(sq)
@@ -383,14 +388,15 @@ class Migration(StateMachine):
         if not self.change('receive'):
             self.result['migration'] = {'status': 'would receive'}
             return
-        with QMPClient(dst['qmp'], timeout=30) as dq:
+        destination = self._vm(self.destination)
+        with destination.qmp() as dq:
             verification = self._verify_destination(dq, memories, expected=self.expected)
             if not verification['ok']:
-                quit_guest(self.layout, self.destination, 10)
+                self._vm(self.destination).quit(10)  # a connection of its own, as before (behind dq's)
                 raise MigrationError('verification failed and the destination was discarded (resume the source '
                                      'with phase abort): %s' % verification['problem'])
-            dq.command('cont')
-            state = dq.command('query-status')['status']
+            destination.cont()
+            state = destination.status()
         self.result['migration'] = {'status': 'received', 'verification': verification, 'destination_state': state}
 
     def _phase_abort(self):
@@ -403,7 +409,7 @@ class Migration(StateMachine):
             self.result['migration'] = {'status': 'source running'}
             return
         if self.change('resume'):
-            with QMPClient(src['qmp'], timeout=30) as sq:
+            with self._vm(self.source).qmp() as sq:
                 report = {}
                 self._roll_back(sq, report, discard_destination=False)
             _host.write_json(self._record_path(self.source), {'status': 'aborted'})
@@ -493,11 +499,11 @@ class Migration(StateMachine):
         except (QMPError, WaitTimeout) as exc:
             report['rollback_error'] = str(exc)
         if discard_destination:
-            quit_guest(self.layout, self.destination, 10)
+            self._vm(self.destination).quit(10)
 
     def _finish_source(self):
         if self.stop_source:
-            quit_guest(self.layout, self.source, 30)
+            self._vm(self.source).quit(30)
             return 'stopped'
         return 'postmigrate'
 

@@ -21,9 +21,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     MigrationError, cancel_and_resume, finish_started_migration, follow_migration, start_migration, wait_loaded)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move_steps import event_time
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATION_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
 
@@ -102,7 +102,7 @@ def send_peer(move):
     status = guest_status(move.layout, name, registers=False)
     if status is None or status['pid'] is None:
         raise MoveError('peer %s is %s here, not running' % (name, 'absent' if status is None else status['state']))
-    with QMPClient(status['qmp'], timeout=30) as pq:
+    with GuestHandle.of(move.layout, name).qmp() as pq:
         try:
             # A step cut mid-migration left it running in QEMU: finish that one.
             report = finish_started_migration(pq, move.params.get('timeout') or 300)
@@ -132,14 +132,15 @@ def plug_peer(move):
     if status is None or status['pid'] is None:
         raise MoveError('peer %s is not running here; its migration did not arrive' % name)
     resumed_at = None
-    with QMPClient(status['qmp'], timeout=30) as dq:
+    vm = GuestHandle.of(move.layout, name)
+    with vm.qmp() as dq:
         wait_loaded(dq, move.params.get('timeout') or 300)
-        if dq.command('query-status')['status'] != 'running':
-            dq.command('cont')
-            resumed_at = event_time(dq, 'RESUME')
+        if vm.status() != 'running':
+            vm.cont()
+            resumed_at = vm.event_time('RESUME')
     try:
         plugged = plug_devices(move.layout, name)
-        _value, _waited = _readiness.wait('bars_assigned', move.start_timeout, status['qmp'])
+        _value, _waited = _readiness.wait('bars_assigned', move.start_timeout, vm)
     except (GuestError, WaitTimeout) as exc:
         raise MoveError('peer %s runs here but its device is not back: %s' % (name, exc))
     device = guest_status(move.layout, name)['ivshmem'][0]

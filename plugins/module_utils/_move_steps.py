@@ -25,8 +25,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     verify_destination, wait_loaded)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import DISCARDABLE, RESUMABLE, MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATION_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError, event_seconds
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._verify_channel import ChannelError, Listener, exchange
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle
 
 
 # --- the lock and the record -----------------------------------------------------------
@@ -130,7 +131,7 @@ def _load_and_check(move):
             move.master, move.exited(move.master)))
     timeout = move.params.get('timeout') or 300
     try:
-        with QMPClient(status['qmp'], timeout=30) as dq:
+        with GuestHandle.of(move.layout, move.master).qmp() as dq:
             waited = wait_loaded(dq, timeout)
             check = verify_destination(dq, move.memories(), move.params.get('checksum') or MIGRATION_DEFAULTS['checksum'])
     except QMPError:
@@ -178,9 +179,10 @@ def commit_here(move, expected, answer=None):
         record = move.journal.write('verified', allowed_from=('loaded',))
     resumed_at = record.get('resumed_at')
     if status['state'] != 'running':
-        with QMPClient(status['qmp'], timeout=30) as dq:
-            dq.command('cont')
-            resumed_at = event_time(dq, 'RESUME')
+        master = GuestHandle.of(move.layout, move.master)
+        with master.qmp():
+            master.cont()
+            resumed_at = master.event_time('RESUME')
         record = move.journal.write('verified', resumed_at=resumed_at)
     if answer is not None:
         answer({'ok': True, 'resumed_at': resumed_at})
@@ -271,14 +273,15 @@ def send(move):
                 continue  # unplugged, it keeps running: it migrates after the master
             peer = guest_status(move.layout, name, registers=False)
             if peer is not None and peer['state'] == 'running':
-                with QMPClient(peer['qmp'], timeout=30) as pq:
-                    pq.command('stop')
-                    at = event_time(pq, 'STOP')
+                vm = GuestHandle.of(move.layout, name)
+                with vm.qmp():
+                    vm.stop()
+                    at = vm.event_time('STOP')
                 if at is not None:
                     peers_stopped_at = min(at, peers_stopped_at or at)
         move.journal.write('sending', peers_stopped_at=peers_stopped_at)
         hashing = _Background(checksum_files, memories, move.params.get('checksum') or MIGRATION_DEFAULTS['checksum'])
-        with QMPClient(status['qmp'], timeout=30) as sq:
+        with GuestHandle.of(move.layout, move.master).qmp() as sq:
             start_migration(sq, move.params['uri'], move.params.get('max_bandwidth') or MIGRATION_DEFAULTS['max_bandwidth'],
                             move.params.get('downtime_limit') or MIGRATION_DEFAULTS['downtime_limit'], move.tls_for(status))
             # At the switchover gate the master and its peers are stopped: the memory is final,
@@ -320,7 +323,7 @@ def resume_source(move):
     """Master and peers running here again, whatever the migration left."""
     status = guest_status(move.layout, move.master, registers=False)
     if status is not None and status['pid'] is not None:
-        with QMPClient(status['qmp'], timeout=30) as sq:
+        with GuestHandle.of(move.layout, move.master).qmp() as sq:
             cancel_and_resume(sq)
     elif status is None or status['pid'] is None:
         move.guest(move.group['master'], 'running')
@@ -388,12 +391,3 @@ class _Background:
         if self.error is not None:
             raise self.error
         return self.value
-
-
-def event_time(qmp, name, timeout=5.0):
-    """The host wall-clock time QEMU stamped on event ``name`` (seconds, float); None when the
-    event did not come (the outage is then reported unknown, never guessed)."""
-    try:
-        return event_seconds(qmp.wait_event((name,), timeout))
-    except QMPError:
-        return None

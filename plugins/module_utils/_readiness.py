@@ -11,7 +11,7 @@ __metaclass__ = type
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
 
@@ -20,7 +20,11 @@ def _server_listening(socket_path, pid_source):
     return bool(pid) and _host.unix_listening(socket_path, pid)
 
 
-def _qmp_answers(qmp_path, exit_code=None, refusal=None):
+# Each probe's QMP answer: short, as the probe is tried again until the wait's own deadline.
+PROBE_TIMEOUT = 2.0
+
+
+def _qmp_answers(vm, exit_code=None, refusal=None):
     # QEMU greets on QMP before its devices are set up; only a command's answer shows
     # that the ivshmem handshake is done (see the facts file). ``refusal()``: why a server
     # refused this QEMU, if one did (it would never answer: no use waiting).
@@ -29,7 +33,7 @@ def _qmp_answers(qmp_path, exit_code=None, refusal=None):
     reason = refusal() if refusal is not None else None
     if reason:
         raise _host.HostError(reason)
-    with QMPClient(qmp_path, timeout=2.0) as qmp:
+    with vm.qmp(timeout=PROBE_TIMEOUT) as qmp:
         return qmp.command('query-status')
 
 
@@ -40,15 +44,15 @@ def _client_id(control_path, guest):
     return None
 
 
-def _pci_bars_assigned(qmp_path):
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
-    with QMPClient(qmp_path, timeout=2.0) as qmp:
-        registers = read_ivshmem_registers(qmp)
+def _pci_bars_assigned(vm):
+    with vm.qmp(timeout=PROBE_TIMEOUT):
+        registers = vm.ivshmem_registers()
     return registers if all(r['ivposition'] is not None for r in registers.values()) else None
 
 
 CONDITIONS = {
-    # name: (what it waits for, probe, errors that mean "not yet")
+    # name: (what it waits for, probe, errors that mean "not yet"); a guest's conditions take its
+    # _vm.GuestHandle (named by its QMP socket).
     'server_listening': ('the server to listen on {0}', _server_listening, ()),
     'qmp_answers': ('QEMU to answer QMP on {0}', _qmp_answers, (QMPError,)),
     'client_id': ('guest {1} to be admitted by the server at {0}', _client_id, (ControlError,)),

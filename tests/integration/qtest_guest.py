@@ -3,8 +3,8 @@ import os
 import re
 import socket
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import read_ivshmem_registers
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 
 from idle_guest import idle_loop

@@ -12,9 +12,9 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge impor
 from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import read_word
 
 HUGE = '9' * 400 + 'K'
 GROUP = {'name': 'g', 'host': 'hv1', 'master': {'name': 'm'}}

@@ -9,7 +9,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.confi
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.ids import IdAllocator
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.loop import IvshmemServer
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_inspect import read_word
+from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import read_word
 
 
 class FakeClock:
