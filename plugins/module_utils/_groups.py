@@ -18,6 +18,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GROUP_GUEST_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
+from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
@@ -48,6 +49,21 @@ def _choice(field, value, choices):
     if value not in choices:
         raise ValidationError(field, 'must be one of %s, not %r' % (', '.join(choices), value))
     return value
+
+
+def overrides(field, value):
+    """The options that differ on one host (``field``: server_overrides or guest_overrides), a
+    mapping; None is none."""
+    return _mapping(field, value)
+
+
+def on_host(group, server_overrides=None, guest_overrides=None):
+    """``group`` (as ivshmem.fleet.plan returns it) as it runs on one host: that host's
+    overrides over its server's and every guest's options (a shallow merge, the override wins)."""
+    guest_overrides = overrides('guest_overrides', guest_overrides)
+    return dict(group, server=dict(group['server'], **overrides('server_overrides', server_overrides)),
+                master=dict(group['master'], **guest_overrides),
+                peers=[dict(peer, **guest_overrides) for peer in group.get('peers') or []])
 
 
 def normalize_group(index, group, hosts, layout, accounts=None):
@@ -89,12 +105,12 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         if guest_name in names[:position]:
             raise ValidationError(guests[position][0] + '.name', 'guest %s appears twice in the group' % guest_name)
     # The server admits the group's guests only, known by their accounts (each its own).
-    users = {}
-    for field, spec, _params in guests:
-        if spec.user in users:
-            raise ValidationError(field + '.user', 'guest %s runs as %s too: the server tells the guests apart by '
-                                  'their accounts, so each needs its own' % (users[spec.user], spec.user))
-        users[spec.user] = spec.name
+    fields = dict((spec.name, field) for field, spec, _params in guests)
+    shared = shared_account(dict((spec.name, spec.user) for _field, spec, _params in guests))
+    if shared:
+        earlier, later, user = shared
+        raise ValidationError(fields[later] + '.user', 'guest %s runs as %s too: the server tells the guests apart by '
+                              'their accounts, so each needs its own' % (earlier, user))
     if accounts is not None:
         accounts.update((spec.name, (field, spec.user)) for field, spec, _params in guests)
     server_params = dict(server, name=name, size=group.get('size', SERVER_DEFAULTS['size']), vectors=vectors)
@@ -145,7 +161,7 @@ class GroupPlan(StateMachine):
     def state_planned(self):
         if not isinstance(self.groups, list):
             raise ValidationError('groups', 'must be a list of groups')
-        plan, seen_groups, seen_guests, seen_accounts = [], {}, {}, {}
+        plan, seen_groups, seen_guests, fleet_accounts = [], {}, {}, {}
         for index, group in enumerate(self.groups):
             accounts = {}
             normalized = normalize_group(index, group, self.hosts, self.layout, accounts)
@@ -157,15 +173,15 @@ class GroupPlan(StateMachine):
                 if guest_name in seen_guests:
                     raise ValidationError(where, 'guest %s is also in group %s' % (guest_name, seen_guests[guest_name]))
                 seen_guests[guest_name] = normalized['name']
-            for guest_name, (field, user) in sorted(accounts.items()):
-                # Servers admit guests by account: two guests of the fleet under one account would
-                # each be let into the other's group (X and x-4b68ab38 both map to ivg-x-4b68ab38).
-                if user in seen_accounts:
-                    other_group, other = seen_accounts[user]
-                    raise ValidationError(field + '.user', 'guest %s runs as %s, as guest %s of group %s does: servers '
-                                          'admit guests by account, so each needs its own (rename one, or give it a '
-                                          'user)' % (guest_name, user, other, other_group))
-                seen_accounts[user] = (normalized['name'], guest_name)
+            # Servers admit guests by account: two guests of the fleet under one account would
+            # each be let into the other's group (X and x-4b68ab38 both map to ivg-x-4b68ab38).
+            fleet_accounts.update((guest_name, user) for guest_name, (_field, user) in accounts.items())
+            shared = shared_account(fleet_accounts)
+            if shared:
+                mine, other = shared[:2] if shared[0] in accounts else (shared[1], shared[0])
+                raise ValidationError(accounts[mine][0] + '.user', 'guest %s runs as %s, as guest %s of group %s does: '
+                                      'servers admit guests by account, so each needs its own (rename one, or give '
+                                      'it a user)' % (mine, shared[2], other, seen_guests[other]))
             normalized['in_transition'] = self._transition(normalized['name'])
             normalized['current_host'] = self._current_host(normalized)
             plan.append(normalized)

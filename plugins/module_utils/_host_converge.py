@@ -22,7 +22,7 @@ import stat
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _groups, _host, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ValidationError, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, SERVER_ARGS
@@ -39,14 +39,14 @@ class GateError(Exception):
     """A gate did not hold (a master without ID 0, a peer without its pinned ID)."""
 
 
-def _validated(kind, items, account):
+def _validated(kind, items, account, overrides):
     checked = []
     for index, item in enumerate(check_list(kind, items)):
         field = '%s[%d]' % (kind, index)
         if not isinstance(item, dict):
             raise ValidationError(field, 'must be a dict of the %s module\'s options' % kind[:-1])
-        # The host's service account, unless the item names its own.
-        result = _VALIDATORS[kind].validate(dict(account, **item))
+        # The host's service account, unless the item names its own; this host's overrides over it.
+        result = _VALIDATORS[kind].validate(dict(dict(account, **item), **overrides))
         if result.error_messages:
             raise ValidationError(field, '; '.join(result.error_messages))
         checked.append(result.validated_parameters)
@@ -70,8 +70,10 @@ class HostConverger(StateMachine):
         # One account for every item, if asked; by default each runs under its own.
         account = dict((key, params[key]) for key in ('user', 'group') if params.get(key))
         self.group = params.get('group') or (params.get('user') or SERVICE_GROUP)
-        servers = _validated('servers', params.get('servers'), account)
-        guests = _validated('guests', params.get('guests'), account)
+        servers = _validated('servers', params.get('servers'), account,
+                             _groups.overrides('server_overrides', params.get('server_overrides')))
+        guests = _validated('guests', params.get('guests'), account,
+                            _groups.overrides('guest_overrides', params.get('guest_overrides')))
         for server in servers:
             # A server knows its guests by account: those that run as a given one are told so.
             known = set((server.get('pins') or {})) | set(server.get('admit') or []) | set([server.get('hold_for')])

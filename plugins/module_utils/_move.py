@@ -30,6 +30,7 @@ from collections import namedtuple
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import on_host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, exit_log, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
@@ -101,13 +102,8 @@ class HostMove:
                 not isinstance(self.group.get('peers') or [], list):
             raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, server, '
                                            'master, peers, ...)')
-        # Guest options that differ on this host (its QEMU elsewhere, say), as for the server.
-        overrides = params.get('guest_overrides') or {}
-        if not isinstance(overrides, dict):
-            raise ValidationError('guest_overrides', 'must be a mapping of guest options')
-        if overrides:
-            self.group = dict(self.group, master=dict(self.group['master'], **overrides),
-                              peers=[dict(peer, **overrides) for peer in self.group.get('peers') or []])
+        # Server and guest options that differ on this host (its QEMU elsewhere, say).
+        self.group = on_host(self.group, params.get('server_overrides'), params.get('guest_overrides'))
         self.name = check_name('group.name', self.group.get('name'))
         self.run_id = check_name('run_id', params.get('run_id'))
         self.step = params.get('step')
@@ -117,7 +113,7 @@ class HostMove:
         self.peers = [peer['name'] for peer in self.group.get('peers') or []]
         # The peers this move keeps running (moved live); the others are paused and restarted.
         self.live = [name for name in params.get('live_peers') or [] if name in self.peers]
-        self.server = dict(self.group['server'], **(params.get('server_overrides') or {}))
+        self.server = self.group['server']
         self.start_timeout = params.get('start_timeout') or MOVE_DEFAULTS['start_timeout']
         self.journal = Journal(layout, self.name, self.run_id, params)
         # {'dir': this host's credentials, 'peer': the other host}, or None for a stream in clear.

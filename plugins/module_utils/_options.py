@@ -160,11 +160,20 @@ SERVER_DEFAULTS = defaults(SERVER_ARGS)
 
 # ---- ivshmem.fleet.host
 
+# What differs on one host from the inventory's groups (the hosts' variables
+# ivshmem_fleet_server_overrides and ivshmem_fleet_guest_overrides): ivshmem.fleet.host and
+# ivshmem.fleet.move_host take them, _groups.overridden applies them (doc fragment _host_overrides).
+OVERRIDE_ARGS = dict(
+    server_overrides=dict(type='dict', default={}),
+    guest_overrides=dict(type='dict', default={}),
+)
+
 HOST_ARGS = dict(
     servers=dict(type='list', elements='dict', default=[]),
     guests=dict(type='list', elements='dict', default=[]),
     user=dict(type='str'),
     group=dict(type='str'),
+    **OVERRIDE_ARGS
 )
 
 # ---- ivshmem.fleet.plan (its module's documentation and its action plugin)

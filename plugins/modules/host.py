@@ -27,6 +27,7 @@ author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
+  - ivshmem.fleet._host_overrides
   - ivshmem.fleet._common.attributes
 options:
   servers:

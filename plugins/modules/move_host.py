@@ -23,6 +23,7 @@ author:
   - ivshmem.fleet contributors (@ivshmem-fleet)
 extends_documentation_fragment:
   - ivshmem.fleet._common
+  - ivshmem.fleet._host_overrides
 attributes:
   check_mode:
     support: none
@@ -114,14 +115,6 @@ options:
   outcome:
     description: Recorded with the final journal step.
     type: str
-  server_overrides:
-    description: Server options that differ on this host (for example O(ivshmem.fleet.server#module:memory_dir)).
-    type: dict
-  guest_overrides:
-    description:
-      - Guest options that differ on this host, applied to every guest of the group (for example
-        O(ivshmem.fleet.guest#module:binary) where this host's QEMU is elsewhere).
-    type: dict
   live_peers:
     description:
       - The peers this move keeps running (the group's C(peer_mode=live)) - unplugged on the source
@@ -173,7 +166,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, MoveError, MoveStep
-from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MOVE_ARGS, MOVE_HOST_OPTIONS, pick
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MOVE_ARGS, MOVE_HOST_OPTIONS, OVERRIDE_ARGS, pick
 
 
 def main():
@@ -194,12 +187,10 @@ def main():
             expected_checksums=dict(type='list', elements='str'),
             force=dict(type='bool', default=False),
             outcome=dict(type='str'),
-            server_overrides=dict(type='dict'),
-            guest_overrides=dict(type='dict'),
             tls=dict(type='dict'),
             live_peers=dict(type='list', elements='str'),
             peer=dict(type='str'),
-            **pick(MOVE_ARGS, *MOVE_HOST_OPTIONS, without_default=True)
+            **dict(OVERRIDE_ARGS, **pick(MOVE_ARGS, *MOVE_HOST_OPTIONS, without_default=True))
         ),
         supports_check_mode=False,
     )

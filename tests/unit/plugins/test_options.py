@@ -116,9 +116,8 @@ def _role(role, name):
 # (declaration, option)}}. group_migrate passes every option of its action (group_migrate_NAME).
 ROLE_OPTIONS = {
     'group_migrate': dict(('group_migrate_' + name, (_options.MOVE_ARGS, name)) for name in _options.MOVE_ARGS),
-    'group_deploy': {'group_deploy_runtime_dir': (_options.COMMON_ARGS, 'runtime_dir')},
-    'hypervisor': {'hypervisor_runtime_dir': (_options.COMMON_ARGS, 'runtime_dir'),
-                   'hypervisor_group': (_options.CREDENTIALS_ARGS, 'group'),
+    'group_deploy': {},
+    'hypervisor': {'hypervisor_group': (_options.CREDENTIALS_ARGS, 'group'),
                    'hypervisor_tls_dir': (_options.CREDENTIALS_ARGS, 'dest'),
                    'hypervisor_pki_dir': (_options.CREDENTIALS_ARGS, 'pki_dir')},
 }
@@ -162,3 +161,24 @@ def test_derived_field_lists_are_the_declared_ones():
     assert set(_options.GROUP_GUEST_OPTIONS) < set(_options.GUEST_FIELDS)
     assert set(_options.GROUP_SERVER_OPTIONS) < set(_options.SERVER_FIELDS)
     assert set(_options.MOVE_HOST_OPTIONS) < set(_options.MOVE_ARGS)
+
+
+def test_playbooks_and_roles_follow_one_runtime_directory_variable():
+    """Every playbook and role takes the runtime directory from ivshmem_fleet_runtime_dir and
+    leaves its default to the modules (_options.DEFAULT_RUNTIME_DIR): nowhere is it written out."""
+    problems = []
+    for top in ('playbooks', 'roles'):
+        for directory, _dirs, files in os.walk(os.path.join(ROOT, top)):
+            for name in sorted(files):
+                if not name.endswith(('.yml', '.yaml', '.j2')):
+                    continue
+                path = os.path.join(directory, name)
+                with open(path) as stream:
+                    for number, line in enumerate(stream, 1):
+                        if _options.DEFAULT_RUNTIME_DIR in line.split('#')[0]:
+                            problems.append('%s:%d: %s' % (os.path.relpath(path, ROOT), number, line.strip()))
+    for role in ('group_deploy', 'hypervisor'):
+        value = _role(role, 'defaults/main.yml')['%s_runtime_dir' % role]
+        if value != '{{ ivshmem_fleet_runtime_dir | default(omit) }}':
+            problems.append('role %s: %s_runtime_dir is %r, not the fleet variable' % (role, role, value))
+    assert not problems, '\n'.join(problems)

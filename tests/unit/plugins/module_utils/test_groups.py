@@ -97,3 +97,22 @@ def test_two_guests_of_the_fleet_under_one_account_are_refused_naming_both():
         plan([group(master={'name': 'a', 'user': 'shared'}, peers=[]),
               group(name='g2', master={'name': 'b', 'user': 'shared'}, peers=[])])
     assert info.value.field == 'groups[g2].master.user'
+
+
+def test_two_guests_of_one_group_under_one_account_are_refused_at_the_later_one():
+    with pytest.raises(ValidationError) as info:
+        plan([group(peers=[{'name': 'g1-p1', 'user': 'ivg-one'}, {'name': 'g1-p2', 'user': 'ivg-one'}])])
+    assert info.value.field == 'groups[g1].peers[1].user'
+    assert 'guest g1-p1 runs as ivg-one too' in str(info.value)
+
+
+def test_a_host_s_overrides_go_over_the_group_s_server_and_every_guest_one_way_for_deploy_and_move():
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import on_host
+    g1 = plan([group()])['groups'][0]
+    here = on_host(g1, {'memory_dir': '/dev/hugepages'}, {'binary': '/opt/qemu/bin/qemu-system-x86_64'})
+    assert here['server']['memory_dir'] == '/dev/hugepages' and here['server']['name'] == 'g1'
+    assert [guest['binary'] for guest in [here['master']] + here['peers']] == ['/opt/qemu/bin/qemu-system-x86_64'] * 3
+    assert 'binary' not in g1['master'] and on_host(g1) == g1  # the plan's group is left as it was
+    with pytest.raises(ValidationError) as info:
+        on_host(g1, guest_overrides=['binary'])
+    assert info.value.field == 'guest_overrides'
