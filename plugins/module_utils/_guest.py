@@ -268,11 +268,7 @@ class GuestManager(StateMachine):
     def _drifted(self):
         if not self.running:
             return False
-        record = self.current['record']
-        recorded, asked = dict(record['spec']), self.spec.to_dict()
-        if same_machine(asked['machine'], recorded.get('machine') or GUEST_DEFAULTS['machine'], self.current.get('machine_type')):
-            recorded['machine'] = asked['machine']  # an alias and the type it resolved to are equal
-        return recorded != asked
+        return self.spec.differs_from(self.current['record']['spec'], self.current.get('machine_type'))
 
     def _machine(self):
         """The machine to start: the versioned type this guest resolved before (given by a move,

@@ -17,6 +17,8 @@ import hashlib
 import os
 import re
 
+from ansible.module_utils.common.parameters import DEFAULT_TYPE_VALIDATORS
+
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
@@ -151,6 +153,23 @@ def check_path(field, value, required=True):
     if not isinstance(value, str) or not os.path.isabs(value) or '\0' in value or '\n' in value:
         raise ValidationError(field, '%r is not an absolute path' % (value,))
     return os.path.normpath(value)
+
+
+def check_declared(field, value, declaration):
+    """``value`` of an option with no rule of its own, by its declaration in _options.py: its
+    default when unset, else its type (as Ansible converts it) and its choices."""
+    if value is None:
+        return declaration.get('default')
+    kind = declaration.get('type', 'str')
+    try:
+        value = DEFAULT_TYPE_VALIDATORS[kind](value)
+        if kind == 'list':
+            value = [DEFAULT_TYPE_VALIDATORS[declaration.get('elements', 'str')](item) for item in value]
+    except (TypeError, ValueError):
+        raise ValidationError(field, '%r is not a %s' % (value, kind))
+    if declaration.get('choices') and value not in declaration['choices']:
+        raise ValidationError(field, 'must be one of %s' % ', '.join(declaration['choices']))
+    return value
 
 
 def check_mode(field, value):
@@ -487,6 +506,10 @@ class GuestSpec:
                 device.hotplug_placement(self.machine)  # a machine without a placement fails here
         self.user, self.group = _user_and_group(params, guest_account(self.name))
         self.sandbox = bool(params.get('sandbox', GUEST_DEFAULTS['sandbox']))
+        # The options with no rule of their own above: as declared (_options.GUEST_ARGS).
+        for field in self.FIELDS:
+            if not hasattr(self, field):
+                setattr(self, field, check_declared(field, params.get(field), GUEST_ARGS[field]))
 
     @property
     def ivshmem(self):
@@ -503,6 +526,16 @@ class GuestSpec:
 
     def to_dict(self):
         return dict((field, getattr(self, field)) for field in self.FIELDS)
+
+    def differs_from(self, recorded, resolved=None):
+        """Does the guest a record describes (its ``spec``; ``resolved``: the machine type it
+        runs) differ from this one? A field the record lacks (an option added since it started)
+        counts as its default; an alias and the type it resolved to are the same machine."""
+        asked = self.to_dict()
+        recorded = dict((field, recorded.get(field, GUEST_DEFAULTS.get(field))) for field in asked)
+        if same_machine(asked['machine'], recorded['machine'] or GUEST_DEFAULTS['machine'], resolved):
+            recorded['machine'] = asked['machine']
+        return recorded != asked
 
     def argv(self, layout, accel, incoming, unplugged=(), machine=None):
         """QEMU's command line. ``accel`` is resolved (kvm or tcg); ``incoming`` adds -incoming defer -S;

@@ -204,3 +204,27 @@ def test_two_guests_a_server_knows_under_one_account_are_refused():
     with pytest.raises(ValidationError) as info:
         ServerSpec({'name': 's', 'pins': {'a': 0, 'b': 1}, 'accounts': {'a': 'qemu', 'b': 'qemu'}})
     assert info.value.field == 'accounts.b'
+
+
+def test_a_record_from_before_an_option_existed_is_the_same_guest_until_the_option_is_given(monkeypatch):
+    """A new guest option is its declaration, its documentation and its command line: checked by
+    its declared type, and a guest that started before it (its record lacks the field) does not
+    drift until the option is set."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _model, _options
+    declared = dict(_options.GUEST_ARGS, hugepages_demo=dict(type='bool', default=False))
+    monkeypatch.setattr(_model, 'GUEST_ARGS', declared)
+    monkeypatch.setattr(_model, 'GUEST_DEFAULTS', _options.defaults(declared))
+    monkeypatch.setattr(GuestSpec, 'FIELDS', _options.GUEST_FIELDS + ('hugepages_demo',))
+    before = guest().to_dict()
+    del before['hugepages_demo']
+    assert not guest().differs_from(before)
+    assert guest(hugepages_demo=True).differs_from(before)
+    assert field_of(lambda: guest(hugepages_demo='perhaps')) == 'hugepages_demo'
+    assert guest(hugepages_demo='yes').hugepages_demo is True  # as Ansible converts it
+
+
+def test_an_alias_is_the_machine_it_resolved_to_and_other_settings_drift():
+    recorded = guest().to_dict()  # machine pc
+    assert not guest(machine='pc-i440fx-7.2').differs_from(recorded, 'pc-i440fx-7.2')
+    assert guest(machine='pc-i440fx-8.0').differs_from(recorded, 'pc-i440fx-7.2')
+    assert guest(memory='256M').differs_from(recorded, 'pc-i440fx-7.2')
