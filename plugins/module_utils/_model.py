@@ -18,6 +18,7 @@ import os
 import re
 
 from ansible.module_utils.common.parameters import DEFAULT_TYPE_VALIDATORS
+from ansible.module_utils.common.validation import check_type_str
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
@@ -155,6 +156,11 @@ def check_path(field, value, required=True):
     return os.path.normpath(value)
 
 
+def _converted(kind, value):
+    # Strings stay strings: a list or a number is refused, not written out as one on a command line.
+    return check_type_str(value, allow_conversion=False) if kind == 'str' else DEFAULT_TYPE_VALIDATORS[kind](value)
+
+
 def check_declared(field, value, declaration):
     """``value`` of an option with no rule of its own, by its declaration in _options.py: its
     default when unset, else its type (as Ansible converts it) and its choices."""
@@ -162,9 +168,9 @@ def check_declared(field, value, declaration):
         return declaration.get('default')
     kind = declaration.get('type', 'str')
     try:
-        value = DEFAULT_TYPE_VALIDATORS[kind](value)
+        value = _converted(kind, value)
         if kind == 'list':
-            value = [DEFAULT_TYPE_VALIDATORS[declaration.get('elements', 'str')](item) for item in value]
+            value = [_converted(declaration.get('elements', 'str'), item) for item in value]
     except (TypeError, ValueError):
         raise ValidationError(field, '%r is not a %s' % (value, kind))
     if declaration.get('choices') and value not in declaration['choices']:
@@ -543,8 +549,8 @@ class GuestSpec:
         ``machine``: the machine to run (the versioned type this guest resolved before), else its own."""
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
         argv = [self.binary, '-name', self.name, '-machine', machine or self.machine, '-accel', accel_opt,
-                '-m', str(self.memory), '-smp', str(self.cpus), '-nodefaults', '-no-user-config',
-                '-display', 'none',
+                '-m', str(self.memory), '-smp', str(self.cpus)] + (['-cpu', self.cpu] if self.cpu else []) + [
+                '-nodefaults', '-no-user-config', '-display', 'none',
                 '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),
                 '-serial', 'file:%s' % layout.guest_console(self.name)]
         if self.sandbox:

@@ -94,6 +94,7 @@ GUEST_ARGS = dict(
     binary=dict(type='path', default=DEFAULT_QEMU),
     memory=dict(type='str', default='128M'),
     cpus=dict(type='int', default=1),
+    cpu=dict(type='str'),
     machine=dict(type='str', default='pc'),
     accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
     disks=dict(type='list', elements='dict', options=DISK_ARGS),

@@ -57,6 +57,12 @@ options:
     description: Number of virtual CPUs.
     type: int
     default: 1
+  cpu:
+    description:
+      - QEMU CPU model (C(-cpu)), with options (V(Haswell-v4,-hle)); QEMU's default when unset.
+      - A guest that moves needs a model every host of the fleet can run; V(host) and V(max) are
+        not migratable between different CPUs.
+    type: str
   machine:
     description:
       - QEMU machine type, a versioned type (V(pc-i440fx-7.2)) or an alias (V(pc), V(q35)), with options

@@ -228,3 +228,9 @@ def test_an_alias_is_the_machine_it_resolved_to_and_other_settings_drift():
     assert not guest(machine='pc-i440fx-7.2').differs_from(recorded, 'pc-i440fx-7.2')
     assert guest(machine='pc-i440fx-8.0').differs_from(recorded, 'pc-i440fx-7.2')
     assert guest(memory='256M').differs_from(recorded, 'pc-i440fx-7.2')
+
+
+def test_a_cpu_model_goes_on_the_command_line_only_when_given():
+    assert '-cpu Haswell-v4,-hle' in ' '.join(guest(cpu='Haswell-v4,-hle').argv(LAYOUT, 'tcg', incoming=False))
+    assert '-cpu' not in guest().argv(LAYOUT, 'tcg', incoming=False)
+    assert field_of(lambda: guest(cpu=['Haswell'])) == 'cpu'
