@@ -14,8 +14,9 @@ import shutil
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, IvshmemDevice, ValidationError, check_int, machine_name, pinned_machine,
+    GuestSpec, IvshmemDevice, check_int, machine_name, pinned_machine,
     same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
@@ -27,7 +28,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitT
 RESUMABLE = ('paused', 'prelaunch', 'debug', 'suspended')
 
 
-class GuestError(Exception):
+class GuestError(FleetError):
     """A guest could not be brought to the asked state; the message says why."""
 
 

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
@@ -85,14 +86,6 @@ def guest_account(name):
 def server_account(name):
     """The account server ``name`` runs as and owns its memory and sockets, unless ``user`` says otherwise."""
     return _account('ivs', name)
-
-
-class ValidationError(Exception):
-    """Bad input; the message starts with the offending field."""
-
-    def __init__(self, field, message):
-        super(ValidationError, self).__init__('%s: %s' % (field, message))
-        self.field = field
 
 
 def prefixed(prefix, build):

@@ -31,7 +31,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, exit_log, guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, MOVE_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status

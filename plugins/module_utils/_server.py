@@ -19,7 +19,8 @@ import zipfile
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
@@ -37,7 +38,7 @@ def builtin_program():
     # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
     # any import statement names, so they still reach the host.
     from ansible_collections.ivshmem.fleet.plugins.module_utils import (
-        _control_protocol, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
+        _control_protocol, _errors, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
     from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import (
         admission, cli, clients, config, control, ids, loop, system)
     buffer = io.BytesIO()
@@ -49,7 +50,7 @@ def builtin_program():
         for depth in range(1, len(parts) + 1):
             add('/'.join(parts[:depth]) + '/__init__.py', '')
         for module in (ivshmem_server, admission, cli, clients, config, control, ids, loop, system,
-                       _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
+                       _errors, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
             path = module.__name__.replace('.', '/') + ('/__init__.py' if module is ivshmem_server else '.py')
             add(path, module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
