@@ -81,8 +81,7 @@ def prepare_peer(move):
     peer = live_peer(move)
     move.remove_guest(peer['name'])
     devices = ['ivshmem%d' % index for index in range(len(peer.get('ivshmem') or []))]
-    move.guest(peer, 'incoming', incoming_uri=move.params['uri'], incoming_tls=move.tls,
-               incoming_in_clear=move.tls is None, unplugged=devices)
+    move.receive_guest(peer, move.params['uri'], unplugged=devices)
     return {'peer_state': 'incoming'}
 
 

@@ -107,3 +107,9 @@ def test_run_manager_reports_any_fleet_error_as_a_message(tmp_path, error, when)
     if when == 'run':
         assert module.failed['changed'] is True
 
+
+@pytest.mark.parametrize('name', ['_move', '_move_steps', '_move_live_peers', '_move_journal'])
+def test_the_move_works_through_the_services_not_the_modules_adapters(name):
+    with open(os.path.join(PLUGINS, 'module_utils', name + '.py')) as source:
+        text = source.read()
+    assert [adapter for adapter in ('GuestManager', 'ServerManager') if adapter in text] == []
