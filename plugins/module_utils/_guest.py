@@ -20,7 +20,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter
 from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle, running_pid
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
@@ -482,20 +482,16 @@ class Guest:
         return bool(steps)
 
 
-class GuestManager(StateMachine):
+class GuestManager(ServiceAdapter):
     """ivshmem.fleet.guest: one method per state, each deciding from the guest's status what
     changes (before, after, changed, check mode) and leaving the work to Guest."""
 
     def __init__(self, params, layout, check_mode):
-        super(GuestManager, self).__init__(check_mode)
         self.guest = Guest.from_params(params, layout)
-        self.spec = self.guest.spec
-        self.current = self.guest.status(registers=False)
-        self.before = self._view(self.current)
-        self.after = dict(self.before)
+        super(GuestManager, self).__init__(self.guest, self.guest.status(registers=False), check_mode)
 
     @staticmethod
-    def _view(status):
+    def view(status):
         if status is None:
             return {'state': 'absent'}
         return {'state': status['state'], 'spec': status['record']['spec']}

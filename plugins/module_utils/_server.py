@@ -22,7 +22,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layou
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
 _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
@@ -270,20 +270,16 @@ class Server:
         return dict((guest, pwd.getpwnam(user).pw_uid) for guest, user in sorted(self.spec.guest_accounts().items()))
 
 
-class ServerManager(StateMachine):
+class ServerManager(ServiceAdapter):
     """ivshmem.fleet.server: one method per state, each deciding from the server's status what
     changes (before, after, changed, check mode) and leaving the work to Server."""
 
     def __init__(self, params, layout, check_mode):
-        super(ServerManager, self).__init__(check_mode)
         self.server = Server.from_params(params, layout)
-        self.spec = self.server.spec
-        self.current = self.server.status()
-        self.before = self._view(self.current)
-        self.after = dict(self.before)
+        super(ServerManager, self).__init__(self.server, self.server.status(), check_mode)
 
     @staticmethod
-    def _view(status):
+    def view(status):
         if status is None:
             return {'state': 'absent'}
         return {'state': status['state'], 'spec': status['spec'], 'hold': status['hold']}
