@@ -23,8 +23,8 @@ import stat
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, SERVER_ARGS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager

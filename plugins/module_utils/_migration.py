@@ -26,8 +26,8 @@ import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATE_ARGS, MIGRATE_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, QMPTimeout, event_seconds

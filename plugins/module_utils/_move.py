@@ -30,8 +30,8 @@ from collections import namedtuple
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import Guest, exit_log, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import Guest, exit_log, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, MOVE_DEFAULTS

@@ -18,8 +18,8 @@ import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
-from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter

@@ -33,8 +33,8 @@ import threading
 import time
 import uuid
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_size
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS, IVSHMEM_DEFAULTS, MIGRATION_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
