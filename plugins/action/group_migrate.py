@@ -12,8 +12,8 @@ __metaclass__ = type
 from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import move_source
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR, DEFAULT_TLS_DIR as TLS_DIR, MOVE_ARGS
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._controller_action import ControllerAction
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._inventory_hosts import InventoryHost

@@ -13,8 +13,9 @@ __metaclass__ = type
 
 from ansible.utils.display import Display
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, PLAN_ARGS
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._controller_action import ControllerAction
 

@@ -16,8 +16,10 @@ __metaclass__ = type
 import json
 import socket
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 
-class ControlError(Exception):
+
+class ControlError(FleetError):
     """A control request failed or could not be understood."""
 
 

@@ -13,9 +13,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, ServerSpec, ValidationError, check_int, check_name, prefixed)
+    GuestSpec, ServerSpec, check_int, check_name, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GROUP_GUEST_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account

@@ -14,12 +14,13 @@ import shutil
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hotplug, _qemu_binary, _readiness, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, IvshmemDevice, ValidationError, check_int, machine_name, pinned_machine,
+    GuestSpec, IvshmemDevice, check_int, machine_name, pinned_machine,
     same_machine)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter
 from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import GuestHandle, running_pid
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
@@ -27,7 +28,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitT
 RESUMABLE = ('paused', 'prelaunch', 'debug', 'suspended')
 
 
-class GuestError(Exception):
+class GuestError(FleetError):
     """A guest could not be brought to the asked state; the message says why."""
 
 
@@ -211,156 +212,123 @@ def exit_log(layout, name):
     return _host.tail(guest_paths(layout, name)['log']) or None
 
 
-class GuestManager(StateMachine):
-    def __init__(self, params, layout, check_mode):
-        super(GuestManager, self).__init__(check_mode)
-        self.layout = layout
-        self.spec = GuestSpec(params, layout)
-        self.timeout = check_int('timeout', params.get('timeout', GUEST_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
-        self.restart_on_drift = params.get('restart_on_drift', GUEST_DEFAULTS['restart_on_drift'])
-        self.incoming_uri = params.get('incoming_uri') or layout.incoming_uri(self.spec.name)
-        # Set by the move engine: the stream is only accepted over TLS from the expected source.
-        self.incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
-        self.incoming_in_clear = bool(params.get('incoming_in_clear'))
-        self._check_incoming_uri()
-        # Set by the move engine for a peer moved live: started without these devices (plugged later).
-        self.unplugged = list(params.get('unplugged') or [])
-        # Set by the move engine: the versioned machine type the guest resolved on its source.
-        self.machine_type = params.get('machine_type')
-        if self.machine_type is not None and (not isinstance(self.machine_type, str) or
-                                              machine_name(self.machine_type) != self.machine_type):
-            raise ValidationError('machine_type', '%r is not a machine type' % (self.machine_type,))
-        self.paths = guest_paths(layout, self.spec.name)
-        # Each QMP answer may take the module's timeout: it bounds the whole task.
-        self.vm = GuestHandle(self.paths, timeout=self.timeout)
-        self.current = guest_status(layout, self.spec.name, registers=False)
-        self.before = self._view(self.current)
-        self.after = dict(self.before)
+def check_incoming_uri(uri, incoming=False, tls=None, in_clear=False):
+    """An incoming guest listens on a UNIX socket, or on the one network address it was given
+    with TLS (a move's destination; in clear only when the move was asked to be, tls: false).
+    Never on every interface, and never in clear for whoever connects first."""
+    if not isinstance(uri, str) or not uri.startswith(('tcp:', 'unix:')):
+        raise ValidationError('incoming_uri', '%r is not a unix: or tcp: URI' % (uri,))
+    if not uri.startswith('tcp:'):
+        return
+    host = uri[len('tcp:'):].rsplit(':', 1)[0].strip('[]')
+    if host in ('', '0.0.0.0', '::', '0'):
+        raise ValidationError('incoming_uri', '%s listens on every interface: give the one address the source '
+                              'reaches this host on' % uri)
+    if incoming and tls is None and not in_clear:
+        raise ValidationError('incoming_uri', '%s would take a stream in clear from whoever connects first: a '
+                              'network destination is started by ivshmem.fleet.group_migrate, which admits only '
+                              'its source over TLS (here, use the default unix: socket)' % uri)
 
-    def _check_incoming_uri(self, incoming=False):
-        """An incoming guest listens on a UNIX socket, or on the one network address it was given
-        with TLS (a move's destination; in clear only when the move was asked to be, tls: false).
-        Never on every interface, and never in clear for whoever connects first."""
-        uri = self.incoming_uri
-        if not isinstance(uri, str) or not uri.startswith(('tcp:', 'unix:')):
-            raise ValidationError('incoming_uri', '%r is not a unix: or tcp: URI' % (uri,))
-        if not uri.startswith('tcp:'):
-            return
-        host = uri[len('tcp:'):].rsplit(':', 1)[0].strip('[]')
-        if host in ('', '0.0.0.0', '::', '0'):
-            raise ValidationError('incoming_uri', '%s listens on every interface: give the one address the source '
-                                  'reaches this host on' % uri)
-        if incoming and self.incoming_tls is None and not self.incoming_in_clear:
-            raise ValidationError('incoming_uri', '%s would take a stream in clear from whoever connects first: a '
-                                  'network destination is started by ivshmem.fleet.group_migrate, which admits only '
-                                  'its source over TLS (here, use the default unix: socket)' % uri)
 
-    @staticmethod
-    def _view(status):
-        if status is None:
-            return {'state': 'absent'}
-        return {'state': status['state'], 'spec': status['record']['spec']}
-
-    @property
-    def running(self):
-        return self.current is not None and self.current['pid'] is not None
-
-    def _drifted(self):
-        if not self.running:
-            return False
-        return self.spec.differs_from(self.current['record']['spec'], self.current.get('machine_type'))
-
-    def _machine(self):
-        """The machine to start: the versioned type this guest resolved before (given by a move,
-        or in its record when the same machine is asked), else the machine as asked."""
-        if self.machine_type:
-            return pinned_machine(self.spec.machine, self.machine_type)
-        record = (self.current or {}).get('record') or {}
-        if record.get('machine_type') and same_machine(self.spec.machine, (record.get('spec') or {}).get('machine') or GUEST_DEFAULTS['machine'],
-                                                       record['machine_type']):
-            return pinned_machine(self.spec.machine, record['machine_type'])
-        return self.spec.machine
-
-    # --- states ---------------------------------------------------------------------------
-    def state_running(self):
-        self._check_masters()
-        state = self.current['state'] if self.running else None
-        if state in ('incoming', 'migrated') or self._drifted():
-            self._handle_drift(state, fatal=state in ('incoming', 'migrated'))
-        if not self.running:
-            self._start(incoming=False)
-        elif self.current['state'] == 'paused':
-            self._qmp_change('cont', 'running')
-        if self.running and self.current['record'].get('unplugged'):
+def steps_to(target, status, drifted, restart_on_drift):
+    """What brings a guest (``status`` as guest_status reads it) to ``target``, running or
+    incoming: the steps in order ('restart', 'start', 'resume', 'plug'), and what becomes of a
+    guest that runs otherwise than asked and is not restarted for it: None, 'keep' (warned) or
+    'refuse' (a GuestError)."""
+    state = status['state'] if status is not None and status['pid'] is not None else None
+    if target == 'incoming':
+        wrong = state not in (None, 'incoming')
+    else:
+        wrong = state in ('incoming', 'migrated')
+    steps, drift = [], None
+    if wrong or drifted:
+        if restart_on_drift:
+            steps.append('restart')
+            state = None
+        else:
+            drift = 'refuse' if wrong else 'keep'
+    if state is None:
+        steps.append('start')
+    elif target == 'running':
+        if state == 'paused':
+            steps.append('resume')
+        if status['record'].get('unplugged'):
             # A device left unplugged (a live move rolled back or cut short): running means with it.
-            self.after = dict(self.after, plugged=True)
-            if self.change('plug'):
-                plug_devices(self.layout, self.spec.name)
-        self._report(wait_bars=True)
+            steps.append('plug')
+    return steps, drift
 
-    def state_paused(self):
-        if not self.running:
-            raise GuestError('guest %s is not running, so it cannot be paused' % self.spec.name)
-        if self.current['state'] == 'running':
-            self._qmp_change('stop', 'paused')
-        self._report()
 
-    def state_incoming(self):
-        self._check_incoming_uri(incoming=True)
-        self._check_masters()
-        state = self.current['state'] if self.running else None
-        if state not in (None, 'incoming') or self._drifted():
-            self._handle_drift(state, fatal=state != 'incoming')
-        if not self.running:
-            self._start(incoming=True)
-        self._report()
+def drift_message(name, state, drifted):
+    why = {'incoming': 'waits for an incoming migration', 'migrated': 'has migrated away (a stale source)',
+           'running': 'is running', 'paused': 'is paused'}.get(state, 'runs')
+    if drifted:
+        why += ' with other settings than asked'
+    return 'guest %s %s; set restart_on_drift to restart it' % (name, why)
 
-    def state_stopped(self):
-        if self.running:
-            self.after = dict(self.before, state='stopped')
-            if self.change('stop'):
-                self.result['waited'] = round(self.vm.quit(self.timeout), 3)
-        self._report()
 
-    def state_absent(self):
-        if self.current is not None:
-            self.after = {'state': 'absent'}
-            if self.change('remove'):
-                self.result['waited'] = round(self.vm.quit(self.timeout), 3)
-                shutil.rmtree(self.paths['dir'], ignore_errors=True)
-        self.result['guest'] = {'name': self.spec.name, 'state': 'absent'}
+class Guest:
+    """One guest of this host and the work on it: start, stop, remove, pause, resume, plug its
+    devices back. Raises FleetErrors and reports nothing: GuestManager is the guest module's
+    adapter over it (before, after, changed, check mode); a move (_move.py) calls it directly.
+    ``timeout`` bounds a start or a stop, and each QMP answer."""
 
-    # --- steps ----------------------------------------------------------------------------
-    def _handle_drift(self, state, fatal):
-        """The guest runs, but not as asked: restart it if allowed, else fail or warn."""
-        why = {'incoming': 'waits for an incoming migration', 'migrated': 'has migrated away (a stale source)',
-               'running': 'is running', 'paused': 'is paused'}.get(state, 'runs')
-        if self._drifted():
-            why += ' with other settings than asked'
-        message = 'guest %s %s; set restart_on_drift to restart it' % (self.spec.name, why)
-        if not self.restart_on_drift:
-            if fatal:
-                raise GuestError(message)
-            self.warnings.append(message + ' (the diff shows the difference)')
-            self.after = {'state': state, 'spec': self.spec.to_dict()}
-            return
-        if self.change('restart'):
-            self.vm.quit(self.timeout)
-        self.current = dict(self.current, pid=None)
+    def __init__(self, layout, spec, timeout=GUEST_DEFAULTS['timeout'], restart_on_drift=False, incoming_uri=None,
+                 incoming_tls=None, incoming_in_clear=False, unplugged=(), machine_type=None):
+        self.layout = layout
+        self.spec = spec
+        self.timeout = timeout
+        self.restart_on_drift = restart_on_drift
+        self.incoming_uri = incoming_uri or layout.incoming_uri(spec.name)
+        # Set by the move engine: the stream is only accepted over TLS from the expected source.
+        self.incoming_tls = incoming_tls
+        self.incoming_in_clear = incoming_in_clear
+        # Set by the move engine for a peer moved live: started without these devices (plugged later).
+        self.unplugged = list(unplugged)
+        # Set by the move engine: the versioned machine type the guest resolved on its source.
+        self.machine_type = machine_type
+        self.paths = guest_paths(layout, spec.name)
+        # Each QMP answer may take the timeout: it bounds the whole task.
+        self.vm = GuestHandle(self.paths, timeout=timeout)
 
-    def _check_masters(self):
-        """One master per shared memory on this host: QEMU does not stop two plain masters."""
+    @classmethod
+    def from_params(cls, params, layout):
+        """The guest as the guest module's options (or a group's guest entry) describe it."""
+        spec = GuestSpec(params, layout)
+        timeout = check_int('timeout', params.get('timeout', GUEST_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
+        restart_on_drift = params.get('restart_on_drift', GUEST_DEFAULTS['restart_on_drift'])
+        incoming_uri = params.get('incoming_uri') or layout.incoming_uri(spec.name)
+        incoming_tls = _tls.check_settings('incoming_tls', params.get('incoming_tls'))
+        incoming_in_clear = bool(params.get('incoming_in_clear'))
+        check_incoming_uri(incoming_uri)
+        machine_type = params.get('machine_type')
+        if machine_type is not None and (not isinstance(machine_type, str) or machine_name(machine_type) != machine_type):
+            raise ValidationError('machine_type', '%r is not a machine type' % (machine_type,))
+        return cls(layout, spec, timeout, restart_on_drift, incoming_uri, incoming_tls, incoming_in_clear,
+                   params.get('unplugged') or [], machine_type)
+
+    # --- what it is -----------------------------------------------------------------------
+    def status(self, registers=True):
+        return guest_status(self.layout, self.spec.name, registers)
+
+    def check_incoming(self):
+        """The URI may take an incoming stream (check_incoming_uri)."""
+        check_incoming_uri(self.incoming_uri, True, self.incoming_tls, self.incoming_in_clear)
+
+    def check(self, assume_servers=False):
+        """Its doorbell servers listen, and it is the only master of its shared memory on this host
+        (QEMU does not stop two plain masters). ``assume_servers`` (check mode: a server task
+        before only predicted its start): a missing socket is a warning. Returns the warnings."""
+        warnings = []
         mine = dict((d.memory_key, i) for i, d in enumerate(self.spec.devices) if d.role == 'master')
         for device_index, device in enumerate(self.spec.devices):
             if device.type == 'doorbell' and not os.path.exists(device.socket):
                 field = 'ivshmem[%d].%s' % (device_index, 'server' if device.server else 'socket')
                 message = 'no ivshmem server socket at %s; start the server first' % device.socket
-                if not self.check_mode:
+                if not assume_servers:
                     raise ValidationError(field, message)
-                # In check mode the server task before this one only predicted its start.
-                self.warnings.append('%s: %s (assumed started by an earlier task in check mode)' % (field, message))
+                warnings.append('%s: %s (assumed started by an earlier task in check mode)' % (field, message))
         if not mine:
-            return
+            return warnings
         for other in _host.names(self.layout.kind_dir('guests')):
             if other == self.spec.name:
                 continue
@@ -372,19 +340,43 @@ class GuestManager(StateMachine):
                 if device['role'] == 'master' and tuple(key) in mine:
                     raise ValidationError('ivshmem[%d].role' % mine[tuple(key)],
                                           'guest %s is already the master of this shared memory' % other)
+        return warnings
 
-    def _start(self, incoming):
+    def drifted(self, status):
+        """It runs (``status``) with other settings than its spec."""
+        if status is None or status['pid'] is None:
+            return False
+        return self.spec.differs_from(status['record']['spec'], status.get('machine_type'))
+
+    def machine(self, status):
+        """The machine to start: the versioned type this guest resolved before (given by a move,
+        or in its record when the same machine is asked), else the machine as asked."""
+        if self.machine_type:
+            return pinned_machine(self.spec.machine, self.machine_type)
+        record = (status or {}).get('record') or {}
+        if record.get('machine_type') and same_machine(self.spec.machine, (record.get('spec') or {}).get('machine') or GUEST_DEFAULTS['machine'],
+                                                       record['machine_type']):
+            return pinned_machine(self.spec.machine, record['machine_type'])
+        return self.spec.machine
+
+    def check_binary(self, machine, check_mode=False):
+        """This host's QEMU runs the machine and the devices (before anything changes)."""
+        _qemu_binary.check_guest(_qemu_binary.capabilities(self.spec.binary, _qemu_binary.cache_dir(self.layout, check_mode)),
+                                 machine, self.spec.device_types, _host.hostname())
+
+    # --- the work -------------------------------------------------------------------------
+    def start(self, status, incoming=False):
+        """Start it (it does not run; ``status`` as it was read): the seconds waited."""
+        machine = self.machine(status)
+        self.check_binary(machine)
+        return self.launch(machine, incoming)
+
+    def launch(self, machine, incoming=False):
+        """Start QEMU with ``machine`` (checked already), until QMP answers: the seconds waited."""
         spec = self.spec
         accel = spec.accel
         if accel == 'auto':
             accel = 'kvm' if _host.kvm_usable_by(spec.user, spec.group) else 'tcg'
-        self.after = {'state': 'incoming' if incoming else 'running', 'spec': spec.to_dict()}
-        machine = self._machine()
-        # Before anything changes (check mode too): this host's QEMU runs the machine and devices.
-        _qemu_binary.check_guest(_qemu_binary.capabilities(spec.binary, _qemu_binary.cache_dir(self.layout, self.check_mode)),
-                                 machine, spec.device_types, _host.hostname())
-        if not self.change('start'):
-            return
         _host.ensure_account(spec.user, spec.group, False)
         _admit_to_servers(self.layout, spec)
         _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
@@ -415,26 +407,171 @@ class GuestManager(StateMachine):
             if incoming:
                 _tls.setup_destination(qmp, _tls.for_guest(self.incoming_tls, spec.user, self.layout.runtime_dir))
                 qmp.command('migrate-incoming', {'uri': self.incoming_uri})
-        self.result['waited'] = round(waited, 3)
+        return round(waited, 3)
 
-    def _qmp_change(self, command, new_state):
-        self.after = dict(self.before, state=new_state)
-        if self.change(command):
-            {'stop': self.vm.stop, 'cont': self.vm.cont}[command]()
+    def stop(self):
+        """Stop QEMU (QMP quit, then signals): the seconds waited (0.0: it did not run)."""
+        return round(self.vm.quit(self.timeout), 3)
 
-    def _report(self, wait_bars=False):
-        if self.check_mode:
-            self.result['guest'] = dict(self.after, name=self.spec.name, qmp=self.paths['qmp'])
-            self.result['guest'].pop('spec', None)
-            return
+    def remove(self):
+        """Stop it and remove all it has here: the seconds waited, or None when it had nothing here."""
+        if _host.read_json(self.paths['record']) is None:
+            return None
+        waited = self.stop()
+        shutil.rmtree(self.paths['dir'], ignore_errors=True)
+        return waited
+
+    def pause(self):
+        self.vm.stop()
+
+    def resume(self):
+        self.vm.cont()
+
+    def plug(self):
+        """Its unplugged devices plugged back (plug_devices)."""
+        return plug_devices(self.layout, self.spec.name)
+
+    def settle(self, wait_bars=False):
+        """Its status once it runs (its BARs assigned, with ``wait_bars``): (status, warnings)."""
+        warnings = []
         if wait_bars and self.spec.devices:
             try:
-                _value, waited = _readiness.wait('bars_assigned', 15, self.vm)
+                _value, _waited = _readiness.wait('bars_assigned', 15, self.vm)
             except WaitTimeout as exc:
-                self.warnings.append('IVPOSITION not readable yet: %s' % exc)
-        status = guest_status(self.layout, self.spec.name)
+                warnings.append('IVPOSITION not readable yet: %s' % exc)
+        status = self.status()
         record = status.pop('record', None)
         if record is not None and status['machine_type'] and not record.get('machine_type'):
             # A guest started before types were recorded: its type kept now, without a restart.
             _host.write_json(self.paths['record'], dict(record, machine_type=status['machine_type']))
-        self.result['guest'] = status
+        return status, warnings
+
+    # --- what a move asks of it -----------------------------------------------------------
+    def keep_running(self):
+        """Running: started if it is not, resumed if paused, its devices plugged back (as the
+        guest module's state running). (changed, its status once its BARs are assigned)."""
+        changed = self._bring_to('running')
+        return changed, self.settle(wait_bars=True)[0]
+
+    def receive(self):
+        """Started waiting for an incoming migration at its incoming URI, unless it waits
+        already (as the guest module's state incoming): its status."""
+        self.check_incoming()
+        self._bring_to('incoming')
+        return self.settle()[0]
+
+    def _bring_to(self, target):
+        self.check()
+        status = self.status(registers=False)
+        drifted = self.drifted(status)
+        steps, drift = steps_to(target, status, drifted, self.restart_on_drift)
+        if drift == 'refuse':
+            raise GuestError(drift_message(self.spec.name, status['state'], drifted))
+        for step in steps:
+            if step == 'restart':
+                self.stop()
+            elif step == 'start':
+                self.start(status, incoming=target == 'incoming')
+            elif step == 'resume':
+                self.resume()
+            else:
+                self.plug()
+        return bool(steps)
+
+
+class GuestManager(ServiceAdapter):
+    """ivshmem.fleet.guest: one method per state, each deciding from the guest's status what
+    changes (before, after, changed, check mode) and leaving the work to Guest."""
+
+    def __init__(self, params, layout, check_mode):
+        self.guest = Guest.from_params(params, layout)
+        super(GuestManager, self).__init__(self.guest, self.guest.status(registers=False), check_mode)
+
+    @staticmethod
+    def view(status):
+        if status is None:
+            return {'state': 'absent'}
+        return {'state': status['state'], 'spec': status['record']['spec']}
+
+    @property
+    def running(self):
+        return self.current is not None and self.current['pid'] is not None
+
+    # --- states ---------------------------------------------------------------------------
+    def state_running(self):
+        self._bring_to('running')
+        self._report(wait_bars=True)
+
+    def state_paused(self):
+        if not self.running:
+            raise GuestError('guest %s is not running, so it cannot be paused' % self.spec.name)
+        if self.current['state'] == 'running':
+            self.after = dict(self.before, state='paused')
+            if self.change('stop'):
+                self.guest.pause()
+        self._report()
+
+    def state_incoming(self):
+        self.guest.check_incoming()
+        self._bring_to('incoming')
+        self._report()
+
+    def state_stopped(self):
+        if self.running:
+            self.after = dict(self.before, state='stopped')
+            if self.change('stop'):
+                self.result['waited'] = self.guest.stop()
+        self._report()
+
+    def state_absent(self):
+        if self.current is not None:
+            self.after = {'state': 'absent'}
+            if self.change('remove'):
+                self.result['waited'] = self.guest.remove()
+        self.result['guest'] = {'name': self.spec.name, 'state': 'absent'}
+
+    # --- steps ----------------------------------------------------------------------------
+    def _bring_to(self, target):
+        self.warnings.extend(self.guest.check(assume_servers=self.check_mode))
+        drifted = self.guest.drifted(self.current)
+        steps, drift = steps_to(target, self.current, drifted, self.guest.restart_on_drift)
+        if drift is not None:
+            state = self.current['state']
+            message = drift_message(self.spec.name, state, drifted)
+            if drift == 'refuse':
+                raise GuestError(message)
+            self.warnings.append(message + ' (the diff shows the difference)')
+            self.after = {'state': state, 'spec': self.spec.to_dict()}
+        for step in steps:
+            getattr(self, '_' + step)(target)
+
+    def _restart(self, target):
+        if self.change('restart'):
+            self.guest.stop()
+        self.current = dict(self.current, pid=None)
+
+    def _start(self, target):
+        self.after = {'state': target, 'spec': self.spec.to_dict()}
+        machine = self.guest.machine(self.current)
+        # Before anything changes (check mode too): this host's QEMU runs the machine and devices.
+        self.guest.check_binary(machine, self.check_mode)
+        if self.change('start'):
+            self.result['waited'] = self.guest.launch(machine, incoming=target == 'incoming')
+
+    def _resume(self, target):
+        self.after = dict(self.before, state='running')
+        if self.change('cont'):
+            self.guest.resume()
+
+    def _plug(self, target):
+        self.after = dict(self.after, plugged=True)
+        if self.change('plug'):
+            self.guest.plug()
+
+    def _report(self, wait_bars=False):
+        if self.check_mode:
+            self.result['guest'] = dict(self.after, name=self.spec.name, qmp=self.guest.paths['qmp'])
+            self.result['guest'].pop('spec', None)
+            return
+        self.result['guest'], warnings = self.guest.settle(wait_bars)
+        self.warnings.extend(warnings)

@@ -19,14 +19,14 @@ import stat
 import subprocess
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _rules
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_RUNTIME_DIR
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
 ACCOUNT_TIMEOUT = 60  # groupadd, useradd
 
 
-class HostError(Exception):
+class HostError(FleetError):
     """A host operation failed; the message says which and why."""
 
 

@@ -23,8 +23,9 @@ import stat
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _groups, _host, _qemu_binary, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ValidationError, check_list, prefixed
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, check_list, prefixed
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, SERVER_ARGS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -35,7 +36,7 @@ _VALIDATORS = {
 }
 
 
-class GateError(Exception):
+class GateError(FleetError):
     """A gate did not hold (a master without ID 0, a peer without its pinned ID)."""
 
 

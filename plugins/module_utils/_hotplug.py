@@ -27,10 +27,11 @@ import os
 import time
 import uuid
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, event_seconds
 
 
-class HotplugError(Exception):
+class HotplugError(FleetError):
     """The device could not be unplugged or plugged back; the message says what the guest did not do."""
 
 

@@ -20,6 +20,8 @@ import os
 import socket
 import struct
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
+
 PROTOCOL_VERSION = 0
 SHM_MARKER = -1
 MAX_VECTORS = 64
@@ -28,7 +30,7 @@ MESSAGE = struct.Struct('<q')  # every message: one 8-byte little-endian value
 FD = struct.Struct('i')  # the fd it may carry, in SCM_RIGHTS
 
 
-class ProtocolError(Exception):
+class ProtocolError(FleetError):
     """The peer broke the protocol or went away mid-message."""
 
 

@@ -26,8 +26,9 @@ import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ALGORITHMS as CHECKSUMS, checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_int, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_int, check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATE_ARGS, MIGRATE_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, QMPTimeout, event_seconds
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
@@ -38,7 +39,7 @@ FINAL = ('completed', 'failed', 'cancelled')
 PHASES = tuple(MIGRATE_ARGS['phase']['choices'])
 
 
-class MigrationError(Exception):
+class MigrationError(FleetError):
     """The migration did not happen; the message says where the group serves from."""
 
 

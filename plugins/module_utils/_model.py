@@ -20,6 +20,7 @@ import re
 from ansible.module_utils.common.parameters import DEFAULT_TYPE_VALIDATORS
 from ansible.module_utils.common.validation import check_type_str
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_PEER_ID, MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
@@ -88,14 +89,6 @@ def guest_account(name):
 def server_account(name):
     """The account server ``name`` runs as and owns its memory and sockets, unless ``user`` says otherwise."""
     return _account('ivs', name)
-
-
-class ValidationError(Exception):
-    """Bad input; the message starts with the offending field."""
-
-    def __init__(self, field, message):
-        super(ValidationError, self).__init__('%s: %s' % (field, message))
-        self.field = field
 
 
 def prefixed(prefix, build):

@@ -9,18 +9,16 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError, check_own_directory
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host import check_own_directory
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout
 
-# Failures that are the host's or QEMU's answer, reported as a message, never a traceback.
-OPERATIONAL = (HostError, QMPError, WaitTimeout, ControlError, OSError)
+# Failures reported as a message, never a traceback: every error of the collection (FleetError:
+# the host's or QEMU's answer, a step that could not be done), and the system's (OSError).
+OPERATIONAL = (FleetError, OSError)
 
 
-def run_manager(module, manager_class, state, expected_errors=()):
+def run_manager(module, manager_class, state):
     """Validate, run ``manager_class(params, layout, check_mode).run(state)``, exit or fail."""
     try:
         layout = Layout(module.params['runtime_dir'])
@@ -28,11 +26,13 @@ def run_manager(module, manager_class, state, expected_errors=()):
         manager = manager_class(module.params, layout, module.check_mode)
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field)
+    except OPERATIONAL as exc:  # the host's state could not be read
+        module.fail_json(msg=str(exc))
     try:
         result = manager.run(state)
     except ValidationError as exc:
         module.fail_json(msg=str(exc), field=exc.field, changed=manager.changed)
-    except OPERATIONAL + tuple(expected_errors) as exc:
+    except OPERATIONAL as exc:
         module.fail_json(msg=str(exc), changed=manager.changed, **manager.result)
     warnings = result.pop('warnings')
     for warning in warnings:

@@ -30,12 +30,13 @@ from collections import namedtuple
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import on_host
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, exit_log, guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import Guest, exit_log, guest_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, MOVE_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status
+from ansible_collections.ivshmem.fleet.plugins.module_utils._server import Server, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 
@@ -184,22 +185,35 @@ class HostMove:
             return []
         return [p for p in (port, port + 1) if _host.tcp_listening(p)]
 
-    def guest(self, params, state, **extra):
-        return GuestManager(dict(params, timeout=self.start_timeout, **extra), self.layout, False).run(state)
+    def guest_here(self, params, **extra):
+        """Guest ``params`` (a guest of the group, as the plan lists it) on this host."""
+        return Guest.from_params(dict(params, timeout=self.start_timeout, **extra), self.layout)
 
-    def server_manager(self, **extra):
-        return ServerManager(dict(self.server, timeout=self.start_timeout, **extra), self.layout, False)
+    def receive_guest(self, params, uri, unplugged=()):
+        """Guest ``params`` started here waiting for its stream at ``uri`` (over this move's TLS,
+        in clear only when the move is), unless it waits already: its status."""
+        return self.guest_here(params, incoming_uri=uri, incoming_tls=self.tls, incoming_in_clear=self.tls is None,
+                               unplugged=list(unplugged)).receive()
+
+    def run_guest(self, params):
+        """Guest ``params`` running here: started if it is not, resumed if paused, its devices
+        plugged back. (changed, its status)."""
+        return self.guest_here(params).keep_running()
+
+    def server_here(self, **extra):
+        """The group's server on this host (``extra``: options of this step, a hold say)."""
+        return Server.from_params(dict(self.server, timeout=self.start_timeout, **extra), self.layout)
 
     def builtin(self):
         return self.server.get('implementation', 'builtin') == 'builtin'
 
     def remove_guest(self, name):
-        GuestManager(dict(name=name, timeout=30), self.layout, False).run('absent')
+        Guest.from_params(dict(name=name, timeout=30), self.layout).remove()
 
     def remove_group_here(self):
         for name in self.peers + [self.master]:
             self.remove_guest(name)
-        self.server_manager().run('absent')
+        self.server_here().remove()
 
     def exited(self, name):
         """Why guest ``name``'s QEMU here stopped on its own (its last log lines), as a sentence."""

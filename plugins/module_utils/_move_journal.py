@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MOVE_DEFAULTS
 
 # Journal steps from which a destination may be discarded, and a source resumed.
@@ -34,7 +35,7 @@ _RUN_DATA = ('sent', 'verification', 'resumed_at', 'peers_running_at', 'peers_st
              'live_peers', 'fallback', 'peers_unplugged_at', 'peers_sent', 'peers_plugged')
 
 
-class MoveError(Exception):
+class MoveError(FleetError):
     """A step could not do what it was asked; the message says what and where the group is."""
 
 

@@ -15,11 +15,11 @@ __metaclass__ = type
 import time
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _readiness
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError, guest_status, plug_devices, unplug_devices
 from ansible_collections.ivshmem.fleet.plugins.module_utils._hotplug import HotplugError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import (
     MigrationError, cancel_and_resume, finish_started_migration, follow_migration, start_migration, wait_loaded)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import MIGRATION_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
@@ -81,8 +81,7 @@ def prepare_peer(move):
     peer = live_peer(move)
     move.remove_guest(peer['name'])
     devices = ['ivshmem%d' % index for index in range(len(peer.get('ivshmem') or []))]
-    move.guest(peer, 'incoming', incoming_uri=move.params['uri'], incoming_tls=move.tls,
-               incoming_in_clear=move.tls is None, unplugged=devices)
+    move.receive_guest(peer, move.params['uri'], unplugged=devices)
     return {'peer_state': 'incoming'}
 
 

@@ -80,11 +80,9 @@ def prepare_destination(move):
     move.journal.write('preparing')
     move.remove_guest(move.master)
     hold = dict(admission='held', hold_for=move.master) if move.builtin() else {}
-    move.server_manager(**hold).run('restarted')
+    move.server_here(**hold).restart()
     uri = move.params['uri']
-    guest = move.guest(move.group['master'], 'incoming', incoming_uri=uri, incoming_tls=move.tls,
-                       incoming_in_clear=move.tls is None)['guest']
-    master_id = guest['ivshmem'][0].get('server_id')
+    master_id = move.receive_guest(move.group['master'], uri)['ivshmem'][0].get('server_id')
     if move.builtin() and master_id != 0:
         raise MoveError('the destination master has ID %s, not 0, on the fresh server' % master_id)
     return {'record': move.journal.write('prepared', uri=uri), 'master_id': master_id}
@@ -187,7 +185,7 @@ def commit_here(move, expected, answer=None):
     if answer is not None:
         answer({'ok': True, 'resumed_at': resumed_at})
     if move.builtin():
-        move.server_manager().run('started')  # admission opens for the peers
+        move.server_here().keep_started()  # its hold released: admission opens for the peers
     started = _start_peers(move, [p for p in move.group.get('peers') or [] if p['name'] not in move.live])
     peers_running_at = max(started.values()) if started else record.get('peers_running_at')
     return move.journal.write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)
@@ -200,13 +198,13 @@ def _start_peers(move, peers):
 
     def start(peer):
         try:
-            result = move.guest(peer, 'running')
+            changed, status = move.run_guest(peer)
         except Exception as exc:  # pylint: disable=broad-except  # reported below, per peer
             errors.append('%s: %s' % (peer['name'], exc))
             return
-        if result['changed']:
+        if changed:
             started[peer['name']] = time.time()
-        have, want = result['guest']['ivshmem'][0].get('server_id'), ids.get(peer['name'])
+        have, want = status['ivshmem'][0].get('server_id'), ids.get(peer['name'])
         if want is not None and have != want:
             errors.append('peer %s has ID %s on the destination, not its pinned %s' % (peer['name'], have, want))
 
@@ -326,9 +324,9 @@ def resume_source(move):
         with GuestHandle.of(move.layout, move.master).qmp() as sq:
             cancel_and_resume(sq)
     elif status is None or status['pid'] is None:
-        move.guest(move.group['master'], 'running')
+        move.run_guest(move.group['master'])
     for peer in move.group.get('peers') or []:
-        move.guest(peer, 'running')
+        move.run_guest(peer)
 
 
 # Without committing on the source, the destination never ran: the source may be resumed.

@@ -16,7 +16,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_list, check_size
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_list, check_size
 
 ANY = 'any'
 MIB = 1 << 20

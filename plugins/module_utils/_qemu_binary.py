@@ -20,7 +20,8 @@ import os
 import re
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import MACHINE_ALIASES, ValidationError, machine_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import MACHINE_ALIASES, machine_name
 
 IVSHMEM_DEVICES = ('ivshmem-doorbell', 'ivshmem-plain')
 PROBE_TIMEOUT = 30

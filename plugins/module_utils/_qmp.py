@@ -18,8 +18,10 @@ import socket
 import struct
 import time
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 
-class QMPError(Exception):
+
+class QMPError(FleetError):
     """QEMU answered a command with an error, or the connection failed."""
 
     def __init__(self, message, error_class=None):

@@ -18,10 +18,11 @@ import zipfile
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, ValidationError, check_int, check_path
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, ServerSpec, check_int, check_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVER_DEFAULTS
-from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
+from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter
 from ansible_collections.ivshmem.fleet.plugins.module_utils._supervisor import supervisor_for
 
 _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
@@ -37,7 +38,7 @@ def builtin_program():
     # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
     # any import statement names, so they still reach the host.
     from ansible_collections.ivshmem.fleet.plugins.module_utils import (
-        _control_protocol, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
+        _control_protocol, _errors, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
     from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import (
         admission, cli, clients, config, control, ids, loop, system)
     buffer = io.BytesIO()
@@ -49,7 +50,7 @@ def builtin_program():
         for depth in range(1, len(parts) + 1):
             add('/'.join(parts[:depth]) + '/__init__.py', '')
         for module in (ivshmem_server, admission, cli, clients, config, control, ids, loop, system,
-                       _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
+                       _errors, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
             path = module.__name__.replace('.', '/') + ('/__init__.py' if module is ivshmem_server else '.py')
             add(path, module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
@@ -87,84 +88,148 @@ def server_status(layout, name, supervisor_kind='auto'):
     return status
 
 
-class ServerManager(StateMachine):
-    def __init__(self, params, layout, check_mode):
-        super(ServerManager, self).__init__(check_mode)
+def steps_to_started(status, desired_record, hold, restart_on_drift):
+    """What brings a server (``status`` as server_status reads it) to started: the steps in
+    order ('stop', 'start', 'hold': its hold set as asked), and whether it keeps running with
+    other settings than asked (``desired_record``) because restart_on_drift is not set."""
+    running = status is not None and status['pid']
+    drift = bool(running and status['spec'] != desired_record)
+    steps = []
+    if drift and restart_on_drift:
+        steps.append('stop')
+    if not running or (drift and restart_on_drift):
+        steps.append('start')
+    elif status['control'] and status['hold'] != hold:  # builtin: a control socket
+        steps.append('hold')
+    return steps, drift and not restart_on_drift
+
+
+class Server:
+    """One ivshmem server of this host and the work on it: start, stop, restart, remove, set
+    its hold. Raises FleetErrors and reports nothing: ServerManager is the server module's
+    adapter over it (before, after, changed, check mode); a move (_move.py) calls it directly."""
+
+    def __init__(self, layout, spec, timeout=SERVER_DEFAULTS['timeout'], restart_on_drift=False,
+                 program_dir=SERVER_DEFAULTS['program_dir'], supervisor=SERVER_DEFAULTS['supervisor']):
         self.layout = layout
+        self.spec = spec
+        self.timeout = timeout
+        self.restart_on_drift = restart_on_drift
+        self.program_dir = program_dir
+        self.paths = server_paths(layout, spec.name)
+        running_as = (_host.read_json(self.paths['record']) or {}).get('user') or spec.user
+        self.supervisor = supervisor_for(spec.name, self.paths['pidfile'], self.paths['socket'],
+                                         self.paths['log'], supervisor, running_as, _held(self.paths))
+
+    @classmethod
+    def from_params(cls, params, layout):
+        """The server as the server module's options (or a group's server entry) describe it."""
         if params.get('admission') == 'held' and not params.get('hold_for'):
             raise ValidationError('hold_for', 'admission held needs the master guest name in hold_for')
-        self.spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
-        self.timeout = check_int('timeout', params.get('timeout', SERVER_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
-        self.restart_on_drift = params.get('restart_on_drift', SERVER_DEFAULTS['restart_on_drift'])
-        self.program_dir = check_path('program_dir', params.get('program_dir') or SERVER_DEFAULTS['program_dir'])
-        if self.program_dir.split('/')[1] in ('proc', 'sys', 'dev'):
-            raise ValidationError('program_dir', '%s is in a kernel file system, not a place for a program' % self.program_dir)
-        self.paths = server_paths(layout, self.spec.name)
-        running_as = (_host.read_json(self.paths['record']) or {}).get('user') or self.spec.user
-        self.supervisor = supervisor_for(self.spec.name, self.paths['pidfile'], self.paths['socket'],
-                                         self.paths['log'], params.get('supervisor') or SERVER_DEFAULTS['supervisor'], running_as,
-                                         _held(self.paths))
-        self.current = server_status(layout, self.spec.name, self.supervisor.kind)
-        self.before = self._view(self.current)
-        self.after = dict(self.before)
+        spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
+        timeout = check_int('timeout', params.get('timeout', SERVER_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
+        restart_on_drift = params.get('restart_on_drift', SERVER_DEFAULTS['restart_on_drift'])
+        program_dir = check_path('program_dir', params.get('program_dir') or SERVER_DEFAULTS['program_dir'])
+        if program_dir.split('/')[1] in ('proc', 'sys', 'dev'):
+            raise ValidationError('program_dir', '%s is in a kernel file system, not a place for a program' % program_dir)
+        return cls(layout, spec, timeout, restart_on_drift, program_dir, params.get('supervisor') or SERVER_DEFAULTS['supervisor'])
 
-    def _desired_record(self):
+    # --- what it is -----------------------------------------------------------------------
+    def status(self):
+        return server_status(self.layout, self.spec.name, self.supervisor.kind)
+
+    def desired_record(self):
         return dict(self.spec.to_dict(), memory_path=self.spec.memory_path())
 
-    @staticmethod
-    def _view(status):
+    # --- the work -------------------------------------------------------------------------
+    def start(self):
+        """Start it (it does not run), until it listens: the seconds waited."""
+        spec = self.spec
+        if spec.implementation == 'qemu':
+            self._refuse_squatted_memory()  # before anything is made for it
+        # Every account first, all or none: a failed useradd leaves no account, directory or record.
+        uids = self._guest_uids()
+        _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
+        _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
+        program = None
+        if spec.implementation == 'builtin':
+            _host.ensure_dir(self.program_dir, 0o755)
+            program = Layout.program(self.program_dir)
+            _host.write_file(program, builtin_program(), 0o644)
+        _host.remove_stale_socket(self.paths['socket'])
+        if spec.memory_dir:
+            _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
+        _host.write_json(self.paths['record'], self.desired_record())
+        foreground = self.supervisor.kind == 'systemd'
+        self.supervisor.user = spec.user  # from now on it runs as this account
+        _host.write_json(self.paths['held'], {})  # the next server is the one root sees start
+        self.supervisor.held = None
+        python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
+        argv = spec.argv(self.layout, python, program, foreground, uids)  # the upstream server's has none
+        waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
+                                       notify=spec.implementation == 'builtin',
+                                       writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'),
+                                       # Upstream's socket takes the umask's mode: its group (the
+                                       # guests') must reach it. Ours sets its modes itself.
+                                       umask=0o007 if spec.implementation == 'qemu' else 0o077)
+        _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
+        if self.supervisor.kind == 'daemon':
+            # It daemonized itself: held from now on as the process the kernel says listens on
+            # its socket, under its account, and never by the pidfile that account writes.
+            pid = _host.socket_owner(self.paths['socket'], _host.uid_of(spec.user))
+            if pid is not None:
+                self.supervisor.held = [pid, _host.start_time(pid)]
+                _host.write_json(self.paths['held'], {'process': self.supervisor.held})
+        return round(waited + gated, 3)
+
+    def stop(self):
+        """Stop it: the seconds waited."""
+        waited = round(self.supervisor.stop(self.timeout), 3)
+        _host.remove_stale_socket(self.paths['socket'])
+        return waited
+
+    def restart(self):
+        """A fresh server (stopped first if it runs): the seconds its start waited."""
+        status = self.status()
+        if status is not None and status['pid']:
+            self.stop()
+        return self.start()
+
+    def remove(self):
+        """Stop it if it runs, then remove its unit, its directory and what it left of its
+        memory: the warnings (a memory file left in place)."""
+        status = self.status()
         if status is None:
-            return {'state': 'absent'}
-        return {'state': status['state'], 'spec': status['spec'], 'hold': status['hold']}
+            return []
+        if status['pid']:
+            self.stop()
+        self.supervisor.remove()
+        shutil.rmtree(self.paths['dir'], ignore_errors=True)
+        return self._remove_memory(status['spec'])
 
-    # --- states ---------------------------------------------------------------------------
-    def state_started(self):
-        running = self.current is not None and self.current['pid']
-        drift = running and self.current['spec'] != self._desired_record()
-        if drift:
-            if self.restart_on_drift:
-                self._stop()
-            else:
-                self.warnings.append('server %s runs with other settings than asked; the diff shows them. '
-                                     'Set restart_on_drift (this strands its guests) or state restarted.' % self.spec.name)
-        if not running or (drift and self.restart_on_drift):
-            self._start()
-        elif self.current['control'] and self.current['hold'] != self.spec.hold:  # builtin: a control socket
-            self._set_hold()
-        self._report()
+    def set_hold(self):
+        """Admission held for its spec's master (only that guest admitted), or open (no hold)."""
+        if self.spec.hold:
+            control_request(self.paths['control'], 'hold', master=self.spec.hold,
+                            uid=self._guest_uids()[self.spec.hold])
+        else:
+            control_request(self.paths['control'], 'release')
 
-    def state_restarted(self):
-        if self.current is not None and self.current['pid']:
-            self._stop()
-        self._start()
-        self._report()
+    def keep_started(self):
+        """Started if it is not (restarted when it runs with other settings and restart_on_drift
+        says so), its hold as its spec says (as the server module's state started)."""
+        steps, _kept = steps_to_started(self.status(), self.desired_record(), self.spec.hold, self.restart_on_drift)
+        for step in steps:
+            {'stop': self.stop, 'start': self.start, 'hold': self.set_hold}[step]()
 
-    def state_stopped(self):
-        if self.current is not None and self.current['pid']:
-            self._stop()
-        self.after = {'state': 'stopped' if self.current else 'absent'}
-        self._report()
-
-    def state_absent(self):
-        if self.current is not None and self.current['pid']:
-            self._stop()
-        if self.current is not None:
-            if self.change('remove'):
-                self.supervisor.remove()
-                shutil.rmtree(self.paths['dir'], ignore_errors=True)
-                self._remove_memory()
-        self.after = {'state': 'absent'}
-        self.result['server'] = {'name': self.spec.name, 'state': 'absent'}
-
-    # --- steps ----------------------------------------------------------------------------
-    def _remove_memory(self):
+    # --- its parts ------------------------------------------------------------------------
+    def _remove_memory(self, recorded):
         """Remove what the server left of its memory: a file of the service account only.
 
         The record is the service account's to rewrite, so its path is never trusted: the path
         is rebuilt from the record's validated name and directory, and the file must belong to
         the account this task names.
         """
-        recorded = self.current['spec']
         try:
             spec = ServerSpec(dict(recorded, name=self.spec.name, pins={}, hold=None, user=self.spec.user,
                                    group=self.spec.group, max_clients=None))
@@ -175,7 +240,8 @@ class ServerManager(StateMachine):
             try:
                 _host.remove_own_file(memory, pwd.getpwnam(self.spec.user).pw_uid)
             except _host.HostError as exc:  # another account's file (a server of an older version, say)
-                self.warnings.append('memory of server %s left in place: %s' % (self.spec.name, exc))
+                return ['memory of server %s left in place: %s' % (self.spec.name, exc)]
+        return []
 
     def _refuse_squatted_memory(self):
         """QEMU's server opens its memory name without O_EXCL: a name another account made first
@@ -203,67 +269,77 @@ class ServerManager(StateMachine):
         _host.ensure_accounts(self._accounts())
         return dict((guest, pwd.getpwnam(user).pw_uid) for guest, user in sorted(self.spec.guest_accounts().items()))
 
+
+class ServerManager(ServiceAdapter):
+    """ivshmem.fleet.server: one method per state, each deciding from the server's status what
+    changes (before, after, changed, check mode) and leaving the work to Server."""
+
+    def __init__(self, params, layout, check_mode):
+        self.server = Server.from_params(params, layout)
+        super(ServerManager, self).__init__(self.server, self.server.status(), check_mode)
+
+    @staticmethod
+    def view(status):
+        if status is None:
+            return {'state': 'absent'}
+        return {'state': status['state'], 'spec': status['spec'], 'hold': status['hold']}
+
+    @property
+    def running(self):
+        return self.current is not None and self.current['pid']
+
+    # --- states ---------------------------------------------------------------------------
+    def state_started(self):
+        steps, drift_kept = steps_to_started(self.current, self.server.desired_record(), self.spec.hold,
+                                             self.server.restart_on_drift)
+        if drift_kept:
+            self.warnings.append('server %s runs with other settings than asked; the diff shows them. '
+                                 'Set restart_on_drift (this strands its guests) or state restarted.' % self.spec.name)
+        for step in steps:
+            getattr(self, '_' + step)()
+        self._report()
+
+    def state_restarted(self):
+        if self.running:
+            self._stop()
+        self._start()
+        self._report()
+
+    def state_stopped(self):
+        if self.running:
+            self._stop()
+        self.after = {'state': 'stopped' if self.current else 'absent'}
+        self._report()
+
+    def state_absent(self):
+        if self.running:
+            self._stop()
+        if self.current is not None:
+            if self.change('remove'):
+                self.warnings.extend(self.server.remove())
+        self.after = {'state': 'absent'}
+        self.result['server'] = {'name': self.spec.name, 'state': 'absent'}
+
+    # --- steps ----------------------------------------------------------------------------
     def _start(self):
-        self.after = {'state': 'started', 'spec': self._desired_record(),
+        self.after = {'state': 'started', 'spec': self.server.desired_record(),
                       'hold': self.spec.hold if self.spec.implementation == 'builtin' else None}
-        if not self.change('start'):
-            return
-        spec = self.spec
-        if spec.implementation == 'qemu':
-            self._refuse_squatted_memory()  # before anything is made for it
-        # Every account first, all or none: a failed useradd leaves no account, directory or record.
-        uids = self._guest_uids()
-        _host.ensure_dir(os.path.dirname(self.paths['dir']), 0o755)
-        _host.ensure_dir(self.paths['dir'], 0o750, spec.user, spec.group)
-        program = None
-        if spec.implementation == 'builtin':
-            _host.ensure_dir(self.program_dir, 0o755)
-            program = Layout.program(self.program_dir)
-            _host.write_file(program, builtin_program(), 0o644)
-        _host.remove_stale_socket(self.paths['socket'])
-        if spec.memory_dir:
-            _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
-        _host.write_json(self.paths['record'], self._desired_record())
-        foreground = self.supervisor.kind == 'systemd'
-        self.supervisor.user = spec.user  # from now on it runs as this account
-        _host.write_json(self.paths['held'], {})  # the next server is the one root sees start
-        self.supervisor.held = None
-        python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else sys.executable
-        argv = spec.argv(self.layout, python, program, foreground, uids)  # the upstream server's has none
-        waited = self.supervisor.start(argv, spec.user, spec.group, self.timeout,
-                                       notify=spec.implementation == 'builtin',
-                                       writable=(self.paths['dir'], spec.memory_dir or '/dev/shm'),
-                                       # Upstream's socket takes the umask's mode: its group (the
-                                       # guests') must reach it. Ours sets its modes itself.
-                                       umask=0o007 if spec.implementation == 'qemu' else 0o077)
-        _value, gated = _readiness.wait('server_listening', self.timeout, self.paths['socket'], self.supervisor.pid)
-        if self.supervisor.kind == 'daemon':
-            # It daemonized itself: held from now on as the process the kernel says listens on
-            # its socket, under its account, and never by the pidfile that account writes.
-            pid = _host.socket_owner(self.paths['socket'], _host.uid_of(spec.user))
-            if pid is not None:
-                self.supervisor.held = [pid, _host.start_time(pid)]
-                _host.write_json(self.paths['held'], {'process': self.supervisor.held})
-        self.result['waited'] = round(waited + gated, 3)
+        if self.change('start'):
+            self.result['waited'] = self.server.start()
 
     def _stop(self):
         if self.change('stop'):
-            self.result['waited'] = round(self.supervisor.stop(self.timeout), 3)
-            _host.remove_stale_socket(self.paths['socket'])
+            self.result['waited'] = self.server.stop()
 
-    def _set_hold(self):
+    def _hold(self):
         self.after = dict(self.after, hold=self.spec.hold)
         if self.change('hold'):
-            if self.spec.hold:
-                control_request(self.paths['control'], 'hold', master=self.spec.hold,
-                                uid=self._guest_uids()[self.spec.hold])
-            else:
-                control_request(self.paths['control'], 'release')
+            self.server.set_hold()
 
     def _report(self):
-        status = None if self.check_mode else server_status(self.layout, self.spec.name, self.supervisor.kind)
+        status = None if self.check_mode else self.server.status()
         if status is None:
-            status = dict(self.after, name=self.spec.name, socket=self.paths['socket'], pid=None)
+            status = dict(self.after, name=self.spec.name, socket=self.server.paths['socket'], pid=None)
         status.pop('spec', None)
         status['implementation'] = self.spec.implementation
         status['size'] = self.spec.size

@@ -28,3 +28,20 @@ class StateMachine:
         """Record a change; returns True when it should really be done (not in check mode)."""
         self.changed = True
         return not self.check_mode
+
+
+class ServiceAdapter(StateMachine):
+    """A module's adapter over a domain service (one guest, one server: _guest.Guest,
+    _server.Server): the service does the work; the state methods decide what changes from the
+    status read when the task began (``current``), and report it (``view``: before and after)."""
+
+    def __init__(self, service, current, check_mode):
+        super(ServiceAdapter, self).__init__(check_mode)
+        self.spec = service.spec
+        self.current = current
+        self.before = self.view(current)
+        self.after = dict(self.before)
+
+    @staticmethod
+    def view(status):
+        raise NotImplementedError

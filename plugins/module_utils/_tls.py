@@ -33,8 +33,9 @@ import time
 from contextlib import contextmanager
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_name
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError
 
 CA = 'ca-cert.pem'

@@ -25,10 +25,12 @@ import selectors
 import socket
 import time
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
+
 MAX_MESSAGE = 65536
 
 
-class ChannelError(Exception):
+class ChannelError(FleetError):
     """The other side did not answer, or answered something that does not verify."""
 
 

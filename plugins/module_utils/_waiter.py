@@ -15,8 +15,10 @@ __metaclass__ = type
 
 import time
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 
-class WaitTimeout(Exception):
+
+class WaitTimeout(FleetError):
     """A condition did not hold before its timeout."""
 
     def __init__(self, what, waited, last_error=None):

@@ -302,7 +302,7 @@ waited:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError, GuestManager
+from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, GUEST_ARGS
 
@@ -312,7 +312,7 @@ def main():
         argument_spec=dict(COMMON_ARGS, **GUEST_ARGS),
         supports_check_mode=True,
     )
-    run_manager(module, GuestManager, module.params['state'], expected_errors=(GuestError,))
+    run_manager(module, GuestManager, module.params['state'])
 
 
 if __name__ == '__main__':

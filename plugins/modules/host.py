@@ -104,8 +104,7 @@ guests:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import GateError, HostConverger
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, HOST_ARGS
 
@@ -115,7 +114,7 @@ def main():
         argument_spec=dict(COMMON_ARGS, **HOST_ARGS),
         supports_check_mode=True,
     )
-    run_manager(module, HostConverger, 'present', expected_errors=(GuestError, GateError))
+    run_manager(module, HostConverger, 'present')
 
 
 if __name__ == '__main__':

@@ -193,7 +193,7 @@ migration:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration, MigrationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MIGRATE_ARGS
 
@@ -205,7 +205,7 @@ def main():
                      ('phase', 'receive', ['destination']), ('phase', 'abort', ['guest'])],
         supports_check_mode=True,
     )
-    run_manager(module, Migration, 'migrated', expected_errors=(MigrationError,))
+    run_manager(module, Migration, 'migrated')
 
 
 if __name__ == '__main__':

@@ -121,7 +121,7 @@ ca_created:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host import HostError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import CREDENTIALS_ARGS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import install, remove

@@ -165,7 +165,7 @@ host_time:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import run_manager
-from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, MoveError, MoveStep
+from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, MoveStep
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import COMMON_ARGS, MOVE_ARGS, MOVE_HOST_OPTIONS, OVERRIDE_ARGS, pick
 
 
@@ -194,7 +194,7 @@ def main():
         ),
         supports_check_mode=False,
     )
-    run_manager(module, MoveStep, 'done', expected_errors=(MoveError,))
+    run_manager(module, MoveStep, 'done')
 
 
 if __name__ == '__main__':

@@ -33,8 +33,9 @@ import threading
 import time
 import uuid
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError, check_size
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_size
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS, IVSHMEM_DEFAULTS, MIGRATION_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
@@ -50,19 +51,19 @@ SECONDS_PER_GIB = 120
 CLOCK_SAMPLES = 3
 
 
-class HostUnreachable(Exception):
+class HostUnreachable(FleetError):
     """The host did not answer (connection lost, host down)."""
 
 
-class StepFailed(Exception):
+class StepFailed(FleetError):
     """The host answered that a step failed; the message is the host's."""
 
 
-class LockHeld(Exception):
+class LockHeld(FleetError):
     """Another live run holds the group."""
 
 
-class MoveFailed(Exception):
+class MoveFailed(FleetError):
     """The move did not happen (or not yet); ``report`` says where the group is."""
 
     def __init__(self, message, report=None):

@@ -35,6 +35,7 @@ try:
 except ImportError as exc:  # reported when a certificate is needed, not at import
     CRYPTOGRAPHY_ERROR = exc
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import write_atomic
 from ansible_collections.ivshmem.fleet.plugins.module_utils._tls import CA
 
@@ -42,7 +43,7 @@ RENEW_BEFORE = datetime.timedelta(days=30)  # at most: a third of a short validi
 CLOCK_SKEW = datetime.timedelta(days=1)
 
 
-class PKIError(Exception):
+class PKIError(FleetError):
     """The CA directory is unusable; the message names it."""
 
 

@@ -16,9 +16,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache', 'collections'))
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError, read_journal  # noqa: E402

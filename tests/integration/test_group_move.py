@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (
     HostUnreachable, LockHeld, MoveFailed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient

@@ -84,7 +84,8 @@ def test_the_call_says_when_qemu_is_missing(tmp_path, monkeypatch):
 @pytest.mark.parametrize('mode, owner', [(0o1777, 0), (0o775, 0), (0o755, 65534)],
                          ids=['sticky world-writable, as /tmp', 'group-writable', "another account's"])
 def test_a_runtime_dir_that_is_not_the_collection_s_is_refused_never_re_owned(tmp_path, mode, owner):
-    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
     path = tmp_path / 'shared'
     path.mkdir()
     os.chown(str(path), owner, 0)

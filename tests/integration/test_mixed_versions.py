@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import MoveFailed
 
 from conftest import lab_root

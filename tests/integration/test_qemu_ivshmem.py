@@ -8,9 +8,9 @@ import time
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import connect_client
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import MigrationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import wait_for
 

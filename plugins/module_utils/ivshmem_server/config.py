@@ -11,13 +11,14 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import round_up_power_of_two
 
 VERSION = '1.0.0'
 
 
-class ServerError(Exception):
+class ServerError(FleetError):
     """A fatal setup error, reported to whoever started the server."""
 
 

@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger
 from ansible_collections.ivshmem.fleet.plugins.module_utils._info import HostInfo
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._vm import read_word

@@ -1,7 +1,8 @@
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 
 
 def group(**overrides):

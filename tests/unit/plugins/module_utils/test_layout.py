@@ -7,8 +7,9 @@ import os
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _guest, _migration, _qemu_binary, _server, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ServerSpec, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ServerSpec
 
 # The paths as the collection wrote them before there was a _layout.py.
 SERVER = {

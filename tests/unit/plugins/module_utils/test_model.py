@@ -1,7 +1,8 @@
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, Layout, ServerSpec, ValidationError, guest_account, server_account)
+    GuestSpec, Layout, ServerSpec, guest_account, server_account)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size, round_up_power_of_two
 
 LAYOUT = Layout('/run/x')

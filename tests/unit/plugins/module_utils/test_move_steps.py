@@ -3,7 +3,8 @@ running: which journal step each step is refused from, and the steps that find n
 The steps' actions on real QEMU are in tests/integration/test_group_move.py."""
 import pytest
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import STEPS, TABLE, HostMove, MoveError, run_step
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Journal, read_journal
 

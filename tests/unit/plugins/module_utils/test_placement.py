@@ -2,9 +2,10 @@
 keeps which group while its host changes, with every destination's room counted."""
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan
 from ansible_collections.ivshmem.fleet.plugins.module_utils._info import host_memory
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 
 M = 1 << 20
 # No reserve and no QEMU overhead unless a case says so: a group needs its guests' RAM + its size.

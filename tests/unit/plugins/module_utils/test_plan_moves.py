@@ -2,8 +2,9 @@
 group= or evacuate= (decided in _groups.py once; the playbook and the group_migrate action take it)."""
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import GroupPlan, move_source
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 
 HOSTS = ['hv1', 'hv2', 'hv3']
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (
     GroupMove, HostUnreachable, LockHeld, MoveFailed, Safeguards, StepFailed, derived_timeouts, holder_alive,
     this_holder)
