@@ -16,14 +16,15 @@ __metaclass__ = type
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, ServerSpec, check_int, check_name, prefixed)
+    GuestSpec, ServerSpec, check_int, check_list, check_name, host_peer_account, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GROUP_GUEST_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
-              'peer_mode', 'peer_fallback', 'peer_unplug_timeout')
+              'peer_mode', 'peer_fallback', 'peer_unplug_timeout', 'host_peers')
+HOST_PEER_KEYS = ('name', 'user')
 PEER_MODES = ('restart', 'live')
 PEER_FALLBACKS = ('none', 'restart')
 DEFAULT_MIGRATION_PORT = 4444
@@ -67,6 +68,21 @@ def on_host(group, server_overrides=None, guest_overrides=None):
                 peers=[dict(peer, **guest_overrides) for peer in group.get('peers') or []])
 
 
+def _host_peers(where, group, server, pin_ids):
+    """[(field, name, account)] of a group's host-side peers (ivshmem-fleet-peer): known by their
+    accounts like guests, so only a builtin server with pinned IDs takes them."""
+    peers = []
+    for index, peer in enumerate(check_list(where + '.host_peers', group.get('host_peers'))):
+        field = '%s.host_peers[%d]' % (where, index)
+        _only(field, peer, HOST_PEER_KEYS)
+        peer_name = check_name(field + '.name', peer.get('name'))
+        peers.append((field, peer_name, prefixed(field, lambda: host_peer_account(peer, peer_name))))
+    if peers and (server.get('implementation', SERVER_DEFAULTS['implementation']) != 'builtin' or not pin_ids):
+        raise ValidationError(where + '.host_peers', 'host peers need the builtin server and pin_ids (each is known '
+                              'by its account and pinned after the guests)')
+    return peers
+
+
 def normalize_group(index, group, hosts, layout, accounts=None):
     """One validated group: its server's and guests' module parameters. ``accounts``: a dict to
     fill with {guest: (its field, the account it runs as)}."""
@@ -101,27 +117,35 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         params = dict(guest, ivshmem=[device])
         spec = prefixed(field, lambda: GuestSpec(params, layout))
         guests.append((field, spec, params))
+    host_peers = _host_peers(where, group, server, pin_ids)
     names = [spec.name for _field, spec, _params in guests]
-    for position, guest_name in enumerate(names):
-        if guest_name in names[:position]:
-            raise ValidationError(guests[position][0] + '.name', 'guest %s appears twice in the group' % guest_name)
-    # The server admits the group's guests only, known by their accounts (each its own).
-    fields = dict((spec.name, field) for field, spec, _params in guests)
-    shared = shared_account(dict((spec.name, spec.user) for _field, spec, _params in guests))
+    members = names + [peer_name for _field, peer_name, _user in host_peers]
+    fields = dict([(spec.name, field) for field, spec, _params in guests] +
+                  [(peer_name, field) for field, peer_name, _user in host_peers])
+    kinds = dict([(member, 'guest') for member in names] + [(member, 'host peer') for member in members[len(names):]])
+    for position, member in enumerate(members):
+        if member in members[:position]:
+            raise ValidationError(fields[member] + '.name', '%s %s appears twice in the group' % (kinds[member], member))
+    # The server admits the group's guests and host peers only, known by their accounts (each its own).
+    users = dict([(spec.name, spec.user) for _field, spec, _params in guests] +
+                 [(peer_name, user) for _field, peer_name, user in host_peers])
+    shared = shared_account(users)
     if shared:
         earlier, later, user = shared
-        raise ValidationError(fields[later] + '.user', 'guest %s runs as %s too: the server tells the guests apart by '
-                              'their accounts, so each needs its own' % (earlier, user))
+        raise ValidationError(fields[later] + '.user', '%s %s runs as %s too: the server tells the guests apart by '
+                              'their accounts, so each needs its own' % (kinds[earlier], earlier, user))
     if accounts is not None:
-        accounts.update((spec.name, (field, spec.user)) for field, spec, _params in guests)
+        accounts.update((member, (fields[member], user)) for member, user in users.items())
     server_params = dict(server, name=name, size=group.get('size', SERVER_DEFAULTS['size']), vectors=vectors)
     if server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
-        server_params['admit'] = list(names)
-        accounts = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
-        if accounts:
-            server_params['accounts'] = accounts
+        server_params['admit'] = list(members)
+        named = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
+        named.update((peer_name, user) for _field, peer_name, user in host_peers)  # never a guest's default
+        if named:
+            server_params['accounts'] = named
     if pin_ids and server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
-        server_params['pins'] = dict((guest_name, peer_id) for peer_id, guest_name in enumerate(names))
+        # Host peers after every guest: ID 0 stays the master's whoever connects first.
+        server_params['pins'] = dict((member, peer_id) for peer_id, member in enumerate(members))
     spec = prefixed(where, lambda: ServerSpec(server_params))
     port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)
     return {
@@ -129,6 +153,8 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         'server': server_params, 'memory': spec.memory_path(),
         'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
         'guest_names': names, 'ids': dict(server_params.get('pins', {})),
+        'host_peers': [{'name': peer_name, 'user': user, 'id': server_params['pins'][peer_name]}
+                       for _field, peer_name, user in host_peers],
         'guest_memory': sum(spec.memory for _f, spec, _p in guests) << 20,
         'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
     }
@@ -170,9 +196,9 @@ class GroupPlan(StateMachine):
             if normalized['name'] in seen_groups:
                 raise ValidationError(where + '.name', 'two groups are named %s' % normalized['name'])
             seen_groups[normalized['name']] = index
-            for guest_name in normalized['guest_names']:
+            for guest_name in normalized['guest_names'] + [peer['name'] for peer in normalized['host_peers']]:
                 if guest_name in seen_guests:
-                    raise ValidationError(where, 'guest %s is also in group %s' % (guest_name, seen_guests[guest_name]))
+                    raise ValidationError(where, '%s is also in group %s' % (guest_name, seen_guests[guest_name]))
                 seen_guests[guest_name] = normalized['name']
             # Servers admit guests by account: two guests of the fleet under one account would
             # each be let into the other's group (X and x-4b68ab38 both map to ivg-x-4b68ab38).

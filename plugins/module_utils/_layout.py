@@ -15,7 +15,8 @@ The runtime directory (``runtime_dir``, default ``/run/ivshmem-fleet``)::
     tls-handover/    key copies QEMU reads while it loads migration credentials (_tls.py)
 
 and outside it, a server's shared memory (``/dev/shm/SHM_NAME``, or ``memory_dir/SHM_NAME``) and
-the builtin server program (``program_dir/ivshmem-fleet-server.pyz``).
+the builtin server program (``program_dir/ivshmem-fleet-server.pyz``) with the host-side peer
+(``program_dir/ivshmem-fleet-peer.pyz``).
 
 Pure: nothing here reads or writes the disk. Making directories and checking who owns them is the
 host supervision's (``_host.py``, ``_host_converge.py``, the managers); listing what a directory
@@ -32,6 +33,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFA
 
 SHM_DIR = '/dev/shm'
 PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
+PEER_PROGRAM_NAME = 'ivshmem-fleet-peer.pyz'
 # The kinds of directories under the runtime directory that hold one entry per name.
 KINDS = ('servers', 'guests', 'moves')
 
@@ -84,6 +86,11 @@ class Layout:
     def program(program_dir):
         """The builtin server's zipapp in ``program_dir`` (a server option, outside runtime_dir)."""
         return os.path.join(program_dir, PROGRAM_NAME)
+
+    @staticmethod
+    def peer_program(program_dir):
+        """The host-side peer's zipapp, installed beside the server's."""
+        return os.path.join(program_dir, PEER_PROGRAM_NAME)
 
     # --- guests ---------------------------------------------------------------------------
     def guest_dir(self, name):

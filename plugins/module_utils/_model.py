@@ -86,6 +86,12 @@ def guest_account(name):
     return _account('ivg', name)
 
 
+def host_peer_account(params, name):
+    """The account a group's host-side peer ``name`` runs as (``params``: its ``user``): by default
+    its own, ``ivh-NAME``; never a privileged one."""
+    return _user_and_group(params, _account('ivh', name))[0]
+
+
 def server_account(name):
     """The account server ``name`` runs as and owns its memory and sockets, unless ``user`` says otherwise."""
     return _account('ivs', name)

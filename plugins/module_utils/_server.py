@@ -29,31 +29,43 @@ _PACKAGE = 'ansible_collections.ivshmem.fleet.plugins.module_utils'
 # The server runs as the service user: the interpreter must be one that user may run
 # (a controller's pyenv or venv under /root is not), so the system one comes first.
 SYSTEM_PYTHON = '/usr/bin/python3'
-_MAIN = ('import sys\nfrom %s.ivshmem_server.cli import main\nsys.exit(main())\n' % _PACKAGE)
+_MAIN = 'import sys\nfrom %s.%s import main\nsys.exit(main())\n'
 
 
-def builtin_program():
-    """The builtin server as a zipapp (deterministic bytes, so installs are idempotent)."""
-    # Imported here, where a server is installed, rather than by every call that only looks at one
-    # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
-    # any import statement names, so they still reach the host.
-    from ansible_collections.ivshmem.fleet.plugins.module_utils import (
-        _control_protocol, _errors, _ivshmem_protocol, _ivshmem_send, _rules, _sizes, ivshmem_server)
-    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import (
-        admission, cli, clients, config, control, ids, loop, system)
+def _zipapp(main, modules):
+    """A zipapp of ``modules`` that runs ``main``'s main() (deterministic bytes, so installs are
+    idempotent)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:
         def add(path, text):
             archive.writestr(zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0)), text)
-        add('__main__.py', _MAIN)
-        parts = _PACKAGE.split('.')
+        add('__main__.py', _MAIN % (_PACKAGE, main))
+        parts = (_PACKAGE + '.ivshmem_server').split('.')
         for depth in range(1, len(parts) + 1):
-            add('/'.join(parts[:depth]) + '/__init__.py', '')
-        for module in (ivshmem_server, admission, cli, clients, config, control, ids, loop, system,
-                       _errors, _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules):
-            path = module.__name__.replace('.', '/') + ('/__init__.py' if module is ivshmem_server else '.py')
-            add(path, module.__spec__.loader.get_source(module.__name__))
+            add('/'.join(parts[:depth]) + '/__init__.py', '')  # the server package's is empty too
+        for module in modules:
+            add(module.__name__.replace('.', '/') + '.py', module.__spec__.loader.get_source(module.__name__))
     return buffer.getvalue()
+
+
+def builtin_program():
+    """The builtin server as a zipapp."""
+    # Imported here, where a server is installed, rather than by every call that only looks at one
+    # (compiling the server program costs each of them about 11 ms here); Ansible packs whatever
+    # any import statement names, so they still reach the host.
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import (
+        _control_protocol, _errors, _ivshmem_protocol, _ivshmem_send, _rules, _sizes)
+    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import (
+        admission, cli, clients, config, control, ids, loop, system)
+    return _zipapp('ivshmem_server.cli', (admission, cli, clients, config, control, ids, loop, system, _errors,
+                                          _ivshmem_protocol, _ivshmem_send, _sizes, _control_protocol, _rules))
+
+
+def peer_program():
+    """The host-side peer (ivshmem_server/peer.py) as a zipapp."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _errors, _ivshmem_protocol
+    from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server import peer
+    return _zipapp('ivshmem_server.peer', (peer, _errors, _ivshmem_protocol))
 
 
 def server_paths(layout, name):
@@ -156,6 +168,7 @@ class Server:
             _host.ensure_dir(self.program_dir, 0o755)
             program = Layout.program(self.program_dir)
             _host.write_file(program, builtin_program(), 0o644)
+            _host.write_file(Layout.peer_program(self.program_dir), peer_program(), 0o644)
         _host.remove_stale_socket(self.paths['socket'])
         if spec.memory_dir:
             _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode

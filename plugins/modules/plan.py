@@ -74,7 +74,10 @@ options:
         placed for hotplug, unplugged before the master moves, the peers migrated and plugged back;
         their guests need an OS with PCI hotplug), C(peer_fallback) (V(none), the default, or
         V(restart) - a peer that does not release its device is restarted instead of failing the
-        move) and C(peer_unplug_timeout) (seconds, default 30).
+        move), C(peer_unplug_timeout) (seconds, default 30) and C(host_peers) (host-side peers of the
+        group's server, each C(name) and optionally C(user), its account, by default C(ivh-NAME): the
+        server admits each by its account and pins its ID after the guests'; the host runs it with
+        C(ivshmem-fleet-peer), installed beside the server program - see the README).
     type: list
     elements: dict
     required: true
@@ -175,7 +178,9 @@ EXAMPLES = r'''
 
 RETURN = r'''
 groups:
-  description: The validated groups.
+  description:
+    - The validated groups, each with the server's and guests' module options, the pinned C(ids) and
+      its C(host_peers) (C(name), C(user), C(id)).
   returned: success
   type: list
   elements: dict
@@ -192,6 +197,7 @@ groups:
       master: {"name": "g1-master", "ivshmem": [{"server": "g1", "role": "master", "vectors": 2}]}
       peers: [{"name": "g1-peer1", "ivshmem": [{"server": "g1", "role": "peer", "vectors": 2}]}]
       guest_names: [g1-master, g1-peer1]
+      host_peers: [{"name": "bell", "user": "ivh-bell", "id": 2}]
 by_host:
   description: Group names by the host they serve from now.
   returned: success

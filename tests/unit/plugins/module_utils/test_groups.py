@@ -117,3 +117,33 @@ def test_a_host_s_overrides_go_over_the_group_s_server_and_every_guest_one_way_f
     with pytest.raises(ValidationError) as info:
         on_host(g1, guest_overrides=['binary'])
     assert info.value.field == 'guest_overrides'
+
+
+def test_host_peers_are_admitted_by_their_accounts_and_pinned_after_the_guests():
+    g1 = plan([group(host_peers=[{'name': 'lg-client'}, {'name': 'bell', 'user': 'bellringer'}])])['groups'][0]
+    assert g1['server']['pins'] == {'g1-m': 0, 'g1-p1': 1, 'g1-p2': 2, 'lg-client': 3, 'bell': 4}
+    assert g1['server']['admit'] == ['g1-m', 'g1-p1', 'g1-p2', 'lg-client', 'bell']
+    assert g1['server']['accounts'] == {'lg-client': 'ivh-lg-client', 'bell': 'bellringer'}
+    assert g1['host_peers'] == [{'name': 'lg-client', 'user': 'ivh-lg-client', 'id': 3},
+                                {'name': 'bell', 'user': 'bellringer', 'id': 4}]
+    assert g1['guest_names'] == ['g1-m', 'g1-p1', 'g1-p2']  # the move starts guests only
+
+
+@pytest.mark.parametrize('overrides,field', [
+    ({'host_peers': [{'name': 'g1-p1'}]}, 'groups[g1].host_peers[0].name'),  # a guest's name
+    ({'host_peers': [{'name': 'h', 'user': 'ivg-g1-m'}]}, 'groups[g1].host_peers[0].user'),  # the master's account
+    ({'host_peers': [{'name': 'h', 'user': 'root'}]}, 'groups[g1].host_peers[0].user'),
+    ({'host_peers': [{'name': 'h', 'ring': 1}]}, 'groups[g1].host_peers[0].ring'),
+    ({'host_peers': [{'name': 'h'}], 'pin_ids': False}, 'groups[g1].host_peers'),
+    ({'host_peers': [{'name': 'h'}], 'server': {'implementation': 'qemu', 'binary': '/usr/bin/ivshmem-server'}},
+     'groups[g1].host_peers'),
+    ({'host_peers': {'name': 'h'}}, 'groups[g1].host_peers'),
+])
+def test_host_peer_errors_name_the_field(overrides, field):
+    assert field_of([group(**overrides)]) == field
+
+
+def test_a_host_peer_shares_no_account_with_a_guest_of_another_group():
+    with pytest.raises(ValidationError) as info:
+        plan([group(), group(name='g2', master={'name': 'g2-m'}, peers=[], host_peers=[{'name': 'h', 'user': 'ivg-g1-p2'}])])
+    assert info.value.field == 'groups[g2].host_peers[0].user'
