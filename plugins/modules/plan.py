@@ -75,7 +75,7 @@ options:
         their guests need an OS with PCI hotplug), C(peer_fallback) (V(none), the default, or
         V(restart) - a peer that does not release its device is restarted instead of failing the
         move), C(peer_unplug_timeout) (seconds, default 30) and C(host_peers) (host-side peers of the
-        group's server, each C(name) and optionally C(user), its account, by default C(ivh-NAME): the
+        group's server, each C(name) and optionally C(user), its account, by default C(ivh-NAME) - the
         server admits each by its account and pins its ID after the guests'; the host runs it with
         C(ivshmem-fleet-peer), installed beside the server program - see the README).
     type: list
