@@ -16,15 +16,21 @@ __metaclass__ = type
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    GuestSpec, ServerSpec, check_int, check_list, check_name, host_peer_account, prefixed)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GROUP_GUEST_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS
+    PRIVILEGED_USERS, GuestSpec, RegionSpec, ServerSpec, check_account, check_int, check_list, check_name,
+    host_peer_account, prefixed)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
+    GROUP_GUEST_OPTIONS, GROUP_REGION_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
-              'peer_mode', 'peer_fallback', 'peer_unplug_timeout', 'host_peers')
+              'peer_mode', 'peer_fallback', 'peer_unplug_timeout', 'host_peers', 'type', 'region', 'host_accounts')
 HOST_PEER_KEYS = ('name', 'user')
+GROUP_TYPES = ('doorbell', 'plain')
+# A plain group has no server (ivshmem-plain: no doorbells, no IDs), a doorbell group no region.
+PLAIN_ONLY = ('region', 'host_accounts')
+DOORBELL_ONLY = ('server', 'vectors', 'pin_ids', 'host_peers')
 PEER_MODES = ('restart', 'live')
 PEER_FALLBACKS = ('none', 'restart')
 DEFAULT_MIGRATION_PORT = 4444
@@ -59,13 +65,55 @@ def overrides(field, value):
     return _mapping(field, value)
 
 
+def region_overrides(server_overrides):
+    """Of a host's server overrides, those a plain group's region takes: where memory lives there."""
+    return dict((key, value) for key, value in overrides('server_overrides', server_overrides).items()
+                if key in ('memory_dir', 'shm_name'))
+
+
+def relocated(guest, moved):
+    """``guest``'s options with its plain devices' memory_path moved as ``moved`` ({path on the
+    plan: path on this host}) says: a region that lives elsewhere on a host is mapped there."""
+    devices = guest.get('ivshmem')
+    if not moved or not isinstance(devices, list):
+        return guest
+    return dict(guest, ivshmem=[dict(device, memory_path=moved[device['memory_path']])
+                                if isinstance(device, dict) and device.get('memory_path') in moved else device
+                                for device in devices])
+
+
+def region_moves(regions, server_overrides):
+    """(the regions as they live on this host, {their path on the plan: their path here})."""
+    here, moved = [], {}
+    for region in regions:
+        if not isinstance(region, dict):
+            here.append(region)
+            continue
+        local = dict(region, **region_overrides(server_overrides))
+        here.append(local)
+        try:
+            before, after = RegionSpec(region).memory_path(), RegionSpec(local).memory_path()
+        except ValidationError:
+            continue  # reported where the region is validated, naming its field
+        if before != after:
+            moved[before] = after
+    return here, moved
+
+
 def on_host(group, server_overrides=None, guest_overrides=None):
     """``group`` (as ivshmem.fleet.plan returns it) as it runs on one host: that host's
-    overrides over its server's and every guest's options (a shallow merge, the override wins)."""
+    overrides over its server's and every guest's options (a shallow merge, the override wins); a
+    plain group's region takes those of where memory lives, and its guests map it there."""
     guest_overrides = overrides('guest_overrides', guest_overrides)
-    return dict(group, server=dict(group['server'], **overrides('server_overrides', server_overrides)),
-                master=dict(group['master'], **guest_overrides),
+    here = dict(group, master=dict(group['master'], **guest_overrides),
                 peers=[dict(peer, **guest_overrides) for peer in group.get('peers') or []])
+    if group.get('region'):
+        # Where this host keeps the memory (two hosts on one machine, say): its guests map it there.
+        (here['region'],), moved = region_moves([group['region']], server_overrides)
+        here.update(master=relocated(here['master'], moved), peers=[relocated(p, moved) for p in here['peers']])
+    else:
+        here['server'] = dict(group['server'], **overrides('server_overrides', server_overrides))
+    return here
 
 
 def _host_peers(where, group, server, pin_ids):
@@ -84,8 +132,8 @@ def _host_peers(where, group, server, pin_ids):
 
 
 def normalize_group(index, group, hosts, layout, accounts=None):
-    """One validated group: its server's and guests' module parameters. ``accounts``: a dict to
-    fill with {guest: (its field, the account it runs as)}."""
+    """One validated group: its server's (or, for a plain group, its region's) and guests' module
+    parameters. ``accounts``: a dict to fill with {guest: (its field, the account it runs as)}."""
     where = 'groups[%d]' % index
     _only(where, group, GROUP_KEYS)
     name = check_name(where + '.name', group.get('name'))
@@ -93,6 +141,10 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     host = group.get('host')
     if host not in hosts:
         raise ValidationError(where + '.host', '%r is not a host of the inventory' % (host,))
+    plain = _choice(where + '.type', group.get('type', 'doorbell'), GROUP_TYPES) == 'plain'
+    for key in (PLAIN_ONLY if not plain else DOORBELL_ONLY):
+        if group.get(key) is not None:
+            raise ValidationError('%s.%s' % (where, key), 'only for a %s group' % ('plain' if not plain else 'doorbell'))
     server = group.get('server') or {}
     _only(where + '.server', server, GROUP_SERVER_OPTIONS)
     server = dict(server)
@@ -102,16 +154,27 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     peers = group.get('peers') or []
     if not isinstance(peers, list):
         raise ValidationError(where + '.peers', 'must be a list')
-    vectors = check_int(where + '.vectors', group.get('vectors', SERVER_DEFAULTS['vectors']), 1, MAX_VECTORS)
+    size = group.get('size', SERVER_DEFAULTS['size'])
+    vectors = None if plain else check_int(where + '.vectors', group.get('vectors', SERVER_DEFAULTS['vectors']), 1,
+                                           MAX_VECTORS)
     pin_ids = group.get('pin_ids', True)
     peer_mode = _choice(where + '.peer_mode', group.get('peer_mode', 'restart'), PEER_MODES)
+    if plain and peer_mode == 'live':
+        raise ValidationError(where + '.peer_mode', 'live peers plug a doorbell device back; a plain group\'s peers '
+                              'restart')
     peer_fallback = _choice(where + '.peer_fallback', group.get('peer_fallback', 'none'), PEER_FALLBACKS)
     unplug_timeout = check_int(where + '.peer_unplug_timeout', group.get('peer_unplug_timeout', 30), 1, 3600)
+    region = dict(_mapping(where + '.region', group.get('region')), name=name, size=size)
+    _only(where + '.region', region, GROUP_REGION_OPTIONS + ('name', 'size'))
+    memory = _region_spec(where, region).memory_path() if plain else None
     guests = []
     for role, field, guest in [('master', where + '.master', master)] + \
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
         _only(field, guest, GROUP_GUEST_OPTIONS)
-        device = {'server': name, 'role': role, 'vectors': vectors}
+        if plain:
+            device = {'type': 'plain', 'memory_path': memory, 'size': size, 'role': role}
+        else:
+            device = {'server': name, 'role': role, 'vectors': vectors}
         if role == 'peer' and peer_mode == 'live':
             device['hotplug'] = True  # unplugged and plugged back when the group moves
         params = dict(guest, ivshmem=[device])
@@ -126,7 +189,8 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     for position, member in enumerate(members):
         if member in members[:position]:
             raise ValidationError(fields[member] + '.name', '%s %s appears twice in the group' % (kinds[member], member))
-    # The server admits the group's guests and host peers only, known by their accounts (each its own).
+    # The server admits the group's guests and host peers only, known by their accounts (each its
+    # own); a region's group holds its guests' accounts and its host accounts only.
     users = dict([(spec.name, spec.user) for _field, spec, _params in guests] +
                  [(peer_name, user) for _field, peer_name, user in host_peers])
     shared = shared_account(users)
@@ -136,7 +200,21 @@ def normalize_group(index, group, hosts, layout, accounts=None):
                               'their accounts, so each needs its own' % (kinds[earlier], earlier, user))
     if accounts is not None:
         accounts.update((member, (fields[member], user)) for member, user in users.items())
-    server_params = dict(server, name=name, size=group.get('size', SERVER_DEFAULTS['size']), vectors=vectors)
+    port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)
+    result = {
+        'name': name, 'host': host, 'type': 'plain' if plain else 'doorbell', 'vectors': vectors,
+        'migration_port': port, 'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
+        'guest_names': names, 'guest_memory': sum(spec.memory for _f, spec, _p in guests) << 20,
+        'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
+        'server': None, 'region': None, 'ids': {}, 'host_peers': [], 'host_accounts': [],
+    }
+    if plain:
+        host_accounts = _host_accounts(where, group, users)
+        region['members'] = [users[guest_name] for guest_name in names] + host_accounts
+        spec = _region_spec(where, region)
+        result.update(region=region, size=spec.size, memory=memory, host_accounts=host_accounts)
+        return result
+    server_params = dict(server, name=name, size=size, vectors=vectors)
     if server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
         server_params['admit'] = list(members)
         named = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
@@ -147,17 +225,37 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         # Host peers after every guest: ID 0 stays the master's whoever connects first.
         server_params['pins'] = dict((member, peer_id) for peer_id, member in enumerate(members))
     spec = prefixed(where, lambda: ServerSpec(server_params))
-    port = check_int(where + '.migration_port', group.get('migration_port', DEFAULT_MIGRATION_PORT), 1024, 65535)
-    return {
-        'name': name, 'host': host, 'size': spec.size, 'vectors': spec.vectors, 'migration_port': port,
-        'server': server_params, 'memory': spec.memory_path(),
-        'master': guests[0][2], 'peers': [params for _f, _s, params in guests[1:]],
-        'guest_names': names, 'ids': dict(server_params.get('pins', {})),
-        'host_peers': [{'name': peer_name, 'user': user, 'id': server_params['pins'][peer_name]}
-                       for _field, peer_name, user in host_peers],
-        'guest_memory': sum(spec.memory for _f, spec, _p in guests) << 20,
-        'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
-    }
+    result.update(server=server_params, size=spec.size, memory=spec.memory_path(),
+                  ids=dict(server_params.get('pins', {})),
+                  host_peers=[{'name': peer_name, 'user': user, 'id': server_params['pins'][peer_name]}
+                              for _field, peer_name, user in host_peers])
+    return result
+
+
+def _region_spec(where, region):
+    """A plain group's RegionSpec; an error names the group's field (its size, or its region's)."""
+    try:
+        return RegionSpec(region)
+    except ValidationError as exc:
+        field = exc.field if exc.field == 'size' else 'region.' + exc.field
+        raise ValidationError('%s.%s' % (where, field), str(exc).split(': ', 1)[1])
+
+
+def _host_accounts(where, group, users):
+    """A plain group's host accounts (a Looking Glass client, say): they read and write its memory
+    beside its guests, so none is a guest's account or a privileged one."""
+    host_accounts = []
+    for index, account in enumerate(check_list(where + '.host_accounts', group.get('host_accounts'))):
+        field = '%s.host_accounts[%d]' % (where, index)
+        account = check_account(field, account)
+        if account in PRIVILEGED_USERS:
+            raise ValidationError(field, '%s reads any file already' % account)
+        guest = next((name for name, user in sorted(users.items()) if user == account), None)
+        if guest is not None:
+            raise ValidationError(field, '%s is the account of guest %s' % (account, guest))
+        if account not in host_accounts:
+            host_accounts.append(account)
+    return host_accounts
 
 
 class GroupPlan(StateMachine):
@@ -212,6 +310,15 @@ class GroupPlan(StateMachine):
             normalized['in_transition'] = self._transition(normalized['name'])
             normalized['current_host'] = self._current_host(normalized)
             plan.append(normalized)
+        # A plain group's host account is nobody's guest or host peer: that QEMU or peer would open
+        # the region too.
+        runs_as = dict((user, (seen_guests[member], member)) for member, user in fleet_accounts.items())
+        for group in plan:
+            for index, account in enumerate(group['host_accounts']):
+                if account in runs_as:
+                    raise ValidationError('groups[%s].host_accounts[%d]' % (group['name'], index),
+                                          '%s is the account of %s of group %s' % (account, runs_as[account][1],
+                                                                                   runs_as[account][0]))
         by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
         self.result.update(groups=plan, by_host=by_host)
         if self.group is not None or self.evacuate is not None or self.destination is not None:

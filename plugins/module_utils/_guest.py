@@ -316,17 +316,24 @@ class Guest:
 
     def check(self, assume_servers=False):
         """Its doorbell servers listen, and it is the only master of its shared memory on this host
-        (QEMU does not stop two plain masters). ``assume_servers`` (check mode: a server task
-        before only predicted its start): a missing socket is a warning. Returns the warnings."""
+        (QEMU does not stop two plain masters); its plain memory files are there (root's regions).
+        ``assume_servers`` (check mode: a server or region task before only predicted its start): a
+        missing socket or file is a warning. Returns the warnings."""
         warnings = []
         mine = dict((d.memory_key, i) for i, d in enumerate(self.spec.devices) if d.role == 'master')
         for device_index, device in enumerate(self.spec.devices):
             if device.type == 'doorbell' and not os.path.exists(device.socket):
                 field = 'ivshmem[%d].%s' % (device_index, 'server' if device.server else 'socket')
                 message = 'no ivshmem server socket at %s; start the server first' % device.socket
-                if not assume_servers:
-                    raise ValidationError(field, message)
-                warnings.append('%s: %s (assumed started by an earlier task in check mode)' % (field, message))
+            elif device.type == 'plain' and not os.path.lexists(device.memory_path):
+                # QEMU would make it, as this guest's with mode 0644: no other guest could open it.
+                field = 'ivshmem[%d].memory_path' % device_index
+                message = 'no shared memory file at %s; make it first (ivshmem.fleet.region)' % device.memory_path
+            else:
+                continue
+            if not assume_servers:
+                raise ValidationError(field, message)
+            warnings.append('%s: %s (assumed made by an earlier task in check mode)' % (field, message))
         if not mine:
             return warnings
         for other in _host.names(self.layout.kind_dir('guests')):

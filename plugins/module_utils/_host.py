@@ -484,6 +484,42 @@ def _create_accounts(commands, what):
             raise HostError('%s failed: %s' % (' '.join(command), (out + err).strip()))
 
 
+def set_group_members(group, members):
+    """The supplementary members of ``group`` become exactly ``members``; True when they changed."""
+    if sorted(grp.getgrnam(group).gr_mem) == sorted(members):
+        return False
+    _create_accounts([['gpasswd', '-M', ','.join(sorted(members)), group]], 'the members of group %s' % group)
+    return True
+
+
+def make_shared_file(path, size, gid, mode):
+    """Create ``path`` as root's, ``size`` bytes of zeros, group ``gid``, ``mode``: never through a
+    link and never over a file that is there (O_EXCL), so nobody can have it opened first."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0)
+    try:
+        os.ftruncate(fd, size)
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, mode)
+    except OSError:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def set_shared_file(path, gid, mode):
+    """Group and mode of root's ``path`` as asked, through an fd opened without following a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != 0 or not stat.S_ISREG(info.st_mode):
+            raise HostError('%s is not a regular file of root: left as it is' % path)
+        os.fchown(fd, 0, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def ensure_account(user, group, check_mode):
     """Create an unprivileged system user (and its group) a server or guest runs as.
 

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""One host converged in one call (ivshmem.fleet.host): servers, then masters, then peers.
+"""One host converged in one call (ivshmem.fleet.host): servers and regions, then masters, then peers.
 
 Every server and guest is validated first with the very option sets the server and guest
 modules declare (_options.SERVER_ARGS, GUEST_ARGS), so bad input fails before anything changes and names
@@ -26,13 +26,15 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _groups, _hos
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, check_list, prefixed
-from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, SERVER_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, GUEST_ARGS, REGION_ARGS, SERVER_ARGS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._region import RegionManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 _VALIDATORS = {
     'servers': ArgumentSpecValidator(SERVER_ARGS, required_if=[('implementation', 'qemu', ['binary'])]),
     'guests': ArgumentSpecValidator(GUEST_ARGS),
+    'regions': ArgumentSpecValidator(REGION_ARGS),
 }
 
 
@@ -73,7 +75,12 @@ class HostConverger(StateMachine):
         self.group = params.get('group') or (params.get('user') or SERVICE_GROUP)
         servers = _validated('servers', params.get('servers'), account,
                              _groups.overrides('server_overrides', params.get('server_overrides')))
-        guests = _validated('guests', params.get('guests'), account,
+        # A plain group's memory: no service account (its group is the region's own); where this
+        # host keeps it (the server overrides of where memory lives), its guests map it.
+        regions, moved = _groups.region_moves(check_list('regions', params.get('regions')), params.get('server_overrides'))
+        regions = _validated('regions', regions, {}, {})
+        guests = _validated('guests', [_groups.relocated(guest, moved) if isinstance(guest, dict) else guest
+                                       for guest in check_list('guests', params.get('guests'))], account,
                             _groups.overrides('guest_overrides', params.get('guest_overrides')))
         for server in servers:
             # A server knows its guests by account: those that run as a given one are told so.
@@ -82,7 +89,9 @@ class HostConverger(StateMachine):
                             if guest.get('user') and guest['name'] in known)
             if accounts:
                 server['accounts'] = dict(accounts, **(server.get('accounts') or {}))
-        self.servers, self.masters, self.peers = [], [], []
+        self.servers, self.regions, self.masters, self.peers = [], [], [], []
+        for index, region in enumerate(regions):
+            self.regions.append(('regions[%d]' % index, region, self._manager(RegionManager, 'regions', index, region)))
         # Build every manager now: each validates its spec, so nothing starts before all are good.
         for index, server in enumerate(servers):
             self.servers.append(('servers[%d]' % index, server, self._manager(ServerManager, 'servers', index, server)))
@@ -96,18 +105,19 @@ class HostConverger(StateMachine):
         return prefixed('%s[%d]' % (kind, index), lambda: manager_class(params, self.layout, self.check_mode))
 
     def state_present(self):
-        self.before, self.after = {'servers': {}, 'guests': {}}, {'servers': {}, 'guests': {}}
+        self.before, self.after = ({'servers': {}, 'regions': {}, 'guests': {}},
+                                   {'servers': {}, 'regions': {}, 'guests': {}})
         self._runtime_dir()  # first: nothing is written into a directory that is not the collection's
         # Said here so that a role need not make a call of its own to learn it (ivshmem.fleet.hypervisor
         # installs QEMU where this is null).
         qemu = _qemu_binary.installed(DEFAULT_QEMU, _qemu_binary.cache_dir(self.layout, self.check_mode))
-        self.result.update(servers={}, guests={}, qemu_binary=DEFAULT_QEMU if qemu else None, qemu=qemu)
+        self.result.update(servers={}, regions={}, guests={}, qemu_binary=DEFAULT_QEMU if qemu else None, qemu=qemu)
         if _host.ensure_group(self.group, self.check_mode):  # the migration credentials' group too
             self.changed = True
         if not self.check_mode:  # key copies a run killed mid-handover left readable by a guest
             _tls.sweep_handover(self.layout.tls_handover())
-        for field, params, manager in self.servers:
-            self._run(field, 'servers', params, manager)
+        for field, params, manager in self.servers + self.regions:
+            self._run(field, 'servers' if field.startswith('servers') else 'regions', params, manager)
         for field, params, manager in self.masters + self.peers:
             guest = self._run(field, 'guests', params, manager)
             self._gate(field, params, guest)
@@ -131,7 +141,7 @@ class HostConverger(StateMachine):
         self.warnings.extend(result['warnings'])
         self.before[kind][params['name']] = result['diff']['before']
         self.after[kind][params['name']] = result['diff']['after']
-        found = result.get('server' if kind == 'servers' else 'guest')
+        found = result.get(kind[:-1])
         self.result[kind][params['name']] = found
         return found
 

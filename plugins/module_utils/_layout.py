@@ -8,6 +8,7 @@
 The runtime directory (``runtime_dir``, default ``/run/ivshmem-fleet``)::
 
     servers/NAME/    ivshmem.sock, control.sock, server.pid, server.log, spec.json, process.json
+    regions/NAME/    spec.json (a plain group's shared memory, made by root: _region.py)
     guests/NAME/     qmp.sock, incoming.sock, qemu.pid, qemu.log, console.log, spec.json,
                      migration.json
     moves/           GROUP.json (a move's journal and lock record), .lock
@@ -35,7 +36,7 @@ SHM_DIR = '/dev/shm'
 PROGRAM_NAME = 'ivshmem-fleet-server.pyz'
 PEER_PROGRAM_NAME = 'ivshmem-fleet-peer.pyz'
 # The kinds of directories under the runtime directory that hold one entry per name.
-KINDS = ('servers', 'guests', 'moves')
+KINDS = ('servers', 'guests', 'moves', 'regions')
 
 
 class Layout:
@@ -48,10 +49,15 @@ class Layout:
         self.runtime_dir = check_path('runtime_dir', runtime_dir)
 
     def kind_dir(self, kind):
-        """``servers``, ``guests`` or ``moves``: the directory that holds one entry per name."""
+        """``servers``, ``guests``, ``moves`` or ``regions``: the directory that holds one entry per name."""
         if kind not in KINDS:
             raise ValueError('no directory of kind %r' % (kind,))
         return os.path.join(self.runtime_dir, kind)
+
+    # --- regions (plain shared memory) ---------------------------------------------------
+    def region_record(self, name):
+        """Root's record of region ``name`` (what it made, so what it may remove)."""
+        return os.path.join(self.kind_dir('regions'), name, 'spec.json')
 
     # --- servers --------------------------------------------------------------------------
     def server_dir(self, name):

@@ -25,7 +25,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
     DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
-    SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
+    REGION_DEFAULTS, REGION_FIELDS, SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import NAME_RE, shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
@@ -361,6 +361,51 @@ class ServerSpec:
         if self.hold:
             argv += ['--hold', self.hold]
         return argv
+
+
+def region_group(name):
+    """The group whose members read and write region ``name``, unless its ``group`` says otherwise."""
+    return _account('ivm', name)
+
+
+class RegionSpec:
+    """A plain group's shared memory: one file that root makes and owns, mode ``mode`` for the
+    group ``group``, whose members (the group's guests' accounts and named host accounts) are the
+    only ones that open it. QEMU never makes it: a file QEMU makes is its first guest's, 0644, and
+    every other guest's QEMU fails on it."""
+
+    FIELDS = REGION_FIELDS
+
+    def __init__(self, params):
+        self.name = check_name('name', params.get('name'))
+        self.size = check_size('size', params.get('size') or REGION_DEFAULTS['size'])
+        self.shm_name = check_name('shm_name', params.get('shm_name') or 'ivshmem-fleet-' + self.name)
+        self.memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
+        self.group = check_account('group', params.get('group') or region_group(self.name))
+        if self.group in PRIVILEGED_GROUPS or self.group == SERVICE_GROUP:
+            raise ValidationError('group', '%s is not a group of this region alone: its members would open the memory '
+                                           '(leave group unset: %s)' % (self.group, region_group(self.name)))
+        mode = params.get('mode')
+        self.mode = check_mode('mode', REGION_DEFAULTS['mode'] if mode is None else mode)
+        if self.mode & 0o007 or self.mode & 0o060 != 0o060 or self.mode & 0o111:
+            raise ValidationError('mode', '%04o: the group reads and writes it (QEMU opens it read-write), nobody '
+                                          'else has access and nothing executes it, such as \'0660\'' % self.mode)
+        self.members = []
+        for index, member in enumerate(check_list('members', params.get('members'))):
+            member = check_account('members[%d]' % index, member)
+            if member in PRIVILEGED_USERS:
+                raise ValidationError('members[%d]' % index, '%s reads any file already' % member)
+            if member not in self.members:
+                self.members.append(member)
+
+    def memory_path(self):
+        return Layout.server_memory(self.shm_name, self.memory_dir)
+
+    def to_dict(self):
+        data = dict((field, getattr(self, field)) for field in self.FIELDS)
+        data['mode'] = '%04o' % self.mode
+        data['members'] = sorted(self.members)
+        return data
 
 
 class IvshmemDevice:

@@ -36,6 +36,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import Guest,
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU, MOVE_DEFAULTS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._region import Region, region_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import Server, server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -99,10 +100,11 @@ class HostMove:
         self.params = params
         self.group = params.get('group') or {}
         if not isinstance(self.group, dict) or not isinstance(self.group.get('master'), dict) or \
-                'name' not in self.group['master'] or not isinstance(self.group.get('server'), dict) or \
+                'name' not in self.group['master'] or \
+                not isinstance(self.group.get('server') or self.group.get('region'), dict) or \
                 not isinstance(self.group.get('peers') or [], list):
-            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, server, '
-                                           'master, peers, ...)')
+            raise ValidationError('group', 'must be one group as ivshmem.fleet.plan returns it (name, server or '
+                                           'region, master, peers, ...)')
         # Server and guest options that differ on this host (its QEMU elsewhere, say).
         self.group = on_host(self.group, params.get('server_overrides'), params.get('guest_overrides'))
         self.name = check_name('group.name', self.group.get('name'))
@@ -114,7 +116,8 @@ class HostMove:
         self.peers = [peer['name'] for peer in self.group.get('peers') or []]
         # The peers this move keeps running (moved live); the others are paused and restarted.
         self.live = [name for name in params.get('live_peers') or [] if name in self.peers]
-        self.server = self.group['server']
+        # Where the group's memory lives: a doorbell group's server, or a plain group's region.
+        self.server, self.region = self.group.get('server'), self.group.get('region')
         self.start_timeout = params.get('start_timeout') or MOVE_DEFAULTS['start_timeout']
         self.journal = Journal(layout, self.name, self.run_id, params)
         # {'dir': this host's credentials, 'peer': the other host}, or None for a stream in clear.
@@ -151,8 +154,8 @@ class HostMove:
             guests[name] = 'absent' if status is None else status['state']
             if status is not None and status['pid'] is not None and status.get('machine_type'):
                 machines[name] = status['machine_type']
-        server = server_status(self.layout, self.name)
-        return {'guests': guests, 'server': 'absent' if server is None else server['state'], 'machines': machines}
+        holder = region_status(self.layout, self.name) if self.region else server_status(self.layout, self.name)
+        return {'guests': guests, 'server': 'absent' if holder is None else holder['state'], 'machines': machines}
 
     def _qemu(self):
         """({guest: its QEMU binary here}, {binary: what it offers}) for the preflight."""
@@ -204,8 +207,23 @@ class HostMove:
         """The group's server on this host (``extra``: options of this step, a hold say)."""
         return Server.from_params(dict(self.server, timeout=self.start_timeout, **extra), self.layout)
 
+    def fresh_memory(self):
+        """The group's memory here made afresh for the master's stream: a fresh server admitting
+        only the master (a doorbell group), or its region made anew, all zeros (a plain one)."""
+        if self.region:
+            Region.from_params(self.region, self.layout).renew()
+        else:
+            self.server_here(**(dict(admission='held', hold_for=self.master) if self.builtin() else {})).restart()
+
+    def open_memory(self):
+        """The group's memory open to its peers here: its builtin server's hold released (a
+        region is open to its members from the start)."""
+        if self.builtin():
+            self.server_here().keep_started()
+
     def builtin(self):
-        return self.server.get('implementation', 'builtin') == 'builtin'
+        """Served by our server (IDs pinned, admission held): a doorbell group's, not upstream's."""
+        return bool(self.server) and self.server.get('implementation', 'builtin') == 'builtin'
 
     def remove_guest(self, name):
         Guest.from_params(dict(name=name, timeout=30), self.layout).remove()
@@ -213,7 +231,11 @@ class HostMove:
     def remove_group_here(self):
         for name in self.peers + [self.master]:
             self.remove_guest(name)
-        self.server_here().remove()
+        if self.region:
+            # Its group stays: accounts of the host (a reader's session) may hold it still.
+            Region.from_params(self.region, self.layout).remove(keep_group=True)
+        else:
+            self.server_here().remove()
 
     def exited(self, name):
         """Why guest ``name``'s QEMU here stopped on its own (its last log lines), as a sentence."""
@@ -225,9 +247,14 @@ class HostMove:
         return _tls.for_guest(self.tls, status['record']['spec']['user'], self.layout.runtime_dir)
 
     def memories(self):
-        path = (server_status(self.layout, self.name) or {}).get('memory')
+        if self.region:
+            status = region_status(self.layout, self.name) or {}
+            path = status.get('path') if status.get('state') == 'present' else None
+        else:
+            path = (server_status(self.layout, self.name) or {}).get('memory')
         if not path:
-            raise MoveError('the memory of server %s is not visible on this host; it cannot be verified' % self.name)
+            raise MoveError('the memory of %s %s is not visible on this host; it cannot be verified' % (
+                'region' if self.region else 'server', self.name))
         return [path]
 
 

@@ -71,7 +71,8 @@ def prepared_already(move, step, record):
 
 
 def prepare_destination(move):
-    """A fresh server admitting only the master, which waits paused for the stream at ID 0."""
+    """Fresh memory (a server admitting only the master, or a region all zeros), and the master
+    waiting paused for the stream (at ID 0 on our server)."""
     state = move.state()
     serving = [name for name, where in state['guests'].items() if where in ('running', 'paused', 'migrated')]
     if serving:
@@ -79,8 +80,7 @@ def prepare_destination(move):
             ', '.join(sorted(serving)), move.name))
     move.journal.write('preparing')
     move.remove_guest(move.master)
-    hold = dict(admission='held', hold_for=move.master) if move.builtin() else {}
-    move.server_here(**hold).restart()
+    move.fresh_memory()
     uri = move.params['uri']
     master_id = move.receive_guest(move.group['master'], uri)['ivshmem'][0].get('server_id')
     if move.builtin() and master_id != 0:
@@ -184,8 +184,7 @@ def commit_here(move, expected, answer=None):
         record = move.journal.write('verified', resumed_at=resumed_at)
     if answer is not None:
         answer({'ok': True, 'resumed_at': resumed_at})
-    if move.builtin():
-        move.server_here().keep_started()  # its hold released: admission opens for the peers
+    move.open_memory()  # admission opens for the peers
     started = _start_peers(move, [p for p in move.group.get('peers') or [] if p['name'] not in move.live])
     peers_running_at = max(started.values()) if started else record.get('peers_running_at')
     return move.journal.write('running', resumed_at=resumed_at, peers_running_at=peers_running_at)

@@ -159,6 +159,26 @@ GROUP_SERVER_OPTIONS = tuple(name for name in SERVER_FIELDS
                              if name not in ('name', 'size', 'vectors', 'pins', 'admit', 'accounts'))
 SERVER_DEFAULTS = defaults(SERVER_ARGS)
 
+# ---- region: ivshmem.fleet.region, each item of ivshmem.fleet.host's regions, a plain group's memory
+
+# A plain group's shared memory: a file root makes and owns, which the accounts in ``members``
+# (its group's, ivm-NAME by default) read and write; nobody else opens it.
+REGION_ARGS = dict(
+    name=dict(type='str', required=True),
+    state=dict(type='str', default='present', choices=['present', 'absent']),
+    size=dict(type='str', default='4M'),
+    shm_name=dict(type='str'),
+    memory_dir=dict(type='path'),
+    group=dict(type='str'),
+    mode=dict(type='raw', default='0660'),
+    members=dict(type='list', elements='str', default=[]),
+)
+REGION_TASK_OPTIONS = ('state',)
+REGION_FIELDS = tuple(name for name in REGION_ARGS if name not in REGION_TASK_OPTIONS)
+REGION_DEFAULTS = defaults(REGION_ARGS)
+# What a plain group's region takes from the group's region key (the group sets the others).
+GROUP_REGION_OPTIONS = tuple(name for name in REGION_FIELDS if name not in ('name', 'size', 'members'))
+
 # ---- ivshmem.fleet.host
 
 # What differs on one host from the inventory's groups (the hosts' variables
@@ -171,6 +191,7 @@ OVERRIDE_ARGS = dict(
 
 HOST_ARGS = dict(
     servers=dict(type='list', elements='dict', default=[]),
+    regions=dict(type='list', elements='dict', default=[]),
     guests=dict(type='list', elements='dict', default=[]),
     user=dict(type='str'),
     group=dict(type='str'),

@@ -14,7 +14,7 @@ short_description: Converge a hypervisor's ivshmem servers and guests in one cal
 version_added: 1.0.0
 description:
   - "Takes the servers and guests a host should run and converges them in one module run: the
-    service account and the runtime directory, then every server, then every guest with a master
+    service account and the runtime directory, then every server and region, then every guest with a master
     device, then the other guests. One SSH round trip and one Python start on the host, however
     many groups it serves."
   - Each item takes the options of M(ivshmem.fleet.server) or M(ivshmem.fleet.guest) and is
@@ -32,6 +32,13 @@ extends_documentation_fragment:
 options:
   servers:
     description: The servers, each with the options of M(ivshmem.fleet.server) (its O(ivshmem.fleet.server#module:state) too).
+    type: list
+    elements: dict
+    default: []
+  regions:
+    description:
+      - The shared memories of plain groups, each with the options of M(ivshmem.fleet.region) (its
+        O(ivshmem.fleet.region#module:state) too). Made after the servers and before any guest.
     type: list
     elements: dict
     default: []
@@ -59,6 +66,7 @@ notes:
   - The diff shows, per server and guest, what changes, as the per-item modules show it.
 seealso:
   - module: ivshmem.fleet.server
+  - module: ivshmem.fleet.region
   - module: ivshmem.fleet.guest
   - module: ivshmem.fleet.plan
 '''
@@ -90,6 +98,11 @@ qemu:
   type: dict
   sample: {"binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.22", "package": "Debian 1:7.2+dfsg-7+deb12u18+b3",
            "default_machine": "pc-i440fx-7.2"}
+regions:
+  description: Each region after the call, by name, as M(ivshmem.fleet.region) returns it.
+  returned: always
+  type: dict
+  sample: {"lg": {"state": "present", "path": "/dev/shm/ivshmem-fleet-lg", "group": "ivm-lg", "mode": "0660"}}
 servers:
   description: Each server after the call, by name, as M(ivshmem.fleet.server) returns it.
   returned: always

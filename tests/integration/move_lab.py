@@ -17,14 +17,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache'
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group, on_host  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
-from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout, RegionSpec  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError, read_journal  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (  # noqa: E402
     GroupMove, MoveFailed, Safeguards, StepFailed)
+from ansible_collections.ivshmem.fleet.plugins.module_utils._region import Region, RegionManager, region_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager, server_status  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._pki import Authority  # noqa: E402
 
@@ -95,7 +96,8 @@ class TwoHosts:
         self.root, self.tag = root, tag
         self.binaries = dict(binaries or {})
         self.layouts = dict((h, Layout(os.path.join(root, h))) for h in ('a', 'b'))
-        group = dict(group_options, name='g', host='a', size=size, vectors=2,
+        group = dict(group_options, name='g', host='a', size=size,
+                     vectors=None if group_options.get('type') == 'plain' else 2,
                      master=dict(master or {}, name='g-master', memory=memory, accel='tcg'),
                      peers=[dict(peer or {}, name='g-peer%d' % i, memory=memory, accel='tcg') for i in range(1, peers + 1)])
         self.group = normalize_group(0, group, ['a', 'b'], self.layouts['a'])
@@ -144,9 +146,13 @@ class TwoHosts:
 
     def deploy(self, host='a'):
         layout = self.layouts[host]
-        ServerManager(dict(self.group['server'], timeout=20, **self.overrides(host)), layout, False).run('started')
-        for guest in [self.group['master']] + self.group['peers']:
-            GuestManager(dict(guest, timeout=60, **self.guest_overrides(host)), layout, False).run('running')
+        group = on_host(self.group, self.overrides(host), self.guest_overrides(host))
+        if group['region']:
+            RegionManager(group['region'], layout, False).run('present')
+        else:
+            ServerManager(dict(group['server'], timeout=20), layout, False).run('started')
+        for guest in [group['master']] + group['peers']:
+            GuestManager(dict(guest, timeout=60), layout, False).run('running')
 
     def engine(self, source, destination, **options):
         options = dict(dict(uri='tcp:127.0.0.1:%d' % self.port, start_timeout=60, attempts=1, backoff=0,
@@ -160,6 +166,9 @@ class TwoHosts:
                          safeguards=weakened(disabled.split(',') if disabled else ()))
 
     def memory(self, host):
+        if self.group.get('region'):
+            status = region_status(self.layouts[host], 'g')
+            return status and status['state'] == 'present' and status['path']
         status = server_status(self.layouts[host], 'g')
         return status and status['memory']
 
@@ -184,6 +193,8 @@ class TwoHosts:
                 GuestManager(dict(name=name, timeout=10), layout, False).run('absent')
             for name in _host.names(layout.kind_dir('servers')):
                 ServerManager(dict(name=name, implementation='builtin', timeout=10), layout, False).run('absent')
+            for name in _host.names(layout.kind_dir('regions')):
+                Region(layout, RegionSpec(region_status(layout, name)['spec'])).remove()
 
 
 def main():

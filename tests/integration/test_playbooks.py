@@ -1,8 +1,10 @@
 """The modules driven through ansible-playbook against localhost (tests/playbooks/*.yml assert
 check mode, a real run and an unchanged second run)."""
+import grp
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -52,20 +54,30 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
         '  - {name: pbg, host: localhost, size: 4M, vectors: 2,\n'
         '     server: {shm_name: pbg-%s},\n'
         '     master: {name: pbg-master, memory: 32M, accel: tcg},\n'
-        '     peers: [{name: pbg-peer1, memory: 32M, accel: tcg}]}\n'.replace('{0}', root) % (
-            root, os.path.basename(root)))
+        '     peers: [{name: pbg-peer1, memory: 32M, accel: tcg}]}\n'
+        '  - {name: pbp, host: localhost, type: plain, size: 4M, region: {shm_name: pbp-%s},\n'
+        '     master: {name: pbp-master, memory: 32M, accel: tcg},\n'
+        '     peers: [{name: pbp-peer1, memory: 32M, accel: tcg}]}\n'.replace('{0}', root) % (
+            root, os.path.basename(root), os.path.basename(root)))
     args = ['-i', str(inventory), '-e', '@%s' % groups, os.path.join(REPO, 'playbooks', 'deploy.yml')]
     try:
         assert run_playbook(args + ['--check'], root) > 0
         assert not os.path.exists(os.path.join(root, 'servers'))
+        assert not os.path.exists('/dev/shm/pbp-%s' % os.path.basename(root))
         assert run_playbook(args, root) > 0
+        # The plain group's two guests share its region, each under its own account.
+        assert stat.S_IMODE(os.stat('/dev/shm/pbp-%s' % os.path.basename(root)).st_mode) == 0o660
+        assert sorted(grp.getgrnam('ivm-pbp').gr_mem) == ['ivg-pbp-master', 'ivg-pbp-peer1']
         assert not _tls.missing(os.path.join(root, 'tls'))
         assert run_playbook(args + ['--check'], root) == 0
         assert run_playbook(args, root) == 0
     finally:
-        for guest in ('pbg-master', 'pbg-peer1'):
+        for guest in ('pbg-master', 'pbg-peer1', 'pbp-master', 'pbp-peer1'):
             subprocess.run(['pkill', '-f', os.path.join(root, 'guests', guest, 'qmp.sock')], check=False)
         subprocess.run(['pkill', '-f', os.path.join(root, 'servers', 'pbg', 'ivshmem.sock')], check=False)
+        if os.path.exists('/dev/shm/pbp-%s' % os.path.basename(root)):
+            os.unlink('/dev/shm/pbp-%s' % os.path.basename(root))
+        subprocess.run(['groupdel', 'ivm-pbp'], check=False)
 
 
 def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):

@@ -33,7 +33,8 @@ DONE, TIMED_OUT, REFUSED = 0, 1, 2
 
 
 def _arguments(argv):
-    parser = argparse.ArgumentParser(prog='ivshmem-fleet-peer', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='ivshmem-fleet-peer', description='Join an ivshmem server as a host-side '
+                                     'peer: ring a peer, wait for doorbells, list the peers.')
     parser.add_argument('-S', dest='socket', required=True, help="the server's UNIX socket")
     parser.add_argument('-n', dest='vectors', type=int, default=1,
                         help='vectors per peer, as the server was started with (default 1)')

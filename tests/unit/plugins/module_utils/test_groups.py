@@ -147,3 +147,54 @@ def test_a_host_peer_shares_no_account_with_a_guest_of_another_group():
     with pytest.raises(ValidationError) as info:
         plan([group(), group(name='g2', master={'name': 'g2-m'}, peers=[], host_peers=[{'name': 'h', 'user': 'ivg-g1-p2'}])])
     assert info.value.field == 'groups[g2].host_peers[0].user'
+
+
+def plain(**overrides):
+    return group(**dict(dict(type='plain', vectors=None), **overrides))
+
+
+def test_a_plain_group_is_a_region_its_guests_and_host_accounts_share():
+    g1 = plan([plain(host_accounts=['looking-glass'])])['groups'][0]
+    assert g1['type'] == 'plain' and g1['server'] is None and g1['ids'] == {}
+    assert g1['region'] == {'name': 'g1', 'size': '16M', 'members': ['ivg-g1-m', 'ivg-g1-p1', 'ivg-g1-p2', 'looking-glass']}
+    assert g1['memory'] == '/dev/shm/ivshmem-fleet-g1' and g1['size'] == 16 << 20
+    assert g1['master']['ivshmem'] == [{'type': 'plain', 'memory_path': '/dev/shm/ivshmem-fleet-g1', 'size': '16M',
+                                        'role': 'master'}]
+    assert [p['ivshmem'][0]['role'] for p in g1['peers']] == ['peer', 'peer']
+
+
+@pytest.mark.parametrize('overrides,field', [
+    ({'vectors': 2}, 'groups[g1].vectors'),
+    ({'server': {'max_clients': 4}}, 'groups[g1].server'),
+    ({'host_peers': [{'name': 'h'}]}, 'groups[g1].host_peers'),
+    ({'peer_mode': 'live'}, 'groups[g1].peer_mode'),
+    ({'region': {'mode': '0666'}}, 'groups[g1].region.mode'),
+    ({'region': {'group': 'ivshmem'}}, 'groups[g1].region.group'),
+    ({'size': '3M'}, 'groups[g1].size'),
+    ({'region': {'owner': 'alice'}}, 'groups[g1].region.owner'),
+    ({'host_accounts': ['root']}, 'groups[g1].host_accounts[0]'),
+    ({'host_accounts': ['ivg-g1-p1']}, 'groups[g1].host_accounts[0]'),  # a guest's: it is in already
+    ({'type': 'ring'}, 'groups[g1].type'),
+])
+def test_plain_group_errors_name_the_field(overrides, field):
+    assert field_of([plain(**overrides)]) == field
+
+
+def test_a_doorbell_group_takes_no_region():
+    assert field_of([group(region={'mode': '0660'})]) == 'groups[g1].region'
+
+
+def test_a_host_keeps_a_plain_group_s_memory_where_its_overrides_say_and_its_guests_map_it_there():
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import on_host
+    g1 = plan([plain()])['groups'][0]
+    here = on_host(g1, {'shm_name': 'b-g1', 'max_clients': 8}, {'binary': '/opt/qemu'})
+    assert here['region'] == dict(g1['region'], shm_name='b-g1') and here['server'] is None
+    assert [guest['ivshmem'][0]['memory_path'] for guest in [here['master']] + here['peers']] == ['/dev/shm/b-g1'] * 3
+    assert here['master']['binary'] == '/opt/qemu'
+
+
+def test_a_host_account_is_no_guest_s_of_another_group():
+    with pytest.raises(ValidationError) as info:
+        plan([group(), plain(name='g2', master={'name': 'g2-m'}, peers=[], host_accounts=['ivg-g1-p1'])])
+    assert info.value.field == 'groups[g2].host_accounts[0]'
+    assert 'ivg-g1-p1 is the account of g1-p1 of group g1' in str(info.value)
