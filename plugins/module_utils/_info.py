@@ -13,6 +13,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU
+from ansible_collections.ivshmem.fleet.plugins.module_utils._region import region_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import server_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -48,6 +49,11 @@ class HostInfo(StateMachine):
             status = server_status(self.layout, name)
             if status is not None:
                 servers[name] = status
+        regions = {}
+        for name in _host.names(self.layout.kind_dir('regions')):
+            status = region_status(self.layout, name)
+            if status is not None:
+                regions[name] = status
         guests = {}
         for name in _host.names(self.layout.kind_dir('guests')):
             status = guest_status(self.layout, name)
@@ -61,6 +67,7 @@ class HostInfo(StateMachine):
                               'holder': record.get('holder'), 'history': record.get('history')})
                      for group, record in transitions(self.layout).items())
         self.result['ansible_facts'] = {'ivshmem_fleet': {
-            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'guests': guests, 'moves': moves,
+            'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'regions': regions, 'guests': guests,
+            'moves': moves,
             'host_memory': host_memory(),
             'qemu': _qemu_binary.installed(DEFAULT_QEMU, _qemu_binary.cache_dir(self.layout, self.check_mode))}}

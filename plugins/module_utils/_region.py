@@ -38,7 +38,7 @@ def region_status(layout, name):
     if record is None:
         return None
     path = RegionSpec(record).memory_path()
-    status = {'name': name, 'spec': record, 'path': path, 'state': 'missing', 'group': None, 'mode': None,
+    status = {'name': name, 'spec': record, 'path': path, 'memory': None, 'state': 'missing', 'group': None, 'mode': None,
               'size': None, 'members': None}
     try:
         status['members'] = sorted(grp.getgrnam(record['group']).gr_mem)
@@ -52,7 +52,7 @@ def region_status(layout, name):
         group = grp.getgrgid(info.st_gid).gr_name
     except KeyError:
         group = info.st_gid
-    status.update(state='present', group=group, mode='%04o' % stat.S_IMODE(info.st_mode), size=info.st_size,
+    status.update(state='present', memory=path, group=group, mode='%04o' % stat.S_IMODE(info.st_mode), size=info.st_size,
                   owner_uid=info.st_uid, squatted=_rules.squatted(info, 0))
     return status
 

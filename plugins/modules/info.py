@@ -73,6 +73,12 @@ ansible_facts:
           description: Each server with state, pid, socket, memory, hold and clients (see M(ivshmem.fleet.server)).
           type: dict
           sample: {"group1": {"state": "started", "pid": 4242, "clients": [{"id": 0, "name": "db-master"}]}}
+        regions:
+          description:
+            - Each plain group's region with state (V(present), or V(missing) when its file is gone),
+              C(memory) (the file), C(group), C(mode), C(size) and C(members) (see M(ivshmem.fleet.region)).
+          type: dict
+          sample: {"lg": {"state": "present", "memory": "/dev/shm/ivshmem-fleet-lg", "group": "ivm-lg", "mode": "0660"}}
         guests:
           description:
             - Each guest with state, run state, pid, ivshmem devices (role, IVPOSITION), migration state and

@@ -12,14 +12,35 @@ def fleet_facts(host):
     return result['ansible_facts']['ivshmem_fleet']
 
 
+def holders(facts):
+    """{group name: what holds its memory here}: a doorbell group's server, a plain group's region."""
+    return dict(list(facts['servers'].items()) + list((facts.get('regions') or {}).items()))
+
+
 def groups_here(host, facts):
-    """{server name: [guest statuses]} for every server this host runs."""
-    here = dict((name, []) for name in facts['servers'])
+    """{group name: [guest statuses]} for every server and region this host has."""
+    here = dict((name, []) for name in holders(facts))
+    regions = dict((region['memory'], name) for name, region in (facts.get('regions') or {}).items() if region['memory'])
     for guest in facts['guests'].values():
         for device in guest['ivshmem']:
-            if device.get('server') in here:
-                here[device['server']].append(guest)
+            group = device.get('server') or regions.get(device.get('memory_path'))
+            if group in here:
+                here[group].append(guest)
     return here
+
+
+def check_region(host, region):
+    """A plain group's region: root's file of its size, in its own group with its mode, whose
+    members are the ones stated (its guests' accounts and its host accounts)."""
+    spec = region['spec']
+    assert region['state'] == 'present', 'region %s is %s' % (region['name'], region['state'])
+    memory = host.file(region['memory'])
+    assert memory.exists and memory.size == spec['size'], 'region %s: %s' % (region['name'], region['memory'])
+    assert (memory.user, memory.group, '%04o' % memory.mode) == ('root', spec['group'], spec['mode']), \
+        'memory %s is %s:%s %04o, expected root:%s %s' % (region['memory'], memory.user, memory.group, memory.mode,
+                                                        spec['group'], spec['mode'])
+    assert sorted(region['members'] or []) == sorted(spec['members']), \
+        'group %s has members %s, expected %s' % (spec['group'], region['members'], spec['members'])
 
 
 def check_server(host, server):
@@ -41,11 +62,13 @@ def check_server(host, server):
 
 def check_guests(server, guests, expected=None):
     """One running master at ID 0, running peers with distinct IDs; each guest in the role and
-    at the ID the inventory gives it (master 0, peers 1.. in order), when the group is given."""
+    at the ID the inventory gives it (master 0, peers 1.. in order), when the group is given.
+    A plain group (``server`` is its region) has roles and no IDs."""
+    plain = 'members' in server  # a region's status
     want = {}
     if expected:
-        want = dict([(expected['master']['name'], ('master', 0))] +
-                    [(p['name'], ('peer', i + 1)) for i, p in enumerate(expected.get('peers') or [])])
+        want = dict([(expected['master']['name'], ('master', None if plain else 0))] +
+                    [(p['name'], ('peer', None if plain else i + 1)) for i, p in enumerate(expected.get('peers') or [])])
     roles = {}
     for guest in guests:
         device = guest['ivshmem'][0]
@@ -59,9 +82,10 @@ def check_guests(server, guests, expected=None):
         roles[guest['name']] = (role, device.get('server_id'))
     masters = [name for name, (role, _id) in roles.items() if role == 'master']
     assert len(masters) == 1, 'server %s has masters %s' % (server['name'], masters)
-    assert roles[masters[0]][1] == 0, 'master %s has ID %s' % (masters[0], roles[masters[0]][1])
-    ids = [peer_id for _role, peer_id in roles.values()]
-    assert len(set(ids)) == len(ids), 'IDs %s are not distinct' % ids
+    if not plain:
+        assert roles[masters[0]][1] == 0, 'master %s has ID %s' % (masters[0], roles[masters[0]][1])
+        ids = [peer_id for _role, peer_id in roles.values()]
+        assert len(set(ids)) == len(ids), 'IDs %s are not distinct' % ids
     if want:
         assert roles == want, 'group %s runs as %s, expected %s' % (server['name'], roles, want)
 
@@ -73,7 +97,7 @@ def check_pattern(host, server):
     record = host.file('%s/%s.sha1' % (PATTERN_DIR, server['name']))
     if not record.exists:
         return False
-    assert server['memory'], 'group %s has a recorded pattern but its server reports no memory file' % server['name']
+    assert server['memory'], 'group %s has a recorded pattern but reports no memory file here' % server['name']
     actual = host.check_output('sha1sum %s', server['memory']).split()[0]
     assert actual == record.content_string.strip(), 'memory of %s changed' % server['name']
     return True

@@ -1,7 +1,7 @@
 """The checks can tell: a memory file with the wrong mode, or a guest with the wrong role, fails them."""
 import pytest
 
-from checks import check_guests, check_server, fleet_facts, groups_here
+from checks import check_guests, check_region, check_server, fleet_facts, groups_here
 
 testinfra_hosts = ['ansible://hypervisors']
 
@@ -35,3 +35,17 @@ def test_a_guest_with_the_wrong_role_is_caught(host):
     swapped = {'master': {'name': peer['name']}, 'peers': [{'name': master['name']}]}
     with pytest.raises(AssertionError, match='expected'):
         check_guests(server, guests, swapped)
+
+
+def test_a_region_that_others_may_open_is_caught(host):
+    regions = [region for region in (fleet_facts(host).get('regions') or {}).values() if region['memory']]
+    if not regions:
+        pytest.skip('no plain group runs on this host')
+    region = regions[0]
+    host.run_test('chmod 0666 %s', region['memory'])
+    try:
+        with pytest.raises(AssertionError, match='memory'):
+            check_region(host, fleet_facts(host)['regions'][region['name']])
+    finally:
+        host.run_test('chmod %s %s', region['spec']['mode'], region['memory'])
+    check_region(host, fleet_facts(host)['regions'][region['name']])

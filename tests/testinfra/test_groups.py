@@ -1,7 +1,7 @@
 """Each lab host (or any inventory's hosts): its servers, guests, roles, IDs and memory."""
 import pytest
 
-from checks import check_guests, check_pattern, check_server, fleet_facts, groups_here
+from checks import check_guests, check_pattern, check_region, check_server, fleet_facts, groups_here, holders
 
 testinfra_hosts = ['ansible://hypervisors']
 
@@ -23,19 +23,29 @@ def test_servers_are_supervised_with_their_modes(host, facts):
         check_server(host, server)
 
 
+def test_regions_have_their_owner_group_mode_and_members(host, facts):
+    regions = facts.get('regions') or {}
+    expected = [group['name'] for group in host.ansible.get_variables().get('ivshmem_fleet_groups') or []
+                if group.get('type') == 'plain']
+    if not regions and not expected:
+        pytest.skip('no plain group in this inventory')
+    for region in regions.values():
+        check_region(host, region)
+
+
 def test_guests_have_their_roles_and_ids(host, facts):
     for name, guests in groups_here(host, facts).items():
-        check_guests(facts['servers'][name], guests, inventory_group(host, name))
+        check_guests(holders(facts)[name], guests, inventory_group(host, name))
 
 
 def test_written_patterns_are_intact(host, facts):
     """Every pattern recorded for a group running here is intact, and each group the inventory
     expects a pattern in (ivshmem_fleet_expected_patterns) has one recorded where it runs."""
     expected = set(host.ansible.get_variables().get('ivshmem_fleet_expected_patterns') or [])
-    checked = [name for name, server in sorted(facts['servers'].items()) if check_pattern(host, server)]
+    checked = [name for name, holder in sorted(holders(facts).items()) if check_pattern(host, holder)]
     if not expected and not checked:
         pytest.skip('no pattern written or expected in this inventory')
-    missing = sorted((expected & set(facts['servers'])) - set(checked))
+    missing = sorted((expected & set(holders(facts))) - set(checked))
     assert not missing, 'groups %s run here without a recorded pattern (checked: %s)' % (missing, checked)
 
 
@@ -55,10 +65,14 @@ def test_migration_credentials_are_root_s_and_the_keys_private(host):
     assert not handover.exists or host.check_output('ls -A /run/ivshmem-fleet/tls-handover') == ''
 
 
-def test_no_guest_without_its_server(host, facts):
+def test_no_guest_without_its_server_or_region(host, facts):
+    regions = set(region['memory'] for region in (facts.get('regions') or {}).values())
     for guest in facts['guests'].values():
         for device in guest['ivshmem']:
-            assert device.get('server') in facts['servers'], '%s uses a server not here' % guest['name']
+            if device['type'] == 'plain':
+                assert device['memory_path'] in regions, '%s maps %s, no region here' % (guest['name'], device['memory_path'])
+            else:
+                assert device.get('server') in facts['servers'], '%s uses a server not here' % guest['name']
 
 
 def test_inventory_groups_are_where_expected(host, facts):
@@ -72,8 +86,8 @@ def test_inventory_groups_are_where_expected(host, facts):
     me = variables['inventory_hostname']
     for group in groups:
         expected = placement.get(group['name'], group['host'])
-        assert (group['name'] in facts['servers']) == (expected == me), \
-            'group %s: expected on %s, servers here: %s' % (group['name'], expected, sorted(facts['servers']))
+        assert (group['name'] in holders(facts)) == (expected == me), \
+            'group %s: expected on %s, servers and regions here: %s' % (group['name'], expected, sorted(holders(facts)))
 
 
 def test_rollout_reached_every_host(host):

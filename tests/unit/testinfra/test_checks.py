@@ -106,3 +106,44 @@ def test_a_group_expected_with_a_pattern_but_without_one_recorded_fails():
     infra_groups.test_written_patterns_are_intact(both, facts)
     with pytest.raises(pytest.skip.Exception):
         infra_groups.test_written_patterns_are_intact(Host(), facts)
+
+
+class MemoryFile(object):
+    def __init__(self, user='root', group='ivm-g4', mode=0o660, size=4 << 20):
+        self.exists, self.user, self.group, self.mode, self.size = True, user, group, mode, size
+
+
+REGION = {'name': 'g4', 'state': 'present', 'memory': '/dev/shm/ivshmem-fleet-g4', 'members': ['ivg-g4-m', 'reader'],
+          'spec': {'size': 4 << 20, 'group': 'ivm-g4', 'mode': '0660', 'members': ['ivg-g4-m', 'reader']}}
+
+
+class RegionHost(Host):
+    def __init__(self, memory):
+        super(RegionHost, self).__init__()
+        self.memory = memory
+
+    def file(self, path):
+        return self.memory
+
+
+@pytest.mark.parametrize('memory, region, message', [
+    (MemoryFile(mode=0o666), REGION, 'is root:ivm-g4 0666'),
+    (MemoryFile(user='ivg-g4-m'), REGION, 'is ivg-g4-m:ivm-g4'),
+    (MemoryFile(group='ivshmem'), REGION, 'is root:ivshmem'),
+    (MemoryFile(size=1 << 20), REGION, 'region g4'),
+    (MemoryFile(), dict(REGION, members=['ivg-g4-m', 'reader', 'stranger']), 'has members'),
+    (MemoryFile(), dict(REGION, state='missing'), 'region g4 is missing'),
+], ids=['mode', 'owner', 'group', 'size', 'member', 'missing'])
+def test_a_region_not_as_stated_is_caught(memory, region, message):
+    checks.check_region(RegionHost(MemoryFile()), REGION)
+    with pytest.raises(AssertionError, match=message):
+        checks.check_region(RegionHost(memory), region)
+
+
+def test_a_plain_group_has_roles_and_no_ids():
+    plain = [{'name': n, 'state': 'running', 'ivshmem': [{'type': 'plain', 'role': r, 'server_id': None}]}
+             for n, r in (('g4-m', 'master'), ('g4-p', 'peer'))]
+    inventory = {'name': 'g4', 'master': {'name': 'g4-m'}, 'peers': [{'name': 'g4-p'}]}
+    checks.check_guests(REGION, plain, inventory)
+    with pytest.raises(AssertionError, match='expected'):
+        checks.check_guests(REGION, plain, {'name': 'g4', 'master': {'name': 'g4-p'}, 'peers': [{'name': 'g4-m'}]})
