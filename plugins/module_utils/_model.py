@@ -593,10 +593,12 @@ class GuestSpec:
         ``machine``: the machine to run (the versioned type this guest resolved before), else its own."""
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
         argv = [self.binary, '-name', self.name, '-machine', machine or self.machine, '-accel', accel_opt,
-                '-m', str(self.memory), '-smp', str(self.cpus)] + (['-cpu', self.cpu] if self.cpu else []) + [
-                '-nodefaults', '-no-user-config', '-display', 'none',
-                '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),
-                '-serial', 'file:%s' % layout.guest_console(self.name)]
+                '-m', str(self.memory), '-smp', str(self.cpus)]
+        if self.cpu:
+            argv += ['-cpu', self.cpu]
+        argv += ['-nodefaults', '-no-user-config', '-display', 'none',
+                 '-qmp', 'unix:%s,server=on,wait=off' % qemu_opt(layout.guest_qmp(self.name)),
+                 '-serial', 'file:%s' % layout.guest_console(self.name)]
         if self.sandbox:
             argv += ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']
         for index, disk in enumerate(self.disks):

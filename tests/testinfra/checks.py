@@ -37,8 +37,8 @@ def check_region(host, region):
     memory = host.file(region['memory'])
     assert memory.exists and memory.size == spec['size'], 'region %s: %s' % (region['name'], region['memory'])
     assert (memory.user, memory.group, '%04o' % memory.mode) == ('root', spec['group'], spec['mode']), \
-        'memory %s is %s:%s %04o, expected root:%s %s' % (region['memory'], memory.user, memory.group, memory.mode,
-                                                        spec['group'], spec['mode'])
+        'memory %s is %s:%s %04o, expected root:%s %s' % (
+            region['memory'], memory.user, memory.group, memory.mode, spec['group'], spec['mode'])
     assert sorted(region['members'] or []) == sorted(spec['members']), \
         'group %s has members %s, expected %s' % (spec['group'], region['members'], spec['members'])
 
