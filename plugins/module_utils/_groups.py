@@ -25,7 +25,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
-              'peer_mode', 'peer_fallback', 'peer_unplug_timeout', 'host_peers', 'type', 'region', 'host_accounts')
+              'peer_mode', 'peer_fallback', 'peer_unplug_timeout', 'host_peers', 'type', 'region', 'host_accounts',
+              'hugepages')
 HOST_PEER_KEYS = ('name', 'user')
 GROUP_TYPES = ('doorbell', 'plain')
 # A plain group has no server (ivshmem-plain: no doorbells, no IDs), a doorbell group no region.
@@ -155,6 +156,7 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     if not isinstance(peers, list):
         raise ValidationError(where + '.peers', 'must be a list')
     size = group.get('size', SERVER_DEFAULTS['size'])
+    hugepages = group.get('hugepages')  # its shared memory's page size (checked with its size, by its spec)
     vectors = None if plain else check_int(where + '.vectors', group.get('vectors', SERVER_DEFAULTS['vectors']), 1,
                                            MAX_VECTORS)
     pin_ids = group.get('pin_ids', True)
@@ -166,8 +168,12 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     unplug_timeout = check_int(where + '.peer_unplug_timeout', group.get('peer_unplug_timeout', 30), 1, 3600)
     region = dict(_mapping(where + '.region', group.get('region')), name=name, size=size)
     _only(where + '.region', region, GROUP_REGION_OPTIONS + ('name', 'size'))
-    region_spec = _region_spec(where, region) if plain else None
+    if hugepages:
+        region['hugepages'] = hugepages
+    region_spec = _region_spec(where, region, layout) if plain else None
     memory = region_spec.memory_path() if plain else None
+    if plain and hugepages:
+        region['memory_dir'] = region_spec.memory_dir  # its guests' devices name the file: the same path on its host
     guests = []
     for role, field, guest in [('master', where + '.master', master)] + \
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
@@ -208,14 +214,19 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         'guest_names': names, 'guest_memory': sum(spec.memory for _f, spec, _p in guests) << 20,
         'peer_mode': peer_mode, 'peer_fallback': peer_fallback, 'peer_unplug_timeout': unplug_timeout,
         'server': None, 'region': None, 'ids': {}, 'host_peers': [], 'host_accounts': [],
+        'hugepages': hugepages,
     }
+    specs = [spec for _f, spec, _p in guests]
     if plain:
         host_accounts = _host_accounts(where, group, users)
         region['members'] = [users[guest_name] for guest_name in names] + host_accounts
         # Its members are accounts checked already (the guests' specs, _host_accounts).
-        result.update(region=region, size=region_spec.size, memory=memory, host_accounts=host_accounts)
+        result.update(region=region, size=region_spec.size, memory=memory, host_accounts=host_accounts,
+                      hugepage_need=_hugepage_need(hugepages, region_spec.size, specs))
         return result
     server_params = dict(server, name=name, size=size, vectors=vectors)
+    if hugepages:
+        server_params['hugepages'] = hugepages
     if server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
         server_params['admit'] = list(members)
         named = dict((spec.name, spec.user) for _f, spec, params in guests if params.get('user'))
@@ -225,20 +236,31 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     if pin_ids and server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':
         # Host peers after every guest: ID 0 stays the master's whoever connects first.
         server_params['pins'] = dict((member, peer_id) for peer_id, member in enumerate(members))
-    spec = prefixed(where, lambda: ServerSpec(server_params))
+    spec = prefixed(where, lambda: ServerSpec(server_params, layout))
     result.update(server=server_params, size=spec.size, memory=spec.memory_path(),
+                  hugepage_need=_hugepage_need(hugepages, spec.size, specs),
                   ids=dict(server_params.get('pins', {})),
                   host_peers=[{'name': peer_name, 'user': user, 'id': server_params['pins'][peer_name]}
                               for _field, peer_name, user in host_peers])
     return result
 
 
-def _region_spec(where, region):
+def _hugepage_need(hugepages, size, guests):
+    """{page size: bytes} a group takes from a host's huge page pools: its shared memory on them
+    (``hugepages``, ``size`` in bytes) and its guests' RAM on them."""
+    need = {hugepages: size} if hugepages else {}
+    for spec in guests:
+        if spec.hugepages:
+            need[spec.hugepages] = need.get(spec.hugepages, 0) + (spec.memory << 20)
+    return need
+
+
+def _region_spec(where, region, layout):
     """A plain group's RegionSpec; an error names the group's field (its size, or its region's)."""
     try:
-        return RegionSpec(region)
+        return RegionSpec(region, layout)
     except ValidationError as exc:
-        field = exc.field if exc.field == 'size' else 'region.' + exc.field
+        field = exc.field if exc.field in ('size', 'hugepages') else 'region.' + exc.field
         raise ValidationError('%s.%s' % (where, field), str(exc).split(': ', 1)[1])
 
 

@@ -22,7 +22,7 @@ import stat
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _groups, _host, _qemu_binary, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _groups, _host, _hugepages, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import SERVICE_GROUP, check_list, prefixed
@@ -89,6 +89,7 @@ class HostConverger(StateMachine):
                             if guest.get('user') and guest['name'] in known)
             if accounts:
                 server['accounts'] = dict(accounts, **(server.get('accounts') or {}))
+        self.hugepages = _hugepages.check_pool_request('hugepages', params.get('hugepages') or {})
         self.servers, self.regions, self.masters, self.peers = [], [], [], []
         for index, region in enumerate(regions):
             self.regions.append(('regions[%d]' % index, region, self._manager(RegionManager, 'regions', index, region)))
@@ -116,6 +117,7 @@ class HostConverger(StateMachine):
             self.changed = True
         if not self.check_mode:  # key copies a run killed mid-handover left readable by a guest
             _tls.sweep_handover(self.layout.tls_handover())
+        self._hugepage_pools()  # before any memory on them is made
         for field, params, manager in self.servers + self.regions:
             self._run(field, 'servers' if field.startswith('servers') else 'regions', params, manager)
         for field, params, manager in self.masters + self.peers:
@@ -134,6 +136,19 @@ class HostConverger(StateMachine):
             _host.ensure_dir(path, 0o755)
             os.lchown(path, 0, 0)
             os.chmod(path, 0o755)
+
+    def _hugepage_pools(self):
+        """The pools at least as large as asked (grown, never shrunk), said in the result."""
+        changes = _hugepages.pool_changes(self.hugepages)
+        if changes:
+            self.changed = True
+            self.before['hugepages'] = dict((size, pages) for size, (pages, _asked) in changes.items())
+            self.after['hugepages'] = dict((size, asked) for size, (_pages, asked) in changes.items())
+            if not self.check_mode:
+                for size, (_pages, asked) in sorted(changes.items()):
+                    _hugepages.grow_pool(size, asked)
+        self.result['hugepages'] = dict((size, dict(pool, asked=self.hugepages.get(size)))
+                                        for size, pool in _hugepages.pools().items())
 
     def _run(self, field, kind, params, manager):
         result = prefixed(field, lambda: manager.run(params['state']))

@@ -9,7 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugepages, _qemu_binary
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import transitions
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import DEFAULT_QEMU
@@ -60,7 +60,7 @@ class HostInfo(StateMachine):
             if status is not None:
                 spec = status.pop('record').get('spec')
                 spec = spec if isinstance(spec, dict) else {}  # a damaged record: shown, not fatal
-                status.update(memory_mib=spec.get('memory'), cpus=spec.get('cpus'))
+                status.update(memory_mib=spec.get('memory'), cpus=spec.get('cpus'), hugepages=spec.get('hugepages'))
                 guests[name] = status
         moves = dict((group, {'step': record.get('step'), 'role': record.get('role'), 'source': record.get('source'),
                               'destination': record.get('destination'), 'run_id': record.get('run_id'),
@@ -70,4 +70,5 @@ class HostInfo(StateMachine):
             'runtime_dir': self.layout.runtime_dir, 'servers': servers, 'regions': regions, 'guests': guests,
             'moves': moves,
             'host_memory': host_memory(),
+            'hugepages': _hugepages.pools(),
             'qemu': _qemu_binary.installed(DEFAULT_QEMU, _qemu_binary.cache_dir(self.layout, self.check_mode))}}

@@ -88,6 +88,12 @@ class Layout:
         """A server's shared memory file: ``shm_name`` in ``memory_dir``, else in /dev/shm."""
         return os.path.join(memory_dir or SHM_DIR, shm_name)
 
+    def hugetlbfs(self, page_size):
+        """Where servers and regions keep memory on huge pages of ``page_size`` (``2M``, ``1G``):
+        a hugetlbfs of the fleet's own (_hugepages.py mounts it), not /dev/hugepages, which a
+        host may lack or keep root's alone."""
+        return os.path.join(self.runtime_dir, 'hugepages-%s' % page_size)
+
     @staticmethod
     def program(program_dir):
         """The builtin server's zipapp in ``program_dir`` (a server option, outside runtime_dir)."""

@@ -25,7 +25,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol im
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout  # noqa: F401 (re-exported: callers import it from here)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
     DISK_ARGS, DISK_DEFAULTS, GUEST_ARGS, GUEST_DEFAULTS, GUEST_FIELDS, IVSHMEM_ARGS, IVSHMEM_DEFAULTS,
-    REGION_DEFAULTS, REGION_FIELDS, SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
+    HUGEPAGE_SIZES, REGION_DEFAULTS, REGION_FIELDS, SERVER_ARGS, SERVER_DEFAULTS, SERVER_FIELDS, SERVICE_GROUP)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import NAME_RE, shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
@@ -34,6 +34,7 @@ MAX_SHM_SIZE = 1 << 40
 UPSTREAM_MAX_SIZE = 1 << 30  # contrib ivshmem-server fails above 1 GiB
 HOTPLUG_FIRST_SLOT = 0x10  # PCI slot (and q35 root port chassis) of a hotplug-placed ivshmem0
 TCG_TB_SIZE_MIB = 64  # QEMU 7.2's default TCG buffer is 1 GiB per guest
+RAM_BACKEND = 'pc.ram'  # the pc and q35 machines' RAM block
 # Every server and guest runs under its own account (``ivs-NAME``, ``ivg-NAME``), all in the
 # group SERVICE_GROUP (_options.py): it opens the servers' sockets and reads the migration
 # credentials. A server admits and pins by the account (SO_PEERCRED), which a process cannot
@@ -122,6 +123,31 @@ def check_size(field, value, minimum=MIN_SHM_SIZE, maximum=MAX_SHM_SIZE, power_o
     if power_of_two and size & (size - 1):
         raise ValidationError(field, '%d bytes is not a power of two (the ivshmem BAR must be)' % size)
     return size
+
+
+# Bytes of each huge page size (_options.HUGEPAGE_SIZES).
+HUGEPAGE_BYTES = {'2M': 2 << 20, '1G': 1 << 30}
+
+
+def check_hugepages(field, value, size=None, size_field='size'):
+    """A huge page size (``2M``, ``1G``) or None; ``size``: bytes that must be whole pages of it."""
+    if value is None:
+        return None
+    if value not in HUGEPAGE_SIZES:
+        raise ValidationError(field, 'must be one of %s, not %r' % (', '.join(HUGEPAGE_SIZES), value))
+    if size is not None and size % HUGEPAGE_BYTES[value]:
+        raise ValidationError(size_field, '%d bytes is not a whole number of %s huge pages (hugepages %s)' % (
+            size, value, value))
+    return value
+
+
+def hugepage_memory_dir(params, hugepages, layout):
+    """A server's or region's memory_dir: as given, else the fleet's hugetlbfs for ``hugepages``
+    (on ``layout``'s host), else None (/dev/shm)."""
+    memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
+    if memory_dir is None and hugepages:
+        return (layout or Layout()).hugetlbfs(hugepages)
+    return memory_dir
 
 
 def check_int(field, value, minimum, maximum):
@@ -255,7 +281,8 @@ class ServerSpec:
 
     FIELDS = SERVER_FIELDS
 
-    def __init__(self, params):
+    def __init__(self, params, layout=None):
+        """``layout``: the host's (where memory on huge pages lives, when memory_dir is not given)."""
         self.name = check_name('name', params.get('name'))
         self.implementation = check_choice('implementation', params.get('implementation') or
                                            SERVER_DEFAULTS['implementation'], SERVER_ARGS, 'implementation')
@@ -264,7 +291,8 @@ class ServerSpec:
         self.size = check_size('size', params.get('size', SERVER_DEFAULTS['size']), maximum=maximum)
         self.vectors = check_int('vectors', params.get('vectors', SERVER_DEFAULTS['vectors']), 1, MAX_VECTORS)
         self.shm_name = check_name('shm_name', params.get('shm_name') or 'ivshmem-fleet-' + self.name)
-        self.memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
+        self.hugepages = check_hugepages('hugepages', params.get('hugepages'), self.size)
+        self.memory_dir = hugepage_memory_dir(params, self.hugepages, layout)
         pins = params.get('pins') or {}
         if not isinstance(pins, dict):
             raise ValidationError('pins', 'must be a mapping of guest name to ID')
@@ -320,9 +348,11 @@ class ServerSpec:
 
     def to_dict(self):
         """The settings that define the running server (a change needs a restart)."""
-        data = dict((field, getattr(self, field)) for field in self.FIELDS)
+        data = dict((field, getattr(self, field)) for field in self.FIELDS if field != 'hugepages')
         if self.admit_any and self.implementation == 'builtin':
             data['admit_any'] = True  # only when set: the records of servers started before stay equal
+        if self.hugepages:
+            data['hugepages'] = self.hugepages  # the same
         data['socket_mode'] = '%04o' % self.socket_mode
         data['memory_mode'] = '%04o' % self.memory_mode
         return data
@@ -376,11 +406,13 @@ class RegionSpec:
 
     FIELDS = REGION_FIELDS
 
-    def __init__(self, params):
+    def __init__(self, params, layout=None):
+        """``layout``: the host's (where memory on huge pages lives, when memory_dir is not given)."""
         self.name = check_name('name', params.get('name'))
         self.size = check_size('size', params.get('size') or REGION_DEFAULTS['size'])
         self.shm_name = check_name('shm_name', params.get('shm_name') or 'ivshmem-fleet-' + self.name)
-        self.memory_dir = check_path('memory_dir', params.get('memory_dir'), required=False)
+        self.hugepages = check_hugepages('hugepages', params.get('hugepages'), self.size)
+        self.memory_dir = hugepage_memory_dir(params, self.hugepages, layout)
         self.group = check_account('group', params.get('group') or region_group(self.name))
         if self.group in PRIVILEGED_GROUPS or self.group == SERVICE_GROUP:
             raise ValidationError('group', '%s is not a group of this region alone: its members would open the memory '
@@ -402,9 +434,11 @@ class RegionSpec:
         return Layout.server_memory(self.shm_name, self.memory_dir)
 
     def to_dict(self):
-        data = dict((field, getattr(self, field)) for field in self.FIELDS)
+        data = dict((field, getattr(self, field)) for field in self.FIELDS if field != 'hugepages')
         data['mode'] = '%04o' % self.mode
         data['members'] = sorted(self.members)
+        if self.hugepages:
+            data['hugepages'] = self.hugepages  # only when set: the records of regions made before stay equal
         return data
 
 
@@ -522,6 +556,7 @@ class GuestSpec:
         self.binary = check_path('binary', params.get('binary') or GUEST_DEFAULTS['binary'])
         self.memory = check_size('memory', params.get('memory') or GUEST_DEFAULTS['memory'], minimum=16 << 20,
                                  maximum=1 << 42, power_of_two=False) >> 20
+        self.hugepages = check_hugepages('hugepages', params.get('hugepages'), self.memory << 20, 'memory')
         cpus = params.get('cpus')
         self.cpus = check_int('cpus', GUEST_DEFAULTS['cpus'] if cpus is None else cpus, 1, 256)
         self.machine = params.get('machine') or GUEST_DEFAULTS['machine']
@@ -592,8 +627,17 @@ class GuestSpec:
         the devices whose IDs are in ``unplugged`` are left out (their hotplug placement stays);
         ``machine``: the machine to run (the versioned type this guest resolved before), else its own."""
         accel_opt = 'kvm' if accel == 'kvm' else 'tcg,tb-size=%d' % TCG_TB_SIZE_MIB
-        argv = [self.binary, '-name', self.name, '-machine', machine or self.machine, '-accel', accel_opt,
-                '-m', str(self.memory), '-smp', str(self.cpus)]
+        machine = machine or self.machine
+        ram = []
+        if self.hugepages:
+            # RAM from the host's huge page pool, all of it taken at start (a short pool fails the
+            # start, not the guest later). Its id is the RAM block's name, pc.ram as without it, so
+            # a guest moves between hosts (and QEMU versions) with and without huge pages.
+            machine += ',memory-backend=%s' % RAM_BACKEND
+            ram = ['-object', 'memory-backend-memfd,id=%s,size=%dM,hugetlb=on,hugetlbsize=%d,prealloc=on' % (
+                RAM_BACKEND, self.memory, HUGEPAGE_BYTES[self.hugepages])]
+        argv = [self.binary, '-name', self.name, '-machine', machine, '-accel', accel_opt,
+                '-m', str(self.memory), '-smp', str(self.cpus)] + ram
         if self.cpu:
             argv += ['-cpu', self.cpu]
         argv += ['-nodefaults', '-no-user-config', '-display', 'none',

@@ -38,6 +38,8 @@ DEFAULT_PKI_DIR = '~/.ivshmem-fleet/pki'
 # The shared-memory checksums _checksum.py computes, and the default (why crc32: see there).
 CHECKSUMS = ('crc32', 'sha1', 'sha256', 'blake2b')
 DEFAULT_CHECKSUM = 'crc32'
+# Huge page sizes memory may be backed by (x86-64's: 2 MiB, and 1 GiB where the CPU has them).
+HUGEPAGE_SIZES = ('2M', '1G')
 
 
 def defaults(spec):
@@ -95,6 +97,7 @@ GUEST_ARGS = dict(
     memory=dict(type='str', default='128M'),
     cpus=dict(type='int', default=1),
     cpu=dict(type='str'),
+    hugepages=dict(type='str', choices=list(HUGEPAGE_SIZES)),
     machine=dict(type='str', default='pc'),
     accel=dict(type='str', default='auto', choices=['auto', 'kvm', 'tcg']),
     disks=dict(type='list', elements='dict', options=DISK_ARGS),
@@ -133,6 +136,7 @@ SERVER_ARGS = dict(
     vectors=dict(type='int', default=DEFAULT_VECTORS),
     shm_name=dict(type='str'),
     memory_dir=dict(type='path'),
+    hugepages=dict(type='str', choices=list(HUGEPAGE_SIZES)),
     pins=dict(type='dict'),
     admit=dict(type='list', elements='str'),
     admit_any=dict(type='bool', default=False),
@@ -151,12 +155,12 @@ SERVER_ARGS = dict(
 )
 # What the task does with the server (admission and hold_for become the spec's hold).
 SERVER_TASK_OPTIONS = ('state', 'admission', 'hold_for', 'supervisor', 'program_dir', 'restart_on_drift', 'timeout')
-# What defines the server (ServerSpec.FIELDS). admit_any is recorded only when set, so the records
-# of servers started before it stay equal.
+# What defines the server (ServerSpec.FIELDS). admit_any and hugepages are recorded only when set,
+# so the records of servers started before them stay equal.
 SERVER_FIELDS = tuple(name for name in SERVER_ARGS if name not in SERVER_TASK_OPTIONS + ('admit_any',))
 # What a group's server takes: the group sets the others from its own keys and its guests.
 GROUP_SERVER_OPTIONS = tuple(name for name in SERVER_FIELDS
-                             if name not in ('name', 'size', 'vectors', 'pins', 'admit', 'accounts'))
+                             if name not in ('name', 'size', 'vectors', 'hugepages', 'pins', 'admit', 'accounts'))
 SERVER_DEFAULTS = defaults(SERVER_ARGS)
 
 # ---- region: ivshmem.fleet.region, each item of ivshmem.fleet.host's regions, a plain group's memory
@@ -169,6 +173,7 @@ REGION_ARGS = dict(
     size=dict(type='str', default='4M'),
     shm_name=dict(type='str'),
     memory_dir=dict(type='path'),
+    hugepages=dict(type='str', choices=list(HUGEPAGE_SIZES)),
     group=dict(type='str'),
     mode=dict(type='raw', default='0660'),
     members=dict(type='list', elements='str', default=[]),
@@ -177,7 +182,7 @@ REGION_TASK_OPTIONS = ('state',)
 REGION_FIELDS = tuple(name for name in REGION_ARGS if name not in REGION_TASK_OPTIONS)
 REGION_DEFAULTS = defaults(REGION_ARGS)
 # What a plain group's region takes from the group's region key (the group sets the others).
-GROUP_REGION_OPTIONS = tuple(name for name in REGION_FIELDS if name not in ('name', 'size', 'members'))
+GROUP_REGION_OPTIONS = tuple(name for name in REGION_FIELDS if name not in ('name', 'size', 'hugepages', 'members'))
 
 # ---- ivshmem.fleet.host
 
@@ -193,6 +198,7 @@ HOST_ARGS = dict(
     servers=dict(type='list', elements='dict', default=[]),
     regions=dict(type='list', elements='dict', default=[]),
     guests=dict(type='list', elements='dict', default=[]),
+    hugepages=dict(type='dict', default={}),
     user=dict(type='str'),
     group=dict(type='str'),
     **OVERRIDE_ARGS

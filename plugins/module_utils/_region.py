@@ -21,7 +21,7 @@ import os
 import pwd
 import stat
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _rules
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugepages, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import RegionSpec, region_group
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import ServiceAdapter
@@ -37,7 +37,7 @@ def region_status(layout, name):
     record = _host.read_json(layout.region_record(name))
     if record is None:
         return None
-    path = RegionSpec(record).memory_path()
+    path = RegionSpec(record, layout).memory_path()
     status = {'name': name, 'spec': record, 'path': path, 'memory': None, 'state': 'missing', 'group': None, 'mode': None,
               'size': None, 'members': None}
     try:
@@ -108,7 +108,7 @@ class Region:
 
     @classmethod
     def from_params(cls, params, layout):
-        return cls(layout, RegionSpec(params))
+        return cls(layout, RegionSpec(params, layout))
 
     def status(self):
         return region_status(self.layout, self.spec.name)
@@ -128,7 +128,9 @@ class Region:
             _host.ensure_accounts([(member, member) for member in spec.members if not _account_known(member)])
             _host.set_group_members(spec.group, spec.members)
         elif step == 'create':
-            if spec.memory_dir:
+            if spec.hugepages:
+                _hugepages.prepare_memory_dir(self.layout, spec.memory_dir, spec.hugepages)
+            elif spec.memory_dir:
                 _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
             _host.make_shared_file(self.path, spec.size, grp.getgrnam(spec.group).gr_gid, spec.mode)
         elif step == 'settle':
@@ -147,7 +149,7 @@ class Region:
         """The file (root's only: the record is never trusted for another's), the record, and the
         group when it is the region's own."""
         status = self.status()
-        spec = RegionSpec(status['spec']) if status is not None else self.spec
+        spec = RegionSpec(status['spec'], self.layout) if status is not None else self.spec
         try:
             _host.remove_own_file(spec.memory_path(), 0)
         except _host.HostError as exc:

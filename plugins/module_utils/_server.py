@@ -16,7 +16,7 @@ import shutil
 import sys
 import zipfile
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _readiness, _rules
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugepages, _readiness, _rules
 from ansible_collections.ivshmem.fleet.plugins.module_utils._control_protocol import ControlError, control_request
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
@@ -138,7 +138,7 @@ class Server:
         """The server as the server module's options (or a group's server entry) describe it."""
         if params.get('admission') == 'held' and not params.get('hold_for'):
             raise ValidationError('hold_for', 'admission held needs the master guest name in hold_for')
-        spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None))
+        spec = ServerSpec(dict(params, hold=params.get('hold_for') if params.get('admission') == 'held' else None), layout)
         timeout = check_int('timeout', params.get('timeout', SERVER_DEFAULTS['timeout']), 1, 86400)  # 0 would fail half-way
         restart_on_drift = params.get('restart_on_drift', SERVER_DEFAULTS['restart_on_drift'])
         program_dir = check_path('program_dir', params.get('program_dir') or SERVER_DEFAULTS['program_dir'])
@@ -170,7 +170,9 @@ class Server:
             _host.write_file(program, builtin_program(), 0o644)
             _host.write_file(Layout.peer_program(self.program_dir), peer_program(), 0o644)
         _host.remove_stale_socket(self.paths['socket'])
-        if spec.memory_dir:
+        if spec.hugepages:
+            _hugepages.prepare_memory_dir(self.layout, spec.memory_dir, spec.hugepages)
+        elif spec.memory_dir:
             _host.ensure_dir(spec.memory_dir, 0o755)  # an existing one (/dev/shm) keeps its mode
         _host.write_json(self.paths['record'], self.desired_record())
         foreground = self.supervisor.kind == 'systemd'
@@ -245,7 +247,7 @@ class Server:
         """
         try:
             spec = ServerSpec(dict(recorded, name=self.spec.name, pins={}, hold=None, user=self.spec.user,
-                                   group=self.spec.group, max_clients=None))
+                                   group=self.spec.group, max_clients=None), self.layout)
         except ValidationError:
             spec = self.spec
         memory = spec.memory_path()

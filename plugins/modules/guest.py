@@ -63,6 +63,15 @@ options:
       - A guest that moves needs a model every host of the fleet can run; V(host) and V(max) are
         not migratable between different CPUs.
     type: str
+  hugepages:
+    description:
+      - The guest's RAM on huge pages of this size, from the host's pool (O(ivshmem.fleet.host#module:hugepages)
+        reserves it), all taken at start (a pool that is short fails the start, not the guest later).
+      - O(memory) must be whole pages of it. The RAM block keeps its name (C(pc.ram)), so the guest
+        moves to hosts and QEMU versions with or without huge pages alike.
+      - Unset, the RAM is ordinary memory.
+    type: str
+    choices: [2M, 1G]
   machine:
     description:
       - QEMU machine type, a versioned type (V(pc-i440fx-7.2)) or an alias (V(pc), V(q35)), with options

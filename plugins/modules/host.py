@@ -49,6 +49,16 @@ options:
     type: list
     elements: dict
     default: []
+  hugepages:
+    description:
+      - The host's huge page pools, page size (V(2M), V(1G)) to pages, grown to at least that many
+        before anything starts; a pool that is larger stays so (pages in use are never taken back).
+      - A kernel that gives fewer pages fails the task, naming the page size and the shortfall.
+        1 GiB pages are seldom free after boot; reserve them on the kernel command line.
+      - The pool is the kernel's, not kept across a reboot; the M(ivshmem.fleet.hypervisor) role sizes it from
+        the groups a host serves.
+    type: dict
+    default: {}
   user:
     description:
       - One account for every server and guest that does not name its own
@@ -98,6 +108,13 @@ qemu:
   type: dict
   sample: {"binary": "/usr/bin/qemu-system-x86_64", "version": "7.2.22", "package": "Debian 1:7.2+dfsg-7+deb12u18+b3",
            "default_machine": "pc-i440fx-7.2"}
+hugepages:
+  description:
+    - The kernel's huge page pools after the call, by page size, in pages (C(available) is free less
+      reserved), with the pages asked (null where none was).
+  returned: always
+  type: dict
+  sample: {"2M": {"page_size": 2097152, "total": 64, "free": 48, "reserved": 0, "surplus": 0, "available": 48, "asked": 64}}
 regions:
   description: Each region after the call, by name, as M(ivshmem.fleet.region) returns it.
   returned: always

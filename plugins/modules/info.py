@@ -100,6 +100,14 @@ ansible_facts:
               report both.
           type: dict
           sample: {"total": 1027772416, "available": 812384256}
+        hugepages:
+          description:
+            - The kernel's huge page pools by page size (V(2M), V(1G)), in pages, from C(/sys/kernel/mm/hugepages)
+              - C(total), C(free), C(reserved) (promised to a mapping, not yet touched), C(surplus) and C(available)
+              (free less reserved, what new memory can take). M(ivshmem.fleet.plan) places a group on huge pages only
+              where they are available. Empty where the kernel has none.
+          type: dict
+          sample: {"2M": {"page_size": 2097152, "total": 64, "free": 48, "reserved": 0, "surplus": 0, "available": 48}}
         qemu:
           description:
             - The guests' default QEMU (C(/usr/bin/qemu-system-x86_64)) - its C(version), distribution C(package)

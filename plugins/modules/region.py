@@ -46,8 +46,18 @@ options:
     description: File name in O(memory_dir); C(ivshmem-fleet-NAME) by default.
     type: str
   memory_dir:
-    description: Directory of the file; C(/dev/shm) by default.
+    description:
+      - Directory of the file; C(/dev/shm) by default, and the fleet's own hugetlbfs with O(hugepages).
+      - With O(hugepages), a directory given must be a hugetlbfs of that page size already.
     type: path
+  hugepages:
+    description:
+      - The memory on huge pages of this size, from the host's pool (O(ivshmem.fleet.host#module:hugepages)
+        reserves it); O(size) must be whole pages of it. Every page is taken when the file is made.
+      - Without O(memory_dir) the file lives on the fleet's own hugetlbfs, C(<runtime_dir>/hugepages-2M),
+        mounted when missing.
+    type: str
+    choices: [2M, 1G]
   group:
     description:
       - The group that reads and writes the memory; C(ivm-NAME) by default (created when missing).

@@ -67,6 +67,15 @@ options:
       - Name of the shared memory. Without O(memory_dir) it is the POSIX shared memory
         C(/dev/shm/NAME). Defaults to C(ivshmem-fleet-<name>).
     type: str
+  hugepages:
+    description:
+      - The memory on huge pages of this size, from the host's pool (O(ivshmem.fleet.host#module:hugepages)
+        reserves it); O(size) must be whole pages of it. Every page is taken when the server starts.
+      - Without O(memory_dir) the memory lives on the fleet's own hugetlbfs, C(<runtime_dir>/hugepages-2M),
+        mounted when missing (root's, mode 1770, the service group's); a O(memory_dir) given must
+        be a hugetlbfs of this page size already.
+    type: str
+    choices: [2M, 1G]
   memory_dir:
     description:
       - Directory for the memory file instead of C(/dev/shm), for example a hugetlbfs mount.
