@@ -441,6 +441,30 @@ def check_own_directory(field, path):
     return info
 
 
+def check_trusted_path(field, path):
+    """Refuse (ValidationError on ``field``) a directory path another account could redirect: every
+    part of it that exists must be root's, and one that others may write in must be sticky (/tmp,
+    /dev/shm: nobody moves another's entry there); a link is followed only when root owns it. Root
+    then makes and removes files in it by name without landing elsewhere."""
+    current = '/'
+    for part in [p for p in path.split('/') if p]:
+        current = os.path.join(current, part)
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return  # root makes the rest (ensure_dir: root's, 0755)
+        if stat.S_ISLNK(info.st_mode) and info.st_uid == 0:
+            current = os.path.realpath(current)
+            info = os.lstat(current)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or (
+                stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX):
+            raise ValidationError(field, '%s: %s is %s; root makes files only where no other account can move or '
+                                  'replace what is on the way' % (
+                                      path, current, 'not a directory' if not stat.S_ISDIR(info.st_mode) else
+                                      'another account\'s (uid %d)' % info.st_uid if info.st_uid != 0 else
+                                      'writable by others (mode %04o) and not sticky' % stat.S_IMODE(info.st_mode)))
+
+
 def remove_own_file(path, uid):
     """Unlink ``path`` only if it is a regular file owned by ``uid`` (records are not trusted for paths)."""
     try:

@@ -62,6 +62,8 @@ def steps_to_present(spec, status):
     'create', 'settle': the file's group and mode set again, 'record'). A file that root did not
     make, or of another size, is refused: it may be another's, or hold the group's memory."""
     desired = spec.to_dict()
+    # Root makes, sets and removes the file by name there: nothing another account can redirect.
+    _host.check_trusted_path('memory_dir', os.path.dirname(spec.memory_path()))
     steps = []
     try:
         members = sorted(grp.getgrnam(spec.group).gr_mem)

@@ -132,3 +132,17 @@ def test_a_plain_group_moves_whole_with_its_memory_and_its_host_reader_reads_it_
         assert read_as(reader, path) == (0, digest)  # the host reader reads it on b
     finally:
         hosts.teardown()
+
+
+def test_a_region_where_another_account_could_swap_the_path_is_refused_before_anything_is_made(builtin_lab):
+    tag = uuid.uuid4().hex[:6]
+    shared = os.path.join(builtin_lab.root, 'open')
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)  # anyone may rename or replace entries here
+    with pytest.raises(ValidationError) as info:
+        RegionManager(dict(name='o' + tag, size='4M', memory_dir=os.path.join(shared, 'regions')),
+                      builtin_lab.layout, False).run('present')
+    assert info.value.field == 'memory_dir' and 'not sticky' in str(info.value)
+    assert os.listdir(shared) == []
+    with pytest.raises(KeyError):
+        grp.getgrnam('ivm-o' + tag)

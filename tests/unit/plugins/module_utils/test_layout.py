@@ -8,6 +8,7 @@ import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _guest, _migration, _qemu_binary, _server, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
+from ansible_collections.ivshmem.fleet.plugins.module_utils._host import check_trusted_path
 from ansible_collections.ivshmem.fleet.plugins.module_utils._layout import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import GuestSpec, ServerSpec
 
@@ -118,3 +119,24 @@ def test_no_io(monkeypatch):
         getattr(layout, method)('n')
     layout.moves_dir(), layout.move_lock(), layout.qemu_cache(), layout.tls_handover()
     Layout.server_memory('m'), Layout.program('/p')
+
+
+def test_root_makes_files_only_where_no_other_account_can_redirect_the_path(tmp_path):
+    check_trusted_path('memory_dir', '/dev/shm')  # others write there, but it is sticky
+    check_trusted_path('memory_dir', str(tmp_path / 'not' / 'made' / 'yet'))
+    open_dir = tmp_path / 'open'
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(ValidationError, match='writable by others \\(mode 0777\\) and not sticky'):
+        check_trusted_path('memory_dir', str(open_dir / 'regions'))
+    theirs = tmp_path / 'theirs'
+    theirs.mkdir()
+    os.chown(str(theirs), 65534, 65534)
+    with pytest.raises(ValidationError, match='another account\'s \\(uid 65534\\)'):
+        check_trusted_path('memory_dir', str(theirs))
+    link = tmp_path / 'link'
+    link.symlink_to(open_dir)
+    os.lchown(str(link), 65534, 65534)  # a link of another account is not followed
+    with pytest.raises(ValidationError) as info:
+        check_trusted_path('memory_dir', str(link / 'x'))
+    assert info.value.field == 'memory_dir' and 'not a directory' in str(info.value)
