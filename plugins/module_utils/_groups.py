@@ -16,11 +16,11 @@ __metaclass__ = type
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._ivshmem_protocol import MAX_VECTORS
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
-    PRIVILEGED_USERS, GuestSpec, RegionSpec, ServerSpec, check_account, check_int, check_list, check_name,
+    HUGEPAGE_BYTES, PRIVILEGED_USERS, GuestSpec, RegionSpec, ServerSpec, check_account, check_int, check_list, check_name,
     host_peer_account, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
     GROUP_GUEST_OPTIONS, GROUP_REGION_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS)
-from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import place
+from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import check_destination_pages, hugepage_need, place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
@@ -343,9 +343,9 @@ class GroupPlan(StateMachine):
                                           '%s is the account of %s of group %s' % (account, runs_as[account][1],
                                                                                    runs_as[account][0]))
         by_host = dict((host, [g['name'] for g in plan if g['current_host'] == host]) for host in self.hosts)
-        self.result.update(groups=plan, by_host=by_host)
+        self.result.update(groups=plan, by_host=by_host, hugepages=host_hugepages(plan, self.hosts))
         if self.group is not None or self.evacuate is not None or self.destination is not None:
-            self.result['moves'] = select_moves(plan, self.hosts, self.group, self.evacuate, self.destination)
+            self.result['moves'] = select_moves(plan, self.hosts, self.group, self.evacuate, self.destination, self.facts)
         if self.rollout is not None:
             self.result['rollout'] = place(plan, self.hosts, self.facts, self.rollout)
 
@@ -368,6 +368,17 @@ class GroupPlan(StateMachine):
         return serving[0] if serving else group['host']
 
 
+def host_hugepages(plan, hosts):
+    """{host: {page size: pages}} the groups serving from each host take from its pools (each
+    group's need in whole pages): what the hypervisor role reserves there."""
+    pages = dict((host, {}) for host in hosts)
+    for group in plan:
+        here = pages.setdefault(group['current_host'], {})
+        for size, need in hugepage_need(group).items():
+            here[size] = here.get(size, 0) - (-need // HUGEPAGE_BYTES[size])
+    return pages
+
+
 def move_source(group, destination):
     """The host a move of ``group`` (as planned) to ``destination`` runs from: where it serves now,
     except that a move away from the destination left open is resolved between the destination
@@ -379,12 +390,13 @@ def move_source(group, destination):
     return source
 
 
-def select_moves(plan, hosts, group, evacuate, destination):
+def select_moves(plan, hosts, group, evacuate, destination, facts=None):
     """The moves of the migrate playbook, decided here once: the group named ``group``, or every
     group serving from host ``evacuate``, to ``destination``. A group already on the destination
     moves only when an earlier move of it is in transition (the move resolves it first); those
     come after the others. Each move: its ``name``, ``source``, ``destination`` and ``group`` (as
-    planned)."""
+    planned). Where ``facts`` show the destination's huge page pools, the groups' huge pages must
+    be available there, all of them together."""
     if (group is None) == (evacuate is None):
         raise ValidationError('group', 'give either group (a group to move) or evacuate (a host to empty)')
     if destination not in hosts:
@@ -397,5 +409,6 @@ def select_moves(plan, hosts, group, evacuate, destination):
         chosen = [g for g in plan if g['current_host'] == evacuate]
     selected = [g for g in chosen if g['current_host'] != destination] + \
         [g for g in chosen if g['current_host'] == destination and g['in_transition']]
+    check_destination_pages(selected, destination, (facts or {}).get(destination))
     return [{'name': g['name'], 'source': move_source(g, destination), 'destination': destination, 'group': g}
             for g in selected]

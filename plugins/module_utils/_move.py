@@ -24,10 +24,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import time
 from collections import namedtuple
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _qemu_binary, _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugepages, _qemu_binary, _tls
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
@@ -148,14 +149,26 @@ class HostMove:
 
     # --- what runs here ---------------------------------------------------------------
     def state(self):
-        guests, machines = {}, {}
+        """What of the group is here: each guest's state, its server's (or region's), the versioned
+        machine types its running guests resolved, and the huge pages they hold (``hugepages_held``,
+        {page size: bytes}: the memory file on them that exists, running guests' RAM on them)."""
+        guests, machines, held = {}, {}, {}
         for name in [self.master] + self.peers:
             status = guest_status(self.layout, name, registers=False)
             guests[name] = 'absent' if status is None else status['state']
             if status is not None and status['pid'] is not None and status.get('machine_type'):
                 machines[name] = status['machine_type']
+            spec = (status or {}).get('record', {}).get('spec') or {}
+            if status is not None and status['pid'] is not None and spec.get('hugepages') and \
+                    isinstance(spec.get('memory'), int):
+                held[spec['hugepages']] = held.get(spec['hugepages'], 0) + (spec['memory'] << 20)
         holder = region_status(self.layout, self.name) if self.region else server_status(self.layout, self.name)
-        return {'guests': guests, 'server': 'absent' if holder is None else holder['state'], 'machines': machines}
+        spec = (holder or {}).get('spec') or {}
+        memory = (holder or {}).get('path' if self.region else 'memory')
+        if spec.get('hugepages') and isinstance(spec.get('size'), int) and memory and os.path.exists(memory):
+            held[spec['hugepages']] = held.get(spec['hugepages'], 0) + spec['size']
+        return {'guests': guests, 'server': 'absent' if holder is None else holder['state'], 'machines': machines,
+                'hugepages_held': held}
 
     def _qemu(self):
         """({guest: its QEMU binary here}, {binary: what it offers}) for the preflight."""
@@ -174,7 +187,8 @@ class HostMove:
         """What the engine decides on: the journal, what runs here, the TLS credentials lacking."""
         binaries, offers = self._qemu()
         return {'record': record, 'state': self.state(), 'binaries': binaries, 'qemu': offers,
-                'tls_missing': _tls.missing(self.tls['dir']) if self.tls else [], 'ports_taken': self._ports_taken()}
+                'tls_missing': _tls.missing(self.tls['dir']) if self.tls else [], 'ports_taken': self._ports_taken(),
+                'hugepages': _hugepages.pools()}
 
     def _ports_taken(self):
         """The destination's ports of this move (the stream's and the verification channel's, the

@@ -27,7 +27,12 @@ description:
     destination's room is its available memory (never more than its total less what the servers and
     running guests on it are given) less O(rollout.reserve), capped by O(rollout.capacity), and it
     shrinks with every group placed on it in the batch. A group needs its guests' RAM,
-    O(rollout.guest_overhead) per guest and its shared memory. Before placing the batch, every group
+    O(rollout.guest_overhead) per guest and its shared memory. What a group keeps on huge pages (its shared memory
+    with C(hugepages), its guests' RAM with theirs) comes from the host's huge page pools instead, outside
+    its available memory (servers and running guests on them are left out of what a destination is given too),
+    and a group goes only where every page size it takes is available (C(hugepages) of M(ivshmem.fleet.info)'s
+    facts; a host without a pool of that size has none), counted per destination and page size through
+    the batch, and an error names the page size, the host with the most and the shortfall. Before placing the batch, every group
     of the inventory must fit alone on some destination other than its own host, else the error names
     the first that does not and by how much; a batch whose groups do not fit together fails naming the
     group left over. Nothing moves either way.
@@ -35,7 +40,9 @@ description:
     one decision the migrate playbook and M(ivshmem.fleet.group_migrate) act on. That is the named group, or
     every group serving from the evacuated host now, except those already on the destination; a group on
     the destination whose earlier move is in transition moves all the same (resolving that move first), after
-    the others. Nothing moves here either.
+    the others. Where O(facts) show the destination's huge page pools, the chosen groups' huge pages must be
+    available there together, else the error names the group, the host, the page size and the shortfall
+    (M(ivshmem.fleet.group_migrate) checks again before anything changes). Nothing moves here either.
   - Pure logic, run on the controller by the collection's action plugin of the same name. It makes no
     connection to the host the task names (use C(run_once)).
 author:
@@ -203,6 +210,17 @@ by_host:
   returned: success
   type: dict
   sample: {"hv1": ["g1"], "hv2": []}
+hugepages:
+  description:
+    - By host, the huge pages the groups serving from it now take, page size (V(2M), V(1G)) to pages - each group's
+      C(hugepage_need) (its shared memory on huge pages and its guests' RAM on them, bytes by page size, in
+      RV(groups)) in whole pages. Every host of O(hosts) is there, V({}) where none are needed.
+    - What the C(ivshmem.fleet.hypervisor) role reserves on each host (O(ivshmem.fleet.host#module:hugepages)),
+      with its C(ivshmem_fleet_hugepages_spare) for groups that move in.
+  returned: success
+  type: dict
+  sample: {"hv1": {"2M": 34}, "hv2": {}}
+  version_added: 1.1.0
 moves:
   description:
     - The moves for O(group) or O(evacuate), in order - each with C(name), C(source) (the host it runs from -
@@ -230,14 +248,19 @@ rollout:
       sample: {"g1": "s1", "g2": "s2"}
     moves:
       description:
-        - By host of the batch, the groups to move out - C(name), C(destination), C(need) (bytes) and
-          C(group) (as in RV(groups)). Empty for a host in O(rollout.skip) or one that serves no group.
+        - By host of the batch, the groups to move out - C(name), C(destination), C(need) (bytes of ordinary
+          memory; its huge pages are the group's C(hugepage_need)) and C(group) (as in RV(groups)). Empty for a
+          host in O(rollout.skip) or one that serves no group.
       type: dict
       sample: {"hv1": [{"name": "g1", "destination": "s1", "need": 243269632, "group": {"name": "g1"}}], "hv2": []}
     destinations:
-      description: By destination, its room (bytes), what is C(left) after this batch, and its C(groups).
+      description:
+        - By destination, its room (bytes of ordinary memory), what is C(left) after this batch, and its C(groups);
+          C(hugepages_room) and C(hugepages_left) - its huge pages available, in bytes by page size, before and after.
       type: dict
-      sample: {"s1": {"room": 812384256, "left": 569114624, "groups": ["g1"]}}
+      sample:
+        s1: {"room": 812384256, "left": 569114624, "groups": ["g1"], "hugepages_room": {"2M": 134217728},
+             "hugepages_left": {"2M": 62914560}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule

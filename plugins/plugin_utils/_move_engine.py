@@ -37,6 +37,8 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import Fleet
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import refusal_repeats
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_size
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import GUEST_DEFAULTS, IVSHMEM_DEFAULTS, MIGRATION_DEFAULTS
+from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import (
+    hugepage_need, hugepage_refusal, hugepage_room, hugepages_short)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qemu_binary import QemuBinaryError, check_guest
 from ansible_collections.ivshmem.fleet.plugins.module_utils._waiter import WaitTimeout, wait_for
 
@@ -319,8 +321,9 @@ class GroupMove:
 
     def _preflight(self, views):
         """Before anything changes: the destination's QEMU runs each guest of the group as its source
-        runs it (the versioned machine type it resolved, its ivshmem devices). The guests then start
-        on the destination with those types, whatever the alias resolves to there."""
+        runs it (the versioned machine type it resolved, its ivshmem devices), its ports are free and
+        its huge page pools have the group's huge pages. The guests then start on the destination
+        with those types, whatever the alias resolves to there."""
         src, dst = views[self.source], views[self.destination]
         if not self._whole(src['state']):
             return
@@ -351,6 +354,9 @@ class GroupMove:
                             '%s or give the group another migration_port' % (
                                 's' if len(taken) > 1 else '', ' and '.join(str(p) for p in taken),
                                 'them' if len(taken) > 1 else 'it'))
+        lacking = self._hugepages_lacking(dst)
+        if lacking:
+            problems.append(lacking)
         if problems:
             raise MoveFailed('group %s cannot move to %s, so nothing was changed: %s' % (
                 self.name, self.destination, '; '.join(problems)), dict(self.report, refused=True))
@@ -361,6 +367,21 @@ class GroupMove:
             return dict(guest, machine_type=types[guest['name']]) if types.get(guest['name']) else guest
         self.group = dict(self.group, master=pinned(self.group['master']),
                           peers=[pinned(peer) for peer in self.group.get('peers') or []])
+
+    def _hugepages_lacking(self, dst):
+        """Why the destination's pools cannot give the group's huge pages, or None. Pages the group
+        holds there already (a move resumed: its memory or guests left there) count as free to it;
+        a host side that does not report its pools says nothing (memory made there fails instead)."""
+        need = hugepage_need(self.group)
+        if not need or not isinstance(dst.get('hugepages'), dict):
+            return None
+        room = hugepage_room(dst)
+        for size, held in ((dst.get('state') or {}).get('hugepages_held') or {}).items():
+            room[size] = room.get(size, 0) + held
+        if not hugepages_short(need, room):
+            return None
+        return 'the group %s (grow its pool: the host variable ivshmem_fleet_hugepages_spare, which the hypervisor ' \
+               'role reserves, or ivshmem.fleet.host\'s hugepages)' % hugepage_refusal(need, [self.destination], {self.destination: room})
 
     def predict(self):
         """Check mode: what run() would do, from a look at both hosts; nothing changes."""

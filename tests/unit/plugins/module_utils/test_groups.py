@@ -198,3 +198,19 @@ def test_a_host_account_is_no_guest_s_of_another_group():
         plan([group(), plain(name='g2', master={'name': 'g2-m'}, peers=[], host_accounts=['ivg-g1-p1'])])
     assert info.value.field == 'groups[g2].host_accounts[0]'
     assert 'ivg-g1-p1 is the account of g1-p1 of group g1' in str(info.value)
+
+
+def test_the_plan_says_the_huge_pages_each_host_s_groups_take_in_whole_pages_per_size():
+    """By the host each group serves from now: its shared memory on huge pages and its guests' RAM
+    on them, per page size (what the hypervisor role reserves there)."""
+    g1 = group(hugepages='2M', master={'name': 'g1-m', 'memory': '32M', 'hugepages': '2M'})
+    g2 = group(name='g2', size='4M', hugepages='2M', master={'name': 'g2-m', 'memory': '1G', 'hugepages': '1G'},
+               peers=[{'name': 'g2-p'}])
+    g3 = group(name='g3', host='hv2', master={'name': 'g3-m'}, peers=[])
+    result = plan([g1, g2, g3], hosts=('hv1', 'hv2', 'hv3'))
+    assert result['groups'][0]['hugepage_need'] == {'2M': 48 << 20}
+    assert result['hugepages'] == {'hv1': {'2M': 24 + 2, '1G': 1}, 'hv2': {}, 'hv3': {}}
+    # A group found running elsewhere is counted there.
+    facts = {'hv3': {'guests': {'g2-m': {'state': 'running'}}}}
+    assert plan([g1, g2, g3], hosts=('hv1', 'hv2', 'hv3'), facts=facts)['hugepages'] == {
+        'hv1': {'2M': 24}, 'hv2': {}, 'hv3': {'2M': 2, '1G': 1}}

@@ -83,3 +83,21 @@ def test_release_and_mark_write_this_runs_journal(tmp_path):
     record = call(layout, 'release', outcome='moved')['record']
     assert (record['step'], record['outcome']) == ('done', 'moved')
     assert [entry[0] for entry in record['history']] == ['claimed', 'committing', 'done']
+
+
+def test_the_view_says_the_huge_pages_the_group_holds_here(tmp_path, monkeypatch):
+    """Its memory file on huge pages while it exists, its running guests' RAM on them: a resumed
+    move's destination counts them as free to the group (the engine's preflight)."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _move
+    memory = tmp_path / 'memory'
+    memory.write_bytes(b'')
+    guests = {'g-master': {'pid': 42, 'state': 'paused', 'record': {'spec': {'memory': 64, 'hugepages': '2M'}}},
+              'g-peer1': {'pid': None, 'state': 'stopped', 'record': {'spec': {'memory': 64, 'hugepages': '2M'}}}}
+    monkeypatch.setattr(_move, 'guest_status', lambda layout, name, registers: guests[name])
+    monkeypatch.setattr(_move, 'server_status', lambda layout, name: {
+        'state': 'stopped', 'memory': str(memory), 'spec': {'size': 4 << 20, 'hugepages': '2M'}})
+    move = HostMove(dict(group=GROUP, run_id='r1', step='inspect'), Layout(str(tmp_path)))
+    assert move.state()['hugepages_held'] == {'2M': (64 + 4) << 20}
+    memory.unlink()
+    guests['g-master']['record']['spec'].pop('hugepages')
+    assert move.state()['hugepages_held'] == {}

@@ -112,7 +112,8 @@ def test_reserve_and_overhead_count():
     facts = {'s1': room(1024, 400)}
     result = plan(groups, HOSTS, facts, batch=['hv1'], destinations=['s1'], reserve='100M', guest_overhead='64M')
     assert result['moves']['hv1'][0]['need'] == 200 * M
-    assert result['destinations']['s1'] == {'room': 300 * M, 'left': 100 * M, 'groups': ['a']}
+    assert result['destinations']['s1'] == {'room': 300 * M, 'left': 100 * M, 'groups': ['a'], 'hugepages_room': {},
+                                            'hugepages_left': {}}
     error = refused(groups, HOSTS, facts, batch=['hv1'], destinations=['s1'], reserve='256M', guest_overhead='64M')
     assert error.field == 'groups[a]' and '56 MiB short' in str(error)
 
@@ -164,3 +165,87 @@ def test_a_group_is_placed_only_where_its_qemu_runs_its_machine_types():
     assert error.field == 'groups[a]'
     assert str(error) == ("groups[a]: runs machine types pc-i440fx-10.0 (a-0), which no rollout destination's QEMU runs "
                           "(s1: QEMU 7.2.22, s2: QEMU 7.2.22): a QEMU runs the versioned types of its own version and older")
+
+
+# ---- huge pages: a group's hugepage_need comes from the kernel's pools, not ordinary memory
+
+def on_pages(facts, available):
+    """``facts`` with ivshmem.fleet.info's hugepages: {page size: pages available} as the kernel's pools."""
+    size_of = {'2M': 2 * M, '1G': 1024 * M}
+    return dict(facts, hugepages=dict((size, {'page_size': size_of[size], 'total': pages, 'free': pages, 'reserved': 0,
+                                              'surplus': 0, 'available': pages}) for size, pages in available.items()))
+
+
+def huge(name, host, guests_mib=(32,), size='4M', shared=True, ram=False):
+    """A group whose shared memory (``shared``) and guests' RAM (``ram``) are on 2M huge pages."""
+    made = group(name, host, guests_mib, size)
+    if shared:
+        made['hugepages'] = '2M'
+    if ram:
+        for guest in [made['master']] + made['peers']:
+            guest['hugepages'] = '2M'
+    return made
+
+
+def test_what_is_on_huge_pages_is_no_ordinary_memory_a_group_needs():
+    """A group's shared memory and its guests' RAM on huge pages come from the pools (outside
+    MemAvailable): its ordinary need is what is left, its QEMU overhead included."""
+    facts = {'s1': on_pages(room(1024), {'2M': 1000})}
+    result = plan([huge('a', 'hv1', (32, 32), '8M', ram=True)], HOSTS, facts, batch=['hv1'], destinations=['s1'],
+                  guest_overhead='16M')
+    assert result['moves']['hv1'][0]['need'] == 2 * 16 * M
+    result = plan([huge('a', 'hv1', (32, 32), '8M')], HOSTS, facts, batch=['hv1'], destinations=['s1'])
+    assert result['moves']['hv1'][0]['need'] == 64 * M
+    assert result['destinations']['s1']['hugepages_left'] == {'2M': (2000 - 8) * M}
+
+
+def test_a_group_is_placed_only_where_its_huge_pages_are_free_and_the_error_names_host_size_and_shortfall():
+    facts = {'s1': on_pages(room(1024), {'2M': 8}), 's2': on_pages(room(1024), {'2M': 16}), 's3': room(1024)}
+    error = refused([huge('g5', 'hv1', size='64M')], HOSTS + ['s3'], facts, batch=['hv1'], destinations=['s1', 's2', 's3'])
+    assert error.field == 'groups[g5]'
+    # s3 has no pool of 2M pages at all: it counts as none.
+    assert str(error) == 'groups[g5]: needs 64 MiB of 2M huge pages; most free: s2 with 32 MiB: 32 MiB short'
+    # A destination with the pages takes it even with less ordinary memory than another.
+    facts['s3'] = on_pages(room(200), {'2M': 40, '1G': 1})
+    result = plan([huge('g5', 'hv1', size='64M')], HOSTS + ['s3'], facts, batch=['hv1'], destinations=['s1', 's2', 's3'])
+    assert result['assignment'] == {'g5': 's3'}
+    assert result['destinations']['s3']['hugepages_left'] == {'2M': 16 * M, '1G': 1024 * M}
+
+
+def test_huge_pages_are_counted_per_destination_and_page_size_through_the_batch():
+    """Two groups whose memory fits s1 alone, but whose huge pages fit there one at a time: the
+    second goes to s2 (more ordinary memory left on s1 notwithstanding), a third fits nowhere."""
+    facts = {'s1': on_pages(room(4096), {'2M': 40}), 's2': on_pages(room(512), {'2M': 40})}
+    groups = [huge('a', 'hv1', (64,), '64M'), huge('b', 'hv2', (32,), '64M')]
+    result = plan(groups, HOSTS, facts, batch=['hv1', 'hv2'], destinations=['s1', 's2'])
+    assert result['assignment'] == {'a': 's1', 'b': 's2'}
+    assert [result['destinations'][h]['hugepages_left'] for h in ('s1', 's2')] == [{'2M': 16 * M}, {'2M': 16 * M}]
+    error = refused(groups + [huge('c', 'hv3', (16,), '32M')], HOSTS, facts, batch=['hv1', 'hv2', 'hv3'],
+                    destinations=['s1', 's2'])
+    assert error.field == 'groups[c]'
+    assert "needs 32 MiB of 2M huge pages; with this batch's groups placed before it (a on s1, b on s2), most free: " \
+           "s1 with 16 MiB: 16 MiB short" in str(error), error
+
+
+def test_guest_ram_on_huge_pages_needs_its_page_size_too():
+    """Shared memory on 2M pages and RAM on 1G pages: each size counted, the one short named."""
+    made = huge('a', 'hv1', (1024,), '4M')
+    made['master']['hugepages'] = '1G'
+    facts = {'s1': on_pages(room(512), {'2M': 2, '1G': 0})}
+    error = refused([made], HOSTS, facts, batch=['hv1'], destinations=['s1'])
+    assert str(error) == ('groups[a]: needs 1024 MiB of 1G and 4 MiB of 2M huge pages; s1 has 0 MiB of 1G available: '
+                          '1024 MiB short')
+    assert plan([made], HOSTS, {'s1': on_pages(room(512), {'2M': 2, '1G': 1})}, batch=['hv1'],
+                destinations=['s1'])['assignment'] == {'a': 's1'}
+
+
+def test_room_leaves_out_running_guests_and_servers_on_huge_pages():
+    """Their memory is in the pools, not in MemTotal's ordinary share: only their QEMU overhead
+    and the servers' and guests' ordinary memory count."""
+    facts = room(1000, guests={'x': {'state': 'running', 'memory_mib': 512, 'hugepages': '2M'},
+                               'y': {'state': 'running', 'memory_mib': 100}},
+                 servers={'x': {'state': 'started', 'spec': {'size': 256 * M, 'hugepages': '2M'}},
+                          'y': {'state': 'started', 'spec': {'size': 4 * M}}})
+    result = plan([group('a', 'hv1', (32,))], HOSTS, {'s1': facts}, batch=['hv1'], destinations=['s1'],
+                  guest_overhead='10M')
+    assert result['destinations']['s1']['room'] == (1000 - 10 - 110 - 4) * M

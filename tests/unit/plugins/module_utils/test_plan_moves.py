@@ -101,3 +101,45 @@ def test_a_move_needs_one_group_or_host_and_a_destination_of_the_inventory(param
 def test_no_moves_without_group_or_evacuate():
     """deploy.yml and rollout.yml plan without them: their result stays as it was."""
     assert 'moves' not in GroupPlan({'groups': GROUPS, 'hosts': HOSTS}, Layout(), False).run('planned')
+
+
+def pools(**facts_by_host):
+    """Facts whose hosts show these 2M pools (available pages), as ivshmem.fleet.info gives them."""
+    facts = running()
+    for host, pages in facts_by_host.items():
+        facts[host]['hugepages'] = {'2M': {'page_size': 2 << 20, 'total': pages, 'free': pages, 'reserved': 0,
+                                           'surplus': 0, 'available': pages}}
+    return facts
+
+
+def test_a_destination_without_the_groups_huge_pages_is_refused_naming_it_and_the_shortfall():
+    groups = [dict(group('g1', 'hv1'), hugepages='2M', size='64M'), dict(group('g2', 'hv1'), hugepages='2M'),
+              group('g3', 'hv2')]
+    error = refused(groups=groups, facts=pools(hv3=16), group='g1', destination='hv3')
+    assert (error.field, str(error)) == ('groups[g1]', 'groups[g1]: needs 64 MiB of 2M huge pages; hv3 has 32 MiB available: '
+                                                       '32 MiB short')
+    # An evacuation counts the groups moving there before: g1 fits alone, g2 not after it.
+    error = refused(groups=groups, facts=pools(hv3=33), evacuate='hv1', destination='hv3')
+    assert str(error) == ('groups[g2]: needs 4 MiB of 2M huge pages; with the groups moving there before it (g1), '
+                          'hv3 has 2 MiB available: 2 MiB short')
+    assert moves(pools(hv3=34), groups=groups, evacuate='hv1', destination='hv3') == [('g1', 'hv1', 'hv3'),
+                                                                                      ('g2', 'hv1', 'hv3')]
+    # Facts without the destination's pools (not gathered) say nothing: the move's preflight decides.
+    assert moves(running(), groups=groups, group='g1', destination='hv3') == [('g1', 'hv1', 'hv3')]
+    # A destination whose facts show no pool of that size has none.
+    facts = pools(hv3=1000)
+    facts['hv3']['hugepages'] = {}
+    assert 'hv3 has 0 MiB available: 64 MiB short' in str(refused(groups=groups, facts=facts, group='g1', destination='hv3'))
+
+
+def test_a_group_whose_move_there_is_in_transition_is_left_to_the_preflight():
+    """g1's interrupted move hv2 -> hv1 may hold its pages on hv1 already (the facts cannot tell):
+    moving it to hv1 or back to hv2 is not refused here; the move's preflight counts them."""
+    groups = [dict(group('g1', 'hv1'), hugepages='2M'), group('g2', 'hv1'), group('g3', 'hv2')]
+    facts = in_transition('hv2', 'hv1')
+    for host in HOSTS:
+        facts[host]['hugepages'] = {}
+    assert moves(facts, groups=groups, group='g1', destination='hv1') == [('g1', 'hv2', 'hv1')]
+    assert moves(facts, groups=groups, group='g1', destination='hv2') == [('g1', 'hv1', 'hv2')]
+    error = refused(groups=groups, facts=facts, group='g1', destination='hv3')
+    assert 'hv3 has 0 MiB available: 4 MiB short' in str(error)

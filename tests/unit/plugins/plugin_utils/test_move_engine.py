@@ -232,3 +232,41 @@ def test_outages_compare_the_hosts_clocks_as_read_cheaply_not_from_a_module_s_ro
     move._figures({'sent': {'stopped_at': stopped}}, {'resumed_at': stopped + 5.0 + 0.3})
     assert 290 <= move.report['master_outage_ms'] <= 310, move.report
     assert move.report['clock_uncertainty_ms'] < 10
+
+
+def with_pools(view_, available, held=None):
+    """``view_`` with the host's 2M pool (``available`` pages) and the group's pages it holds."""
+    pools = {'2M': {'page_size': 2 << 20, 'total': 64, 'free': available, 'reserved': 0, 'surplus': 0,
+                    'available': available}}
+    return dict(view_, hugepages=pools, state=dict(view_['state'], hugepages_held=held or {}))
+
+
+@pytest.mark.parametrize('available, held, refused', [
+    (1, None, True),  # 2 MiB of the 4 MiB shared memory
+    (2, None, False),
+    (0, {'2M': 4 << 20}, False),  # a resumed move: its memory is there already, holding the pages
+])
+def test_a_destination_without_the_groups_huge_pages_is_refused_before_anything_changes(available, held, refused):
+    log = []
+    group = dict(GROUP, hugepage_need={'2M': 4 << 20})
+    claimed = {'record': {'run_id': 'new', 'step': 'claimed'}}
+    dest = with_pools(view(guests='absent'), available, held)
+    a = {'inspect': view(), 'claim': dict(view(), **claimed), 'prepare_destination': StepFailed('stop here')}
+    b = {'inspect': dest, 'claim': dict(dest, **claimed), 'prepare_destination': StepFailed('stop here')}
+    hosts = {'a': Scripted(a, log, 'a'), 'b': Scripted(b, log, 'b')}
+    move = GroupMove(group, 'a', 'b', hosts, {'uri': 'tcp:x:1', 'relay_checksums': True, 'tls_dirs': None}, run_id='new')
+    with pytest.raises(MoveFailed) as info:
+        move.run()
+    if not refused:
+        assert 'prepare_destination:b' in log  # past the preflight
+        return
+    assert str(info.value) == (
+        'group g cannot move to b, so nothing was changed: the group needs 4 MiB of 2M huge pages; b has 2 MiB '
+        'available: 2 MiB short (grow its pool: the host variable ivshmem_fleet_hugepages_spare, which the hypervisor '
+        'role reserves, or ivshmem.fleet.host\'s hugepages)')
+    assert info.value.report.get('refused')
+    assert [s for s in log if not s.startswith(('inspect', 'claim', 'release'))] == []
+    # Check mode predicts it the same.
+    with pytest.raises(MoveFailed) as predicted:
+        GroupMove(group, 'a', 'b', hosts, {'uri': 'tcp:x:1'}, run_id='other').predict()
+    assert 'b has 2 MiB available: 2 MiB short' in str(predicted.value)
