@@ -119,7 +119,9 @@ ROLE_OPTIONS = {
     'group_deploy': {},
     'hypervisor': {'hypervisor_group': (_options.CREDENTIALS_ARGS, 'group'),
                    'hypervisor_tls_dir': (_options.CREDENTIALS_ARGS, 'dest'),
-                   'hypervisor_pki_dir': (_options.CREDENTIALS_ARGS, 'pki_dir')},
+                   'hypervisor_pki_dir': (_options.CREDENTIALS_ARGS, 'pki_dir'),
+                   'hypervisor_hugepages_planned': (_options.HOST_ARGS, 'hugepages'),
+                   'hypervisor_hugepages_spare': (_options.HOST_ARGS, 'hugepages')},
 }
 
 
