@@ -1,5 +1,6 @@
 """Real QEMU, real servers, real QMP: a small lab on this machine for the integration tests."""
 import ctypes
+import fcntl
 import os
 import resource
 import shutil
@@ -10,6 +11,7 @@ import uuid
 
 import pytest
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _hugepages
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._migration import Migration
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
@@ -22,6 +24,7 @@ _PR_SET_MDWE = 65  # prctl: deny memory that is both writable and executable, ke
 _PR_MDWE_REFUSE_EXEC_GAIN = 1
 sys.path.insert(0, os.path.join(REPO, 'tests', 'lab'))
 import idle_guest  # noqa: E402
+from move_lab import unmount_hugetlbfs  # noqa: E402
 
 UPSTREAM = os.environ.get('IVSHMEM_FLEET_UPSTREAM_SERVER',
                           os.path.join(REPO, '.cache', 'upstream', 'bin', 'ivshmem-server'))
@@ -179,3 +182,73 @@ def start_server():
             with open(os.path.join(os.path.dirname(sock), 'server.log')) as handle:
                 assert 'keeping the memory file %s' % memory in handle.read()
             os.unlink(memory)
+
+
+HUGEPAGE_LOCK = '/run/ivshmem-fleet-test-hugepages.lock'
+PAGE_2M = 2 << 20
+
+
+def hugepages_in_use():
+    """2 MiB pages of the kernel's pool that are taken or promised (total - free + reserved)."""
+    pool = _hugepages.pools()['2M']
+    return pool['total'] - pool['free'] + pool['reserved']
+
+
+class HugepagePool:
+    """The kernel's 2 MiB pool for one test, which holds the lock every test that changes the
+    pool takes (the pool is the machine's). ``pool(pages)``: at least ``pages`` pages available
+    beyond those in use now (never lowered below what was found). ``pool.hold(leave)``: every page
+    available now but ``leave`` taken by a placeholder file on a hugetlbfs of its own (a host's
+    pool short, honestly: the pages are gone); ``pool.release()`` gives them back. At the end the
+    placeholder goes, and the pool is set back to what was found, never below the pages in use."""
+
+    def __init__(self):
+        self.total = os.path.join(_hugepages.SYSFS, 'hugepages-2048kB', 'nr_hugepages')
+        self.found = _hugepages.pools()['2M']['total']
+        self.mount = None
+
+    def __call__(self, pages):
+        self._set(max(self.found, hugepages_in_use() + pages))
+        return _hugepages.pools()['2M']
+
+    def _set(self, pages):
+        with open(self.total, 'w') as handle:
+            handle.write('%d\n' % pages)
+
+    def hold(self, leave=0):
+        self.release()
+        pages = _hugepages.pools()['2M']['available'] - leave
+        assert pages >= 0, 'fewer than %d pages available to leave' % leave
+        self.mount = lab_root()
+        subprocess.run(['mount', '-t', 'hugetlbfs', '-o', 'pagesize=2M,mode=0700', 'ivshmem-fleet-test', self.mount],
+                       check=True)
+        fd = os.open(os.path.join(self.mount, 'placeholder'), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            if pages:
+                os.posix_fallocate(fd, 0, pages * PAGE_2M)  # taken now (hugetlbfs takes no write())
+        finally:
+            os.close(fd)
+        assert _hugepages.pools()['2M']['available'] == leave
+        return pages
+
+    def release(self):
+        if self.mount:
+            unmount_hugetlbfs(self.mount)  # the file's pages go with the file system
+            os.rmdir(self.mount)
+            self.mount = None
+
+    def restore(self):
+        self.release()
+        self._set(max(self.found, hugepages_in_use()))
+
+
+@pytest.fixture
+def hugepage_pool():
+    """The machine's 2 MiB huge page pool for this test, locked (see HugepagePool)."""
+    with open(HUGEPAGE_LOCK, 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pool = HugepagePool()
+        try:
+            yield pool
+        finally:
+            pool.restore()

@@ -9,13 +9,14 @@ a test can kill it at any step as a controller would be killed:
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), '.cache', 'collections'))
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _tls  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugepages, _tls  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import normalize_group, on_host  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import GuestManager, guest_status  # noqa: E402
@@ -23,6 +24,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import Layout
 from ansible_collections.ivshmem.fleet.plugins.module_utils._module import OPERATIONAL  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move import run_step  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import MoveError, read_journal  # noqa: E402
+from ansible_collections.ivshmem.fleet.plugins.module_utils._options import HUGEPAGE_SIZES  # noqa: E402
 from ansible_collections.ivshmem.fleet.plugins.plugin_utils._move_engine import (  # noqa: E402
     GroupMove, MoveFailed, Safeguards, StepFailed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._region import Region, RegionManager, region_status  # noqa: E402
@@ -34,6 +36,12 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         return probe.getsockname()[1]
+
+
+def unmount_hugetlbfs(path):
+    """The hugetlbfs at ``path``, if one is mounted there (lazily: a closing process may hold it)."""
+    if (_hugepages.mount_of(path) or ('',))[0] == 'hugetlbfs':
+        subprocess.run(['umount', '-l', path], check=True)
 
 
 class LocalHost:
@@ -195,6 +203,8 @@ class TwoHosts:
                 ServerManager(dict(name=name, implementation='builtin', timeout=10), layout, False).run('absent')
             for name in _host.names(layout.kind_dir('regions')):
                 Region(layout, RegionSpec(region_status(layout, name)['spec'])).remove()
+            for size in HUGEPAGE_SIZES:  # the fleet's own, mounted by the first memory made on it
+                unmount_hugetlbfs(layout.hugetlbfs(size))
 
 
 def main():
