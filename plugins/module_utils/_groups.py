@@ -19,9 +19,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._model import (
     HUGEPAGE_BYTES, PRIVILEGED_USERS, GuestSpec, RegionSpec, ServerSpec, check_account, check_int, check_list, check_name,
     host_peer_account, prefixed)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import (
-    GROUP_GUEST_OPTIONS, GROUP_REGION_OPTIONS, GROUP_SERVER_OPTIONS, SERVER_DEFAULTS)
+    GROUP_GUEST_OPTIONS, GROUP_REGION_OPTIONS, GROUP_SERVER_OPTIONS, GUEST_DEFAULTS, SERVER_DEFAULTS)
 from ansible_collections.ivshmem.fleet.plugins.module_utils._placement import check_destination_pages, hugepage_need, place
 from ansible_collections.ivshmem.fleet.plugins.module_utils._rules import shared_account
+from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 from ansible_collections.ivshmem.fleet.plugins.module_utils._state_machine import StateMachine
 
 GROUP_KEYS = ('name', 'host', 'size', 'vectors', 'server', 'pin_ids', 'master', 'peers', 'migration_port',
@@ -216,13 +217,12 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         'server': None, 'region': None, 'ids': {}, 'host_peers': [], 'host_accounts': [],
         'hugepages': hugepages,
     }
-    specs = [spec for _f, spec, _p in guests]
     if plain:
         host_accounts = _host_accounts(where, group, users)
         region['members'] = [users[guest_name] for guest_name in names] + host_accounts
         # Its members are accounts checked already (the guests' specs, _host_accounts).
-        result.update(region=region, size=region_spec.size, memory=memory, host_accounts=host_accounts,
-                      hugepage_need=_hugepage_need(hugepages, region_spec.size, specs))
+        result.update(region=region, size=region_spec.size, memory=memory, host_accounts=host_accounts)
+        result['hugepage_need'] = hugepage_need_of(result)
         return result
     server_params = dict(server, name=name, size=size, vectors=vectors)
     if hugepages:
@@ -238,20 +238,24 @@ def normalize_group(index, group, hosts, layout, accounts=None):
         server_params['pins'] = dict((member, peer_id) for peer_id, member in enumerate(members))
     spec = prefixed(where, lambda: ServerSpec(server_params, layout))
     result.update(server=server_params, size=spec.size, memory=spec.memory_path(),
-                  hugepage_need=_hugepage_need(hugepages, spec.size, specs),
                   ids=dict(server_params.get('pins', {})),
                   host_peers=[{'name': peer_name, 'user': user, 'id': server_params['pins'][peer_name]}
                               for _field, peer_name, user in host_peers])
+    result['hugepage_need'] = hugepage_need_of(result)
     return result
 
 
-def _hugepage_need(hugepages, size, guests):
+def hugepage_need_of(group):
     """{page size: bytes} a group takes from a host's huge page pools: its shared memory on them
-    (``hugepages``, ``size`` in bytes) and its guests' RAM on them."""
-    need = {hugepages: size} if hugepages else {}
-    for spec in guests:
-        if spec.hugepages:
-            need[spec.hugepages] = need.get(spec.hugepages, 0) + (spec.memory << 20)
+    (its server's or region's ``hugepages``) and its guests' RAM on them. Of a group as planned
+    (its ``hugepage_need``), or as it runs on one host (``on_host``: a host whose overrides take
+    its guests off huge pages needs none for them); guests' memory as GuestSpec counts it (whole MiB)."""
+    memory = group.get('server') or group.get('region') or {}
+    need = {memory['hugepages']: group['size']} if memory.get('hugepages') else {}
+    for guest in [group['master']] + list(group.get('peers') or []):
+        if guest.get('hugepages'):
+            ram = parse_size(guest.get('memory') or GUEST_DEFAULTS['memory']) >> 20 << 20
+            need[guest['hugepages']] = need.get(guest['hugepages'], 0) + ram
     return need
 
 

@@ -32,7 +32,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host, _hugep
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_live_peers as live
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _move_steps as steps
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import ValidationError
-from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import on_host
+from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import hugepage_need_of, on_host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._guest import Guest, exit_log, guest_status
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import check_name
 from ansible_collections.ivshmem.fleet.plugins.module_utils._move_journal import Heartbeat, Journal, MoveError
@@ -188,7 +188,16 @@ class HostMove:
         binaries, offers = self._qemu()
         return {'record': record, 'state': self.state(), 'binaries': binaries, 'qemu': offers,
                 'tls_missing': _tls.missing(self.tls['dir']) if self.tls else [], 'ports_taken': self._ports_taken(),
-                'hugepages': _hugepages.pools()}
+                'hugepages': _hugepages.pools(), 'hugepage_need': self._hugepage_need()}
+
+    def _hugepage_need(self):
+        """The huge pages the group takes here, this host's overrides applied (a host whose guests
+        run without huge pages needs none for them), or None where an override is no size (the
+        guest's own start says so, by field)."""
+        try:
+            return hugepage_need_of(self.group)
+        except ValueError:
+            return None
 
     def _ports_taken(self):
         """The destination's ports of this move (the stream's and the verification channel's, the

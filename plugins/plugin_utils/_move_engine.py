@@ -369,10 +369,12 @@ class GroupMove:
                           peers=[pinned(peer) for peer in self.group.get('peers') or []])
 
     def _hugepages_lacking(self, dst):
-        """Why the destination's pools cannot give the group's huge pages, or None. Pages the group
-        holds there already (a move resumed: its memory or guests left there) count as free to it;
-        a host side that does not report its pools says nothing (memory made there fails instead)."""
-        need = hugepage_need(self.group)
+        """Why the destination's pools cannot give the group's huge pages, or None. The destination
+        says what the group takes there (its overrides may run the guests without huge pages), else
+        the plan's need counts. Pages the group holds there already (a move resumed: its memory or
+        guests left there) count as free to it; a host side that does not report its pools says
+        nothing (memory made there fails instead)."""
+        need = dst['hugepage_need'] if isinstance(dst.get('hugepage_need'), dict) else hugepage_need(self.group)
         if not need or not isinstance(dst.get('hugepages'), dict):
             return None
         room = hugepage_room(dst)

@@ -214,3 +214,13 @@ def test_the_plan_says_the_huge_pages_each_host_s_groups_take_in_whole_pages_per
     facts = {'hv3': {'guests': {'g2-m': {'state': 'running'}}}}
     assert plan([g1, g2, g3], hosts=('hv1', 'hv2', 'hv3'), facts=facts)['hugepages'] == {
         'hv1': {'2M': 24}, 'hv2': {}, 'hv3': {'2M': 2, '1G': 1}}
+
+
+def test_a_hosts_overrides_change_the_huge_pages_the_group_takes_there():
+    """A host whose guest overrides run the guests without huge pages needs none for their RAM
+    (guest RAM on huge pages moves to hosts without them): the need is the group's as it runs there."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils._groups import hugepage_need_of, on_host
+    g1 = plan([group(hugepages='2M', master={'name': 'g1-m', 'memory': '32M', 'hugepages': '2M'})])['groups'][0]
+    assert hugepage_need_of(g1) == g1['hugepage_need'] == {'2M': 48 << 20}
+    assert hugepage_need_of(on_host(g1, {}, {'hugepages': None})) == {'2M': 16 << 20}
+    assert hugepage_need_of(on_host(g1, {}, {'hugepages': '2M'})) == {'2M': (16 + 32 + 2 * 128) << 20}

@@ -234,23 +234,28 @@ def test_outages_compare_the_hosts_clocks_as_read_cheaply_not_from_a_module_s_ro
     assert move.report['clock_uncertainty_ms'] < 10
 
 
-def with_pools(view_, available, held=None):
-    """``view_`` with the host's 2M pool (``available`` pages) and the group's pages it holds."""
+def with_pools(view_, available, held=None, **reported):
+    """``view_`` with the host's 2M pool (``available`` pages) and the group's pages it holds
+    (``reported``: what else its inspect says, the group's need there say)."""
     pools = {'2M': {'page_size': 2 << 20, 'total': 64, 'free': available, 'reserved': 0, 'surplus': 0,
                     'available': available}}
-    return dict(view_, hugepages=pools, state=dict(view_['state'], hugepages_held=held or {}))
+    return dict(view_, hugepages=pools, state=dict(view_['state'], hugepages_held=held or {}), **reported)
 
 
-@pytest.mark.parametrize('available, held, refused', [
-    (1, None, True),  # 2 MiB of the 4 MiB shared memory
-    (2, None, False),
-    (0, {'2M': 4 << 20}, False),  # a resumed move: its memory is there already, holding the pages
+@pytest.mark.parametrize('available, held, reported, refused', [
+    (1, None, {}, True),  # 2 MiB of the 4 MiB shared memory
+    (2, None, {}, False),
+    (0, {'2M': 4 << 20}, {}, False),  # a resumed move: its memory is there already, holding the pages
+    # The destination says what the group takes there (its overrides), over the plan's need.
+    (1, None, {'hugepage_need': {}}, False),
+    (4, None, {'hugepage_need': {'2M': 68 << 20}}, True),
 ])
-def test_a_destination_without_the_groups_huge_pages_is_refused_before_anything_changes(available, held, refused):
+def test_a_destination_without_the_groups_huge_pages_is_refused_before_anything_changes(available, held, reported,
+                                                                                        refused):
     log = []
     group = dict(GROUP, hugepage_need={'2M': 4 << 20})
     claimed = {'record': {'run_id': 'new', 'step': 'claimed'}}
-    dest = with_pools(view(guests='absent'), available, held)
+    dest = with_pools(view(guests='absent'), available, held, **reported)
     a = {'inspect': view(), 'claim': dict(view(), **claimed), 'prepare_destination': StepFailed('stop here')}
     b = {'inspect': dest, 'claim': dict(dest, **claimed), 'prepare_destination': StepFailed('stop here')}
     hosts = {'a': Scripted(a, log, 'a'), 'b': Scripted(b, log, 'b')}
@@ -259,6 +264,9 @@ def test_a_destination_without_the_groups_huge_pages_is_refused_before_anything_
         move.run()
     if not refused:
         assert 'prepare_destination:b' in log  # past the preflight
+        return
+    if reported:
+        assert 'the group needs 68 MiB of 2M huge pages; b has 8 MiB available: 60 MiB short' in str(info.value)
         return
     assert str(info.value) == (
         'group g cannot move to b, so nothing was changed: the group needs 4 MiB of 2M huge pages; b has 2 MiB '
