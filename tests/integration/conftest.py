@@ -208,8 +208,17 @@ class HugepagePool:
         self.mount = None
 
     def __call__(self, pages):
-        self._set(max(self.found, hugepages_in_use() + pages))
-        return _hugepages.pools()['2M']
+        wanted = max(self.found, hugepages_in_use() + pages)
+        for _attempt in range(2):
+            self._set(wanted)
+            pool = _hugepages.pools()['2M']
+            if pool['total'] >= wanted:
+                return pool
+            # Fragmented memory gives fewer pages than asked: compacted once, asked again.
+            with open('/proc/sys/vm/compact_memory', 'w') as handle:
+                handle.write('1\n')
+        pytest.fail('the kernel gave %d 2 MiB huge pages of the %d asked (memory fragmented or short)' % (
+            pool['total'], wanted))
 
     def _set(self, pages):
         with open(self.total, 'w') as handle:
