@@ -5,7 +5,6 @@ before, during and after. Real QEMU (7.2 and 10.0), real servers, the real kerne
 Before these options, memory on huge pages took a hand-made memory_dir on a hugetlbfs someone
 mounted, and guest RAM on them extra_args; nothing counted the pool.
 """
-import fcntl
 import hashlib
 import mmap
 import os
@@ -18,38 +17,10 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import Fleet
 from ansible_collections.ivshmem.fleet.plugins.module_utils._host_converge import HostConverger
 from ansible_collections.ivshmem.fleet.plugins.module_utils._server import ServerManager
 
-from conftest import lab_root
+from conftest import hugepages_in_use, lab_root
 from move_lab import TwoHosts
 
 MIB = 1 << 20
-PAGE = 2 * MIB
-
-
-POOL = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages'
-
-
-@pytest.fixture
-def hugepage_pool():
-    """``grow(pages)``: the 2 MiB pool at least ``pages`` more than are in use now; the pool as it
-    was afterwards (never below what is in use). Locked: other tests change the same kernel pool."""
-    with open('/run/ivshmem-fleet-test-hugepages.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        with open(POOL) as handle:
-            found = int(handle.read())
-
-        def grow(pages):
-            with open(POOL, 'w') as handle:
-                handle.write('%d\n' % (in_use() + pages))
-        yield grow
-        with open(POOL, 'w') as handle:
-            handle.write('%d\n' % max(found, in_use()))
-
-
-def in_use():
-    """2 MiB pages the kernel has handed out (made memory takes them at once: prealloc, fallocate)."""
-    pool = os.path.dirname(POOL)
-    with open(os.path.join(pool, 'nr_hugepages')) as total, open(os.path.join(pool, 'free_hugepages')) as free:
-        return int(total.read()) - int(free.read())
 
 
 def write_pattern(path, size):
@@ -73,23 +44,16 @@ def sha1_of(path, size):
         os.close(fd)
 
 
-def unmount_lab(hosts):
-    for layout in hosts.layouts.values():
-        mount = layout.hugetlbfs('2M')
-        if _hugepages.mount_of(mount):
-            os.system('umount -l %s' % mount)
-
-
 def test_a_doorbell_group_on_huge_pages_moves_whole_and_the_pool_is_counted(hugepage_pool):
     hugepage_pool(80)
-    before = in_use()
+    before = hugepages_in_use()
     hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], size='2M', peers=1, memory='32M', hugepages='2M',
                      master={'hugepages': '2M'}, peer={'hugepages': '2M'})
     assert hosts.group['hugepage_need'] == {'2M': 66 * MIB}
     try:
         hosts.deploy('a')
         # The server's memory (1 page) and both guests' RAM (16 pages each), all taken at start.
-        assert in_use() - before == 33
+        assert hugepages_in_use() - before == 33
         path = hosts.memory('a')
         assert path == os.path.join(hosts.layouts['a'].hugetlbfs('2M'), 't-%s-a-g' % hosts.tag)
         assert _hugepages.mount_of(os.path.dirname(path))[0] == 'hugetlbfs'
@@ -100,30 +64,28 @@ def test_a_doorbell_group_on_huge_pages_moves_whole_and_the_pool_is_counted(huge
         assert (here['g-master'], here['g-master:id'], here['g-peer1'], here['g-peer1:id']) == ('running', 0, 'running', 1)
         assert set(hosts.where('a').values()) == {'absent'} and not hosts.memory('a')
         assert sha1_of(hosts.memory('b'), 2 * MIB) == digest
-        assert in_use() - before == 33  # a's pages given back, b holds the same
+        assert hugepages_in_use() - before == 33  # a's pages given back, b holds the same
     finally:
         hosts.teardown()
-        unmount_lab(hosts)
-    assert in_use() == before
+    assert hugepages_in_use() == before
 
 
 def test_a_plain_group_on_huge_pages_moves_with_its_memory(hugepage_pool):
     hugepage_pool(8)
-    before = in_use()
+    before = hugepages_in_use()
     hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], type='plain', size='4M', peers=1, hugepages='2M')
     try:
         hosts.deploy('a')
-        assert in_use() - before == 2
+        assert hugepages_in_use() - before == 2
         digest = write_pattern(hosts.memory('a'), 4 * MIB)
         report = hosts.engine('a', 'b').run()
         assert report['outcome'] == 'moved', report
         assert set(hosts.where('a').values()) == {'absent'} and not hosts.memory('a')
         assert sha1_of(hosts.memory('b'), 4 * MIB) == digest
-        assert in_use() - before == 2
+        assert hugepages_in_use() - before == 2
     finally:
         hosts.teardown()
-        unmount_lab(hosts)
-    assert in_use() == before
+    assert hugepages_in_use() == before
 
 
 class WithoutHugepagesOnB(TwoHosts):
@@ -137,26 +99,25 @@ class WithoutHugepagesOnB(TwoHosts):
 def test_guest_ram_on_huge_pages_moves_from_qemu_7_2_to_10_0_without_them_and_back(hugepage_pool, qemu_backports):
     """The RAM block keeps its name (pc.ram) with and without huge pages, on both QEMU versions."""
     hugepage_pool(40)
-    before = in_use()
+    before = hugepages_in_use()
     hosts = WithoutHugepagesOnB(lab_root(), uuid.uuid4().hex[:6], peers=0, memory='32M', binaries={'b': qemu_backports},
                                 master={'hugepages': '2M'})
     try:
         hosts.deploy('a')
-        assert in_use() - before == 16
+        assert hugepages_in_use() - before == 16
         report = hosts.engine('a', 'b').run()
         assert report['outcome'] == 'moved', report
-        assert hosts.where('b')['g-master'] == 'running' and in_use() == before  # RAM as ordinary memory on b
+        assert hosts.where('b')['g-master'] == 'running' and hugepages_in_use() == before  # RAM as ordinary memory on b
         report = hosts.engine('b', 'a').run()
         assert report['outcome'] == 'moved', report
-        assert hosts.where('a')['g-master'] == 'running' and in_use() - before == 16
+        assert hosts.where('a')['g-master'] == 'running' and hugepages_in_use() - before == 16
     finally:
         hosts.teardown()
-        unmount_lab(hosts)
-    assert in_use() == before
+    assert hugepages_in_use() == before
 
 
 def test_the_host_module_grows_the_pool_predicts_it_and_never_shrinks_it(builtin_lab, hugepage_pool):
-    hugepage_pool(0)  # the pool as it was afterwards
+    hugepage_pool(0)  # locked, and the pool as it was afterwards
     total = _hugepages.pools()['2M']['total']
     asked = {'hugepages': {'2M': total + 4}}
     predicted = HostConverger(asked, builtin_lab.layout, True).run('present')
