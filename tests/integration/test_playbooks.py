@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils import _tls
+from ansible_collections.ivshmem.fleet.plugins.module_utils import _hugepages, _tls
 
-from conftest import REPO, lab_root
+from conftest import REPO, hugepages_in_use, lab_root
+from move_lab import unmount_hugetlbfs
 
 PLAYBOOKS = os.path.join(REPO, 'tests', 'playbooks')
 
@@ -37,9 +38,13 @@ def run_playbook(args, root):
     return recap_changed(run_playbook_output(args))
 
 
-def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
+def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path, hugepage_pool):
     """ivshmem.fleet.deploy against localhost as the one hypervisor: check mode predicts and
-    changes nothing, the real run deploys, then check mode and a second run report no change."""
+    changes nothing, the real run deploys, then check mode and a second run report no change. The
+    doorbell group's memory and its master's RAM are on huge pages: the hypervisor role grows the
+    pool to what the plan says the host's groups take."""
+    hugepage_pool(0)  # locked, and the pool as it was afterwards
+    pool_before, used_before = _hugepages.pools()['2M']['total'], hugepages_in_use()
     root = lab_root()
     inventory = tmp_path / 'inventory.yml'
     inventory.write_text(
@@ -51,9 +56,9 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
         'ivshmem_fleet_tls_dir: {0}/tls\n'
         'ivshmem_fleet_pki_dir: {0}/pki\n'
         'ivshmem_fleet_groups:\n'
-        '  - {name: pbg, host: localhost, size: 4M, vectors: 2,\n'
+        '  - {name: pbg, host: localhost, size: 4M, vectors: 2, hugepages: 2M,\n'
         '     server: {shm_name: pbg-%s},\n'
-        '     master: {name: pbg-master, memory: 32M, accel: tcg},\n'
+        '     master: {name: pbg-master, memory: 32M, accel: tcg, hugepages: 2M},\n'
         '     peers: [{name: pbg-peer1, memory: 32M, accel: tcg}]}\n'
         '  - {name: pbp, host: localhost, type: plain, size: 4M, region: {shm_name: pbp-%s},\n'
         '     master: {name: pbp-master, memory: 32M, accel: tcg},\n'
@@ -64,7 +69,12 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
         assert run_playbook(args + ['--check'], root) > 0
         assert not os.path.exists(os.path.join(root, 'servers'))
         assert not os.path.exists('/dev/shm/pbp-%s' % os.path.basename(root))
+        assert _hugepages.pools()['2M']['total'] == pool_before
         assert run_playbook(args, root) > 0
+        # 2 pages of server memory and 16 of the master's RAM: the pool holds them, and they are taken.
+        assert _hugepages.pools()['2M']['total'] >= 18 and hugepages_in_use() - used_before == 18
+        memory = os.path.join(root, 'hugepages-2M', 'pbg-%s' % os.path.basename(root))
+        assert os.path.exists(memory) and _hugepages.mount_of(os.path.dirname(memory))[0] == 'hugetlbfs'
         # The plain group's two guests share its region, each under its own account.
         assert stat.S_IMODE(os.stat('/dev/shm/pbp-%s' % os.path.basename(root)).st_mode) == 0o660
         assert sorted(grp.getgrnam('ivm-pbp').gr_mem) == ['ivg-pbp-master', 'ivg-pbp-peer1']
@@ -78,6 +88,7 @@ def test_deploy_playbook_predicts_in_check_mode_and_converges_once(tmp_path):
         if os.path.exists('/dev/shm/pbp-%s' % os.path.basename(root)):
             os.unlink('/dev/shm/pbp-%s' % os.path.basename(root))
         subprocess.run(['groupdel', 'ivm-pbp'], check=False)
+        unmount_hugetlbfs(os.path.join(root, 'hugepages-2M'))
 
 
 def test_migrate_playbook_resolves_an_interrupted_move_then_converges(tmp_path):
