@@ -74,7 +74,7 @@ def region_overrides(server_overrides):
 def relocated(guest, moved):
     """``guest``'s options with its plain devices' memory_path moved as ``moved`` ({path on the
     plan: path on this host}) says: a region that lives elsewhere on a host is mapped there."""
-    devices = guest.get('ivshmem')
+    devices = guest.get('ivshmem') if isinstance(guest, dict) else None
     if not moved or not isinstance(devices, list):
         return guest
     return dict(guest, ivshmem=[dict(device, memory_path=moved[device['memory_path']])
@@ -166,7 +166,8 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     unplug_timeout = check_int(where + '.peer_unplug_timeout', group.get('peer_unplug_timeout', 30), 1, 3600)
     region = dict(_mapping(where + '.region', group.get('region')), name=name, size=size)
     _only(where + '.region', region, GROUP_REGION_OPTIONS + ('name', 'size'))
-    memory = _region_spec(where, region).memory_path() if plain else None
+    region_spec = _region_spec(where, region) if plain else None
+    memory = region_spec.memory_path() if plain else None
     guests = []
     for role, field, guest in [('master', where + '.master', master)] + \
             [('peer', '%s.peers[%d]' % (where, i), p) for i, p in enumerate(peers)]:
@@ -211,8 +212,8 @@ def normalize_group(index, group, hosts, layout, accounts=None):
     if plain:
         host_accounts = _host_accounts(where, group, users)
         region['members'] = [users[guest_name] for guest_name in names] + host_accounts
-        spec = _region_spec(where, region)
-        result.update(region=region, size=spec.size, memory=memory, host_accounts=host_accounts)
+        # Its members are accounts checked already (the guests' specs, _host_accounts).
+        result.update(region=region, size=region_spec.size, memory=memory, host_accounts=host_accounts)
         return result
     server_params = dict(server, name=name, size=size, vectors=vectors)
     if server.get('implementation', SERVER_DEFAULTS['implementation']) == 'builtin':

@@ -508,8 +508,9 @@ def make_shared_file(path, size, gid, mode):
 
 
 def set_shared_file(path, gid, mode):
-    """Group and mode of root's ``path`` as asked, through an fd opened without following a link."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Group and mode of root's ``path`` as asked, through an fd opened without following a link
+    and without blocking (a FIFO put there since it was checked: memory_dir may be anyone's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if info.st_uid != 0 or not stat.S_ISREG(info.st_mode):

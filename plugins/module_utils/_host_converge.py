@@ -79,8 +79,8 @@ class HostConverger(StateMachine):
         # host keeps it (the server overrides of where memory lives), its guests map it.
         regions, moved = _groups.region_moves(check_list('regions', params.get('regions')), params.get('server_overrides'))
         regions = _validated('regions', regions, {}, {})
-        guests = _validated('guests', [_groups.relocated(guest, moved) if isinstance(guest, dict) else guest
-                                       for guest in check_list('guests', params.get('guests'))], account,
+        guests = _validated('guests', [_groups.relocated(guest, moved) for guest in check_list('guests', params.get('guests'))],
+                            account,
                             _groups.overrides('guest_overrides', params.get('guest_overrides')))
         for server in servers:
             # A server knows its guests by account: those that run as a given one are told so.
