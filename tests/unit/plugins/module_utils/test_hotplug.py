@@ -1,5 +1,7 @@
 """Unplugging and plugging back a device over QMP (_hotplug.py) against a monitor kept in memory:
 what is removed and added, and in which order, for a doorbell and a plain device."""
+import contextlib
+
 import pytest
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils import _hotplug
@@ -85,3 +87,23 @@ def test_a_plain_device_that_cannot_be_plugged_back_leaves_no_backend_behind():
     with pytest.raises(_hotplug.HotplugError, match='plugging ivshmem0 back failed'):
         _hotplug.plug(qmp, device('plain'), 'pc')
     assert qmp.objects == ['pc.ram'] and qmp.peripherals == []
+
+
+def test_a_plain_device_is_never_plugged_back_onto_a_file_that_is_not_there(monkeypatch, tmp_path):
+    """object-add would make the file (as the guest's, mode 0644: no other guest could open it)."""
+    from ansible_collections.ivshmem.fleet.plugins.module_utils import _guest
+    path = str(tmp_path / 'region')
+    spec = GuestSpec({'name': 'p', 'ivshmem': [dict(DEVICES['plain'], memory_path=path, hotplug=True)]}, LAYOUT)
+    record = {'spec': spec.to_dict(), 'unplugged': ['ivshmem0']}
+    monkeypatch.setattr(_guest, 'guest_status', lambda layout, name, registers=True: {'pid': 1, 'record': record})
+    qmp = Monitor(spec.devices[0])
+    _hotplug.unplug(qmp, spec.devices[0], 5)
+    handle = type('Handle', (), {'qmp': lambda self: contextlib.nullcontext(qmp)})()
+    monkeypatch.setattr(_guest.GuestHandle, 'of', classmethod(lambda cls, layout, name: handle))
+    monkeypatch.setattr(_guest, '_set_unplugged', lambda layout, name, ids: None)
+    sent = len(qmp.sent)
+    with pytest.raises(_guest.GuestError, match='no shared memory file at %s' % path):
+        _guest.plug_devices(LAYOUT, 'p')
+    assert qmp.sent[sent:] == [] and qmp.peripherals == []
+    open(path, 'wb').close()
+    assert list(_guest.plug_devices(LAYOUT, 'p')) == ['ivshmem0'] and qmp.peripherals == ['ivshmem0']
