@@ -162,9 +162,6 @@ def normalize_group(index, group, hosts, layout, accounts=None):
                                            MAX_VECTORS)
     pin_ids = group.get('pin_ids', True)
     peer_mode = _choice(where + '.peer_mode', group.get('peer_mode', 'restart'), PEER_MODES)
-    if plain and peer_mode == 'live':
-        raise ValidationError(where + '.peer_mode', 'live peers plug a doorbell device back; a plain group\'s peers '
-                              'restart')
     peer_fallback = _choice(where + '.peer_fallback', group.get('peer_fallback', 'none'), PEER_FALLBACKS)
     unplug_timeout = check_int(where + '.peer_unplug_timeout', group.get('peer_unplug_timeout', 30), 1, 3600)
     region = dict(_mapping(where + '.region', group.get('region')), name=name, size=size)

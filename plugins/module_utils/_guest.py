@@ -157,6 +157,17 @@ def _set_unplugged(layout, name, ids):
         _host.write_json(paths['record'], dict(record, unplugged=sorted(ids)))
 
 
+def missing_here(device):
+    """What ``device`` (an IvshmemDevice) needs on this host and lacks, as a sentence, or None: its
+    server's socket, or its memory file (QEMU would make that as this guest's, mode 0644, and no
+    other guest could open it)."""
+    if device.type == 'doorbell' and not os.path.exists(device.socket):
+        return 'no ivshmem server socket at %s; start the server first' % device.socket
+    if device.type == 'plain' and not os.path.lexists(device.memory_path):
+        return 'no shared memory file at %s; make it first (ivshmem.fleet.region)' % device.memory_path
+    return None
+
+
 def _devices(layout, record):
     return [IvshmemDevice.from_record(d, layout) for d in record['spec']['ivshmem']]
 
@@ -194,6 +205,9 @@ def plug_devices(layout, name):
     with GuestHandle.of(layout, name).qmp() as qmp:
         for device in _devices(layout, record):
             if device.id in gone:
+                missing = missing_here(device)  # plugged back by a move, which does not run Guest.check
+                if missing:
+                    raise GuestError('guest %s: %s cannot be plugged back: %s' % (name, device.id, missing))
                 try:
                     plugged[device.id] = _hotplug.plug(qmp, device, record['spec'].get('machine') or GUEST_DEFAULTS['machine'])
                 except _hotplug.HotplugError as exc:
@@ -322,15 +336,11 @@ class Guest:
         warnings = []
         mine = dict((d.memory_key, i) for i, d in enumerate(self.spec.devices) if d.role == 'master')
         for device_index, device in enumerate(self.spec.devices):
-            if device.type == 'doorbell' and not os.path.exists(device.socket):
-                field = 'ivshmem[%d].%s' % (device_index, 'server' if device.server else 'socket')
-                message = 'no ivshmem server socket at %s; start the server first' % device.socket
-            elif device.type == 'plain' and not os.path.lexists(device.memory_path):
-                # QEMU would make it, as this guest's with mode 0644: no other guest could open it.
-                field = 'ivshmem[%d].memory_path' % device_index
-                message = 'no shared memory file at %s; make it first (ivshmem.fleet.region)' % device.memory_path
-            else:
+            message = missing_here(device)
+            if message is None:
                 continue
+            field = 'ivshmem[%d].%s' % (device_index, 'memory_path' if device.type == 'plain' else
+                                        'server' if device.server else 'socket')
             if not assume_servers:
                 raise ValidationError(field, message)
             warnings.append('%s: %s (assumed made by an earlier task in check mode)' % (field, message))

@@ -10,13 +10,20 @@ and reattach it once the master's migration completed. ``device_del`` only asks:
 releases the device, and QEMU then sends DEVICE_DELETED (a guest with no OS never does). Until
 then the device, and the migration blocker of a peer's ivshmem, stay.
 
+What the device was plugged onto goes with it (``BACKENDS``): a doorbell device's chardev (its
+connection to the server) and a plain device's memory-backend-file. A backend left behind still
+counts in the migration stream, as a RAM block of its own ("0000:00:10.0/ivshmem0-mem"), and the
+destination, started without it, refuses the stream ("Unknown ramblock", QEMU 7.2 and 10.0 alike)
+while the source sees only a broken pipe; so it goes too, and comes back with the device.
+
 QEMU 7.2's ivshmem (hw/misc/ivshmem.c), where KVM's irqfd does not carry its interrupts (TCG),
 watches each of its vector eventfds in the main loop (watch_vector_notifier) and, unplugged,
 closes them without unwatching them (ivshmem_exit). The next fds QEMU opens get those numbers
 (a QMP connection, the migration stream, the device plugged back); once one is readable, QEMU
 runs the freed device's handler on it: it reads from that fd or crashes (seen here: a segfault
 in object_dynamic_cast_assert, 4 runs of 4). So ``unplug`` gives QEMU an fd nobody writes for
-every eventfd number the device freed, before anything else can take it.
+every eventfd number the device freed, before anything else can take it. A plain device has no
+eventfds (no server, no vectors): nothing to hold.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -26,6 +33,7 @@ __metaclass__ = type
 import os
 import time
 import uuid
+from collections import namedtuple
 
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._qmp import QMPError, event_seconds
@@ -40,8 +48,19 @@ def plugged(qmp, device_id):
     return any(item.get('name') == device_id for item in qmp.command('qom-list', {'path': '/machine/peripheral'}))
 
 
-def _chardev_exists(qmp, chardev_id):
-    return any(item.get('label') == chardev_id for item in qmp.command('query-chardev'))
+def _chardevs(qmp):
+    return [item.get('label') for item in qmp.command('query-chardev')]
+
+
+def _objects(qmp):
+    return [item.get('name') for item in qmp.command('qom-list', {'path': '/objects'})]
+
+
+# What a device is plugged onto, by device type: the QMP command that adds it (with the
+# arguments of IvshmemDevice.qmp_plug), the one that removes it (by ID), and the IDs present.
+Backend = namedtuple('Backend', 'add remove present')
+BACKENDS = {'doorbell': Backend('chardev-add', 'chardev-remove', _chardevs),
+            'plain': Backend('object-add', 'object-del', _objects)}
 
 
 def _eventfds(pid):
@@ -88,12 +107,13 @@ def _hold_freed_numbers(qmp, pid, freed):
 
 def unplug(qmp, device, timeout, pid=None):
     """Ask the guest to release ``device`` (an IvshmemDevice) and wait until QEMU removed it, then
-    close its connection to the server. Returns the DEVICE_DELETED time, or None when the device
-    was already gone. Raises HotplugError when the guest did not release it within ``timeout``.
-    ``pid``: the QEMU's, to hold the eventfd numbers the device freed (see above)."""
+    remove its backend (the connection to the server, or the memory backend). Returns the
+    DEVICE_DELETED time, or None when the device was already gone. Raises HotplugError when the
+    guest did not release it within ``timeout``. ``pid``: the QEMU's, to hold the eventfd numbers
+    a doorbell device freed (see above)."""
     released_at = None
     if plugged(qmp, device.id):
-        watched = _eventfds(pid) if pid else None
+        watched = _eventfds(pid) if pid and device.type == 'doorbell' else None
         try:
             qmp.command('device_del', {'id': device.id})
         except QMPError as exc:
@@ -112,25 +132,27 @@ def unplug(qmp, device, timeout, pid=None):
         remaining = _open_fds(pid) if watched else None
         if remaining is not None:
             _hold_freed_numbers(qmp, pid, watched - remaining)
-    chardev = '%s-chr' % device.id
-    if _chardev_exists(qmp, chardev):
-        qmp.command('chardev-remove', {'id': chardev})
+    backend = BACKENDS[device.type]
+    if device.backend_id in backend.present(qmp):
+        qmp.command(backend.remove, {'id': device.backend_id})
     return released_at
 
 
 def plug(qmp, device, machine):
-    """Connect ``device`` to its server again and plug it into the guest (the same slot); the
-    server gives it its ID during device_add. Returns the time it was plugged."""
-    chardev, properties = device.qmp_plug(machine)
+    """Add ``device``'s backend again (a connection to its server, which gives it its ID during
+    device_add; or the memory backend on the file of this host's region) and plug the device into
+    the guest (the same slot). Returns the time it was plugged."""
+    arguments, properties = device.qmp_plug(machine)
+    backend = BACKENDS[device.type]
     try:
-        if not _chardev_exists(qmp, chardev['id']):
-            qmp.command('chardev-add', chardev)
+        if device.backend_id not in backend.present(qmp):
+            qmp.command(backend.add, arguments)
         if not plugged(qmp, device.id):
             qmp.command('device_add', properties)
     except QMPError as exc:
         try:
-            if not plugged(qmp, device.id) and _chardev_exists(qmp, chardev['id']):
-                qmp.command('chardev-remove', {'id': chardev['id']})
+            if not plugged(qmp, device.id) and device.backend_id in backend.present(qmp):
+                qmp.command(backend.remove, {'id': device.backend_id})
         except QMPError:
             pass
         raise HotplugError('plugging %s back failed: %s' % (device.id, exc))

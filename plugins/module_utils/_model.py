@@ -482,8 +482,12 @@ class IvshmemDevice:
         self.hotplug = params.get('hotplug', IVSHMEM_DEFAULTS['hotplug'])
         if not isinstance(self.hotplug, bool):
             raise ValidationError(field + '.hotplug', 'must be true or false')
-        if self.hotplug and self.type != 'doorbell':
-            raise ValidationError(field + '.hotplug', 'only for type doorbell (a peer that is unplugged and plugged back)')
+
+    @property
+    def backend_id(self):
+        """The ID of what the device is plugged onto: its chardev to the server (doorbell) or its
+        memory-backend-file (plain)."""
+        return '%s-%s' % (self.id, 'chr' if self.type == 'doorbell' else 'mem')
 
     @property
     def memory_key(self):
@@ -522,28 +526,36 @@ class IvshmemDevice:
                               'machine %s: devices are placed for hotplug on pc and q35 machines only' % machine)
 
     def qmp_plug(self, machine):
-        """The chardev-add and device_add arguments that plug this device back (hotplug only)."""
-        chardev = {'id': '%s-chr' % self.id, 'backend': {'type': 'socket', 'data': {
-            'addr': {'type': 'unix', 'data': {'path': self.socket}}, 'server': False}}}
-        device = dict(self.hotplug_placement(machine)[1], driver='ivshmem-doorbell', id=self.id,
-                      chardev='%s-chr' % self.id, vectors=self.vectors, master='on' if self.role == 'master' else 'off')
-        return chardev, device
+        """(the backend's arguments, device_add's) that plug this device back (hotplug only): a
+        doorbell device's chardev-add (a connection to its server), a plain one's object-add (the
+        memory-backend-file of its command line)."""
+        master = 'on' if self.role == 'master' else 'off'
+        device = dict(self.hotplug_placement(machine)[1], driver='ivshmem-' + self.type, id=self.id, master=master)
+        if self.type == 'doorbell':
+            backend = {'id': self.backend_id, 'backend': {'type': 'socket', 'data': {
+                'addr': {'type': 'unix', 'data': {'path': self.socket}}, 'server': False}}}
+            device.update(chardev=self.backend_id, vectors=self.vectors)
+        else:
+            backend = {'qom-type': 'memory-backend-file', 'id': self.backend_id, 'mem-path': self.memory_path,
+                       'size': self.size, 'share': True}
+            device.update(memdev=self.backend_id)
+        return backend, device
 
     def argv(self, machine=GUEST_DEFAULTS['machine'], plugged=True):
         """The device's command line; ``plugged`` False keeps only its hotplug placement."""
+        before, bus = self.hotplug_placement(machine) if self.hotplug else ([], {})
+        if not plugged:
+            return before
         master = 'on' if self.role == 'master' else 'off'
+        placed = ''.join(',%s=%s' % item for item in sorted(bus.items()))
         if self.type == 'doorbell':
-            before, bus = self.hotplug_placement(machine) if self.hotplug else ([], {})
-            if not plugged:
-                return before
-            return before + ['-chardev', 'socket,id=%s-chr,path=%s' % (self.id, qemu_opt(self.socket)),
-                             '-device', 'ivshmem-doorbell,id=%s,chardev=%s-chr,vectors=%d,master=%s%s' % (
-                                 self.id, self.id, self.vectors, master,
-                                 ''.join(',%s=%s' % item for item in sorted(bus.items())))]
-        backend = 'memory-backend-file,id=%s-mem,mem-path=%s,size=%d,share=on' % (
-            self.id, qemu_opt(self.memory_path), self.size)
-        return ['-object', backend,
-                '-device', 'ivshmem-plain,id=%s,memdev=%s-mem,master=%s' % (self.id, self.id, master)]
+            return before + ['-chardev', 'socket,id=%s,path=%s' % (self.backend_id, qemu_opt(self.socket)),
+                             '-device', 'ivshmem-doorbell,id=%s,chardev=%s,vectors=%d,master=%s%s' % (
+                                 self.id, self.backend_id, self.vectors, master, placed)]
+        backend = 'memory-backend-file,id=%s,mem-path=%s,size=%d,share=on' % (
+            self.backend_id, qemu_opt(self.memory_path), self.size)
+        return before + ['-object', backend,
+                         '-device', 'ivshmem-plain,id=%s,memdev=%s,master=%s%s' % (self.id, self.backend_id, master, placed)]
 
 
 class GuestSpec:

@@ -5,7 +5,9 @@
 
 """The steps of the peers a group move keeps running (``live_peers``, the group's ``peer_mode:
 live``): unplugged on the source before the master moves, migrated one by one once it runs on
-the destination, plugged back there. Step functions as in _move_steps.py, listed in _move.py's
+the destination, plugged back there: a doorbell group's onto the destination's server, a plain
+group's onto the destination's region (its path there, as _groups.on_host maps it, is in the
+peer's record on the destination). Step functions as in _move_steps.py, listed in _move.py's
 table."""
 
 from __future__ import absolute_import, division, print_function
@@ -124,8 +126,9 @@ def send_peer(move):
 
 
 def plug_peer(move):
-    """Destination: the migrated peer runs, its device plugged back with its pinned ID, and
-    IVPOSITION read back from the device before the peer counts as moved."""
+    """Destination: the migrated peer runs, its device plugged back (a doorbell device with its
+    pinned ID, IVPOSITION read back from the device before the peer counts as moved; a plain one
+    onto this host's region, which has no IDs)."""
     name = live_peer(move)['name']
     status = guest_status(move.layout, name, registers=False)
     if status is None or status['pid'] is None:

@@ -48,7 +48,8 @@ description:
   - Refuses migration settings that corrupt shared memory (postcopy, C(x-ignore-shared)).
   - "Peers: a group with C(peer_mode=live) keeps its peers running (QEMU's documented procedure):
     each peer's device is unplugged on the source (its guest OS releases it), the master moves, then
-    each peer is live-migrated and its device plugged back on the destination with its pinned ID.
+    each peer is live-migrated and its device plugged back on the destination (a doorbell group's
+    with its pinned ID, a plain group's with its memory backend, onto the destination's region).
     With C(peer_mode=restart) (the default) the peers are paused and fresh peers start on the destination."
   - Shows progress on the controller while the migration runs (percent, bytes left, throughput, time left).
   - "Host variables: C(ivshmem_fleet_runtime_dir) (default C(/run/ivshmem-fleet)),

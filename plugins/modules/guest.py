@@ -168,9 +168,9 @@ options:
         description:
           - Place the device where PCI hotplug works (pc - a fixed slot on the root bus; q35 - a root
             port of its own; other machines are refused), so it can be unplugged and plugged back
-            while the guest runs. A group
-            with C(peer_mode=live) sets it on its peers. Doorbell devices only; it changes the
-            guest's PCI layout, so switching it on a running guest needs a restart.
+            while the guest runs (a plain device with its memory backend, a doorbell device with its
+            connection to the server). A group with C(peer_mode=live) sets it on its peers. It changes
+            the guest's PCI layout, so switching it on a running guest needs a restart.
         type: bool
         default: false
   user:

@@ -78,13 +78,20 @@ options:
         (default true, the master gets ID 0 and the peers 1..n in order, whatever the connection
         order), C(migration_port) (default 4444), C(peer_mode) (V(restart), the default - peers are
         paused and restarted on the destination of a move; V(live) - kept running - their devices are
-        placed for hotplug, unplugged before the master moves, the peers migrated and plugged back;
-        their guests need an OS with PCI hotplug), C(peer_fallback) (V(none), the default, or
+        placed for hotplug, unplugged before the master moves, the peers migrated and plugged back,
+        a plain group's onto the destination's region; their guests need an OS with PCI hotplug),
+        C(peer_fallback) (V(none), the default, or
         V(restart) - a peer that does not release its device is restarted instead of failing the
         move), C(peer_unplug_timeout) (seconds, default 30) and C(host_peers) (host-side peers of the
         group's server, each C(name) and optionally C(user), its account, by default C(ivh-NAME) - the
         server admits each by its account and pins its ID after the guests'; the host runs it with
         C(ivshmem-fleet-peer), installed beside the server program - see the README).
+      - C(type) is V(doorbell) (the default - a server's memory, IDs and doorbells) or V(plain) - one
+        region of shared memory (C(ivshmem-plain)), a file root makes and owns, no server, IDs or
+        doorbells. A plain group takes C(region) (C(shm_name), C(memory_dir), C(group), C(mode), as
+        M(ivshmem.fleet.region) takes them) and C(host_accounts) (host accounts that read and write
+        the region beside its guests), and not C(vectors), C(pin_ids), C(server) or C(host_peers). Its
+        peers move as a doorbell group's do, restarted or live.
     type: list
     elements: dict
     required: true

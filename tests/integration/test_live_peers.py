@@ -1,6 +1,7 @@
 """Peers kept running through a group move (peer_mode: live), on real QEMU with Linux guests.
 
-Two "hosts" (runtime directories, each with its own server of the group) on this machine. The
+Two "hosts" (runtime directories, each with its own server of the group, or its own region of a
+plain group) on this machine. The
 master and the peer run tests/guest/ivshmem-workload.c: the master writes a checked sequence;
 the peer checks what it reads, counts its loops in its own RAM (``life``), drops its mappings
 when its device is unplugged and maps it again when it is back. A peer that was not restarted
@@ -38,19 +39,22 @@ def boot(image, mode):
 @pytest.fixture
 def live(request, test_guest):
     machine = getattr(request, 'param', 'pc')  # pc: ACPI hotplug on the root bus; q35: a root port
-    binaries = {}
+    binaries, kind = {}, {}
+    if machine.startswith('plain:'):  # a plain group: ivshmem-plain on a region of each host's
+        machine, kind = machine[len('plain:'):], {'type': 'plain'}
     if machine.endswith('@10.0'):  # host b runs QEMU 10.0 (test_mixed_versions.py)
         machine, binaries = machine[:-len('@10.0')], {'b': request.getfixturevalue('qemu_backports')}
     hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], peers=1, memory='256M', peer_mode='live', binaries=binaries,
                      master=dict(boot(test_guest, 'master'), machine=machine),
-                     peer=dict(boot(test_guest, 'peer'), machine=machine))
+                     peer=dict(boot(test_guest, 'peer'), machine=machine), **kind)
     hosts.deploy('a')
     # Held open: the move removes the source's guest directories, and the consoles with them.
     hosts.source_consoles = dict((g, open(os.path.join(hosts.layouts['a'].guest_dir(g), 'console.log'), 'rb'))
                                  for g in ('g-master', 'g-peer1'))
     wait_for('the peer to check the master', lambda: len(console(hosts, 'a', 'g-peer1')['seq']) >= 2, 90, interval=0.5)
-    bells_grow(hosts, 'a', 'g-peer1')  # doorbells both ways before the move
-    bells_grow(hosts, 'a', 'g-master')
+    if doorbells(hosts):
+        bells_grow(hosts, 'a', 'g-peer1')  # doorbells both ways before the move
+        bells_grow(hosts, 'a', 'g-master')
     yield hosts
     for handle in hosts.source_consoles.values():
         handle.close()
@@ -86,6 +90,11 @@ def console(hosts, host, guest):
     return found
 
 
+def doorbells(hosts):
+    """A doorbell group's (a plain group has no server: no IDs, no doorbells)."""
+    return hosts.group['type'] == 'doorbell'
+
+
 def bells_grow(hosts, host, guest):
     """Doorbells keep arriving at ``guest`` on ``host`` (its count grows over two reports)."""
     first = console(hosts, host, guest)['bells']
@@ -95,10 +104,13 @@ def bells_grow(hosts, host, guest):
 
 def assert_moved_live(hosts):
     """The group runs whole on b; the peer migrated (one boot, its count continued), got its
-    device back with its ID and reads the master's data written after the move."""
+    device back (with its ID, in a doorbell group) and reads the master's data written after the
+    move."""
     where = hosts.where('b')
-    assert (where['g-master'], where['g-peer1'], where['g-master:id'], where['g-peer1:id']) == ('running', 'running', 0, 1)
-    assert where['g-peer1:ivposition'] == 1 and where['g-master:ivposition'] == 0
+    assert (where['g-master'], where['g-peer1']) == ('running', 'running'), where
+    if doorbells(hosts):
+        assert (where['g-master:id'], where['g-peer1:id']) == (0, 1)
+        assert where['g-peer1:ivposition'] == 1 and where['g-master:ivposition'] == 0
     assert set(hosts.where('a').values()) == {'absent'}
     before_master, before = console(hosts, 'a', 'g-master'), console(hosts, 'a', 'g-peer1')
     wait_for('the moved peer to read again', lambda: len(console(hosts, 'b', 'g-peer1')['seq']) >= 2, 60, interval=0.5)
@@ -106,12 +118,13 @@ def assert_moved_live(hosts):
     errors = before['errors'] + after['errors'] + before_master['errors'] + console(hosts, 'b', 'g-master')['errors']
     assert not errors, errors
     assert len(before['boots']) == 1 and after['boots'] == [], 'the peer booted again: %s' % after['boots']
-    assert after['remapped'] and after['remapped'][0][0] == 1, after['remapped']
+    assert after['remapped'] and (after['remapped'][0][0] == 1 or not doorbells(hosts)), after['remapped']
     assert before['life'] and after['life'][0] > before['life'][-1], 'the peer restarted its count'
     assert all(x <= y for x, y in zip(after["life"], after["life"][1:])) and after["life"][-1] > after["life"][0], after["life"]
     assert after['seq'][-1] > before_master['seq'][-1], "the peer does not see the master's latest data"
-    bells_grow(hosts, 'b', 'g-peer1')  # doorbells both ways after the move: master to peer ...
-    bells_grow(hosts, 'b', 'g-master')  # ... and peer to master
+    if doorbells(hosts):
+        bells_grow(hosts, 'b', 'g-peer1')  # doorbells both ways after the move: master to peer ...
+        bells_grow(hosts, 'b', 'g-master')  # ... and peer to master
 
 
 # q35 (a pcie-root-port per device): known, not yet fixed, and intermittent. Two ways it failed:
@@ -144,6 +157,30 @@ def test_a_peer_moved_live_keeps_running_and_gets_its_device_back(live):
         for guest in ('g-master', 'g-peer1'):
             status = guest_status(live.layouts['b'], guest)
             assert (status['record']['argv'][0], status['machine_type']) == (live.binaries['b'], 'pc-i440fx-7.2')
+    again = live.engine('a', 'b').run()
+    assert not again['changed']
+
+
+@pytest.mark.parametrize('live', ['plain:pc', 'plain:pc@10.0'], indirect=True)
+def test_a_plain_group_s_peer_moved_live_maps_the_destination_s_region(live):
+    """ivshmem-plain: no server, so no IDs and no doorbells. The peer's device and its memory
+    backend go on the source (a backend left there makes the destination refuse the peer's stream:
+    "Unknown ramblock"); on b, once the master's memory is verified there, the backend is added
+    again on b's region (another file on this machine) and the device plugged back onto it.
+    plain:pc@10.0: into QEMU 10.0 (a 10.0 source under TCG aborts the migration of a plain
+    master: README, known issues)."""
+    report = live.engine('a', 'b').run()
+    assert report['outcome'] == 'moved', report
+    checked = report['verification']
+    assert checked['source_checksums'] and checked['source_checksums'] == checked['destination_checksums'], checked
+    peer = report['peers']['g-peer1']
+    assert peer['mode'] == 'live' and peer['restarted'] is False and peer['shared_memory_outage_ms'] > 0, peer
+    assert report['peers_start_ms'] is None  # no peer was restarted
+    region = live.memory('b')
+    assert region and region != live.group['memory'], region  # b keeps its region elsewhere (its shm_name)
+    with QMPClient(guest_status(live.layouts['b'], 'g-peer1', registers=False)['qmp'], timeout=10) as qmp:
+        assert qmp.command('qom-get', {'path': '/objects/ivshmem0-mem', 'property': 'mem-path'}) == region
+    assert_moved_live(live)
     again = live.engine('a', 'b').run()
     assert not again['changed']
 

@@ -167,7 +167,8 @@ def test_a_plain_group_is_a_region_its_guests_and_host_accounts_share():
     ({'vectors': 2}, 'groups[g1].vectors'),
     ({'server': {'max_clients': 4}}, 'groups[g1].server'),
     ({'host_peers': [{'name': 'h'}]}, 'groups[g1].host_peers'),
-    ({'peer_mode': 'live'}, 'groups[g1].peer_mode'),
+    ({'peer_mode': 'hot'}, 'groups[g1].peer_mode'),
+    ({'peer_mode': 'live', 'peers': [{'name': 'p', 'machine': 'microvm'}]}, 'groups[g1].peers[0].ivshmem[0].hotplug'),
     ({'region': {'mode': '0666'}}, 'groups[g1].region.mode'),
     ({'region': {'group': 'ivshmem'}}, 'groups[g1].region.group'),
     ({'size': '3M'}, 'groups[g1].size'),
@@ -178,6 +179,14 @@ def test_a_plain_group_is_a_region_its_guests_and_host_accounts_share():
 ])
 def test_plain_group_errors_name_the_field(overrides, field):
     assert field_of([plain(**overrides)]) == field
+
+
+def test_a_live_plain_group_places_its_peers_plain_devices_for_hotplug_and_not_its_master():
+    g1 = plan([plain(peer_mode='live', peer_fallback='restart')])['groups'][0]
+    assert (g1['peer_mode'], g1['peer_fallback']) == ('live', 'restart')
+    assert [p['ivshmem'][0] for p in g1['peers']] == [
+        {'type': 'plain', 'memory_path': '/dev/shm/ivshmem-fleet-g1', 'size': '16M', 'role': 'peer', 'hotplug': True}] * 2
+    assert 'hotplug' not in g1['master']['ivshmem'][0]
 
 
 def test_a_doorbell_group_takes_no_region():
@@ -191,6 +200,10 @@ def test_a_host_keeps_a_plain_group_s_memory_where_its_overrides_say_and_its_gue
     assert here['region'] == dict(g1['region'], shm_name='b-g1') and here['server'] is None
     assert [guest['ivshmem'][0]['memory_path'] for guest in [here['master']] + here['peers']] == ['/dev/shm/b-g1'] * 3
     assert here['master']['binary'] == '/opt/qemu'
+    # A live peer is plugged back there, onto that host's file (its hotplug placement kept).
+    live = on_host(plan([plain(peer_mode='live')])['groups'][0], {'shm_name': 'b-g1'})
+    assert [peer['ivshmem'][0] for peer in live['peers']] == [
+        {'type': 'plain', 'memory_path': '/dev/shm/b-g1', 'size': '16M', 'role': 'peer', 'hotplug': True}] * 2
 
 
 def test_a_host_account_is_no_guest_s_of_another_group():

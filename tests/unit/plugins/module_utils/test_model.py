@@ -172,23 +172,57 @@ def test_a_hotplug_device_has_a_fixed_place_that_stays_when_it_is_unplugged(mach
     assert ','.join('%s=%s' % (k, v) for k, v in sorted(device.items()) if k in ('addr', 'bus')) in bus
 
 
+PLAIN = {'type': 'plain', 'memory_path': '/dev/shm/r,1', 'size': '4M'}
+PLAIN_BACKEND = 'memory-backend-file,id=ivshmem0-mem,mem-path=/dev/shm/r,,1,size=4194304,share=on'
+
+
+@pytest.mark.parametrize('machine,kept,bus', [
+    ('pc', [], ',addr=0x10,bus=pci.0'),
+    ('q35', ['-device', 'pcie-root-port,id=ivshmem0-port,chassis=16,bus=pcie.0,addr=0x10'], ',bus=ivshmem0-port'),
+])
+def test_a_plain_hotplug_device_is_its_memory_backend_and_the_device_both_plugged_at_its_fixed_place(machine, kept, bus):
+    spec = GuestSpec({'name': 'p', 'machine': machine, 'ivshmem': [dict(PLAIN, hotplug=True)]}, LAYOUT)
+    assert spec.devices[0].argv(machine) == kept + [
+        '-object', PLAIN_BACKEND, '-device', 'ivshmem-plain,id=ivshmem0,memdev=ivshmem0-mem,master=off' + bus]
+    # Unplugged: the placement only, no backend (a backend left without its device is migrated
+    # as a RAM block of its own, which a destination without it refuses).
+    assert spec.devices[0].argv(machine, plugged=False) == kept
+    unplugged = spec.argv(LAYOUT, 'tcg', True, unplugged=['ivshmem0'])
+    assert not [a for a in unplugged if 'ivshmem-plain' in a or 'memory-backend' in a]
+    backend, device = spec.devices[0].qmp_plug(machine)
+    # The same object as on the command line (its path unescaped: QMP takes it as it is).
+    assert backend == {'qom-type': 'memory-backend-file', 'id': 'ivshmem0-mem', 'mem-path': '/dev/shm/r,1',
+                       'size': 4 << 20, 'share': True}
+    assert ','.join('%s=%s' % (k, v) for k, v in sorted(device.items()) if k in ('addr', 'bus')) in bus
+    assert dict((k, v) for k, v in device.items() if k not in ('addr', 'bus')) == {
+        'driver': 'ivshmem-plain', 'id': 'ivshmem0', 'memdev': 'ivshmem0-mem', 'master': 'off'}
+    assert spec.to_dict()['ivshmem'][0]['hotplug'] is True
+    master = GuestSpec({'name': 'm', 'machine': machine, 'ivshmem': [dict(PLAIN, role='master', hotplug=True)]}, LAYOUT)
+    assert master.devices[0].qmp_plug(machine)[1]['master'] == 'on'
+
+
 def test_without_hotplug_the_command_line_and_record_are_as_before():
     spec = GuestSpec({'name': 'p', 'ivshmem': [{'server': 's', 'vectors': 2}]}, LAYOUT)
     assert spec.argv(LAYOUT, 'tcg', False)[-1] == 'ivshmem-doorbell,id=ivshmem0,chardev=ivshmem0-chr,vectors=2,master=off'
     assert 'hotplug' not in spec.to_dict()['ivshmem'][0]
+    plain = GuestSpec({'name': 'p', 'ivshmem': [PLAIN]}, LAYOUT)
+    assert plain.argv(LAYOUT, 'tcg', False)[-4:] == [
+        '-object', PLAIN_BACKEND, '-device', 'ivshmem-plain,id=ivshmem0,memdev=ivshmem0-mem,master=off']
+    assert 'hotplug' not in plain.to_dict()['ivshmem'][0]
 
 
 @pytest.mark.parametrize('device,field', [
     ({'server': 's', 'hotplug': 'yes'}, 'ivshmem[0].hotplug'),
-    ({'type': 'plain', 'memory_path': '/dev/shm/x', 'size': '1M', 'hotplug': True}, 'ivshmem[0].hotplug'),
+    (dict(PLAIN, hotplug='yes'), 'ivshmem[0].hotplug'),
 ])
 def test_hotplug_bad_input_names_the_field(device, field):
     assert field_of(GuestSpec, {'name': 'p', 'ivshmem': [device]}, LAYOUT) == field
 
 
 @pytest.mark.parametrize('machine', ['microvm', 'virt'])
-def test_hotplug_is_refused_on_machines_without_a_placement(machine):
-    spec = {'name': 'p', 'machine': machine, 'ivshmem': [{'server': 's', 'hotplug': True}]}
+@pytest.mark.parametrize('device', [{'server': 's'}, PLAIN])
+def test_hotplug_is_refused_on_machines_without_a_placement(machine, device):
+    spec = {'name': 'p', 'machine': machine, 'ivshmem': [dict(device, hotplug=True)]}
     assert field_of(GuestSpec, spec, LAYOUT) == 'ivshmem[0].hotplug'
 
 
