@@ -645,9 +645,16 @@ class GuestSpec:
             # RAM from the host's huge page pool, all of it taken at start (a short pool fails the
             # start, not the guest later). Its id is the RAM block's name, pc.ram as without it, so
             # a guest moves between hosts (and QEMU versions) with and without huge pages.
-            machine += ',memory-backend=%s' % RAM_BACKEND
             ram = ['-object', 'memory-backend-memfd,id=%s,size=%dM,hugetlb=on,hugetlbsize=%d,prealloc=on' % (
                 RAM_BACKEND, self.memory, HUGEPAGE_BYTES[self.hugepages])]
+        elif any(device.type == 'plain' for device in self.devices):
+            # The RAM's own backend, made before a plain device's: QEMU 10.0 under TCG aborts a
+            # migration whose first RAM block is another backend (tlb_reset_dirty_range_all, "Bad
+            # ram offset 0"), which a plain device's memory-backend-file otherwise is. Same name,
+            # pc.ram, so it moves to and from guests started without it.
+            ram = ['-object', 'memory-backend-ram,id=%s,size=%dM' % (RAM_BACKEND, self.memory)]
+        if ram:
+            machine += ',memory-backend=%s' % RAM_BACKEND
         argv = [self.binary, '-name', self.name, '-machine', machine, '-accel', accel_opt,
                 '-m', str(self.memory), '-smp', str(self.cpus)] + ram
         if self.cpu:

@@ -55,7 +55,7 @@ options:
         before anything starts; a pool that is larger stays so (pages in use are never taken back).
       - A kernel that gives fewer pages fails the task, naming the page size and the shortfall.
         1 GiB pages are seldom free after boot; reserve them on the kernel command line.
-      - The pool is the kernel's, not kept across a reboot; the M(ivshmem.fleet.hypervisor) role sizes it from
+      - The pool is the kernel's, not kept across a reboot; the C(ivshmem.fleet.hypervisor) role sizes it from
         the groups a host serves.
     type: dict
     default: {}

@@ -196,3 +196,23 @@ def test_a_plain_master_moves_from_7_2_into_10_0_only_as_its_own_type(builtin_la
         assert handle.read() == pattern
     assert builtin_lab.status('pm-b')['state'] == 'running'
     assert builtin_lab.status('pm-b')['machine_type'] == 'pc-i440fx-7.2'
+
+
+def test_a_plain_group_moves_out_of_qemu_10_0_under_tcg(qemu_backports):
+    """QEMU 10.0 under TCG aborts a migration whose first RAM block is a plain device's backend
+    (tlb_reset_dirty_range_all: "Bad ram offset 0"): a plain group moved on from a 10.0 host would
+    lose its master. Guests give their RAM its own backend first, so it never is."""
+    hosts = TwoHosts(lab_root(), uuid.uuid4().hex[:6], type='plain', peers=1,
+                     binaries={'a': qemu_backports, 'b': qemu_backports})
+    try:
+        hosts.deploy('a')
+        pattern = os.urandom(4 << 20)
+        with open(hosts.memory('a'), 'r+b') as handle:
+            handle.write(pattern)
+        report = hosts.engine('a', 'b').run()
+        assert report['outcome'] == 'moved', report
+        assert [hosts.where('b')[name] for name in ('g-master', 'g-peer1')] == ['running', 'running']
+        with open(hosts.memory('b'), 'rb') as handle:
+            assert handle.read() == pattern
+    finally:
+        hosts.teardown()

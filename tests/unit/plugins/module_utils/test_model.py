@@ -188,7 +188,10 @@ def test_a_plain_hotplug_device_is_its_memory_backend_and_the_device_both_plugge
     # as a RAM block of its own, which a destination without it refuses).
     assert spec.devices[0].argv(machine, plugged=False) == kept
     unplugged = spec.argv(LAYOUT, 'tcg', True, unplugged=['ivshmem0'])
-    assert not [a for a in unplugged if 'ivshmem-plain' in a or 'memory-backend' in a]
+    assert not [a for a in unplugged if 'ivshmem-plain' in a or 'ivshmem0-mem' in a]
+    # The RAM's own backend stays, made before any other (QEMU 10.0's TCG dirty sync, see argv).
+    assert unplugged[unplugged.index('-object') + 1] == 'memory-backend-ram,id=pc.ram,size=128M'
+    assert unplugged[unplugged.index('-machine') + 1] == machine + ',memory-backend=pc.ram'
     backend, device = spec.devices[0].qmp_plug(machine)
     # The same object as on the command line (its path unescaped: QMP takes it as it is).
     assert backend == {'qom-type': 'memory-backend-file', 'id': 'ivshmem0-mem', 'mem-path': '/dev/shm/r,1',
@@ -199,6 +202,15 @@ def test_a_plain_hotplug_device_is_its_memory_backend_and_the_device_both_plugge
     assert spec.to_dict()['ivshmem'][0]['hotplug'] is True
     master = GuestSpec({'name': 'm', 'machine': machine, 'ivshmem': [dict(PLAIN, role='master', hotplug=True)]}, LAYOUT)
     assert master.devices[0].qmp_plug(machine)[1]['master'] == 'on'
+
+
+def test_a_guest_with_a_plain_device_makes_its_ram_s_backend_first_and_others_keep_their_command_line():
+    argv = GuestSpec({'name': 'p', 'memory': '64M', 'ivshmem': [PLAIN]}, LAYOUT).argv(LAYOUT, 'tcg', False)
+    objects = [argv[i + 1] for i, arg in enumerate(argv) if arg == '-object']
+    assert objects == ['memory-backend-ram,id=pc.ram,size=64M', PLAIN_BACKEND]
+    assert argv[argv.index('-machine') + 1] == 'pc,memory-backend=pc.ram' and argv[argv.index('-m') + 1] == '64'
+    doorbell = GuestSpec({'name': 'd', 'ivshmem': [{'server': 's'}]}, LAYOUT).argv(LAYOUT, 'tcg', False)
+    assert '-object' not in doorbell and doorbell[doorbell.index('-machine') + 1] == 'pc'
 
 
 def test_without_hotplug_the_command_line_and_record_are_as_before():
