@@ -22,12 +22,18 @@ __metaclass__ = type
 import hashlib
 import mmap
 import os
+import stat
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import CHECKSUMS as ALGORITHMS, DEFAULT_CHECKSUM as DEFAULT
 CHUNK = 32 << 20
+
+
+class ChecksumError(FleetError):
+    """A memory to hash is not a regular file (a link or FIFO put where a server's file was)."""
 
 
 def _chunk_digest(view, algorithm):
@@ -49,9 +55,14 @@ def checksum_files(paths, algorithm=DEFAULT, chunk=CHUNK, workers=None):
     maps, jobs = {}, []
     try:
         for path in paths:
-            fd = os.open(path, os.O_RDONLY)
+            # Root hashes files in directories a server's account writes in (/dev/shm, the
+            # fleet's hugetlbfs): a link there is not followed, a FIFO not waited on.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
-                size = os.fstat(fd).st_size
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise ChecksumError('%s is not a regular file: not hashed' % path)
+                size = info.st_size
                 maps[path] = (mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None, size)
             finally:
                 os.close(fd)

@@ -1,8 +1,9 @@
 import os
+import threading
 
 import pytest
 
-from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import checksum_files
+from ansible_collections.ivshmem.fleet.plugins.module_utils._checksum import ChecksumError, checksum_files
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.cli import build_parser
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.clients import guest_name_of
 from ansible_collections.ivshmem.fleet.plugins.module_utils.ivshmem_server.config import Config
@@ -147,3 +148,26 @@ def test_accounts_are_made_all_or_none(monkeypatch):
     with pytest.raises(_host.HostError, match='cannot lock'):
         _host.ensure_accounts([('ivs-s', 'ivshmem'), ('existing', 'ivshmem'), ('ivg-m', 'ivshmem'), ('broken', 'ivshmem')])
     assert removed == [['userdel', 'ivg-m'], ['userdel', 'ivs-s']]  # never one that existed before
+
+
+def test_a_link_or_fifo_put_where_a_memory_file_was_is_not_followed_or_waited_on(tmp_path):
+    """Root hashes files in directories a server's account writes in: a link to a file of root's
+    is not read, and a FIFO (opened for reading it would block until a writer came) is refused."""
+    secret = tmp_path / 'secret'
+    secret.write_bytes(b'root only')
+    (tmp_path / 'link').symlink_to(secret)
+    os.mkfifo(str(tmp_path / 'fifo'))
+    with pytest.raises(OSError):  # ELOOP: O_NOFOLLOW
+        checksum_files([str(tmp_path / 'link')], 'sha1')
+    outcome = []
+
+    def hash_fifo():
+        try:
+            checksum_files([str(tmp_path / 'fifo')], 'sha1')
+        except ChecksumError as exc:
+            outcome.append(str(exc))
+    worker = threading.Thread(target=hash_fifo, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), 'blocked opening a FIFO'
+    assert outcome and 'not a regular file' in outcome[0], outcome
