@@ -28,6 +28,7 @@ from ansible_collections.ivshmem.fleet.plugins.module_utils import _host
 from ansible_collections.ivshmem.fleet.plugins.module_utils._errors import FleetError, ValidationError
 from ansible_collections.ivshmem.fleet.plugins.module_utils._model import HUGEPAGE_BYTES, check_int
 from ansible_collections.ivshmem.fleet.plugins.module_utils._options import SERVICE_GROUP
+from ansible_collections.ivshmem.fleet.plugins.module_utils._sizes import parse_size
 
 SYSFS = '/sys/kernel/mm/hugepages'
 MOUNTINFO = '/proc/self/mountinfo'
@@ -99,11 +100,14 @@ def mount_of(path, mountinfo=MOUNTINFO):
     return found
 
 
-def _page_size_of(options):
+def _page_bytes_of(options):
+    """The page size in bytes a hugetlbfs's mount options say (``pagesize=2M``, ``2048k``), or None."""
     for option in options.split(','):
         if option.startswith('pagesize='):
-            value = option[len('pagesize='):]
-            return value[:-1] + value[-1].upper() if value[-1:] in 'kmgKMG' else value
+            try:
+                return parse_size(option[len('pagesize='):])
+            except ValueError:
+                return None
     return None
 
 
@@ -114,10 +118,10 @@ def check_mount(field, path, page_size, mountinfo=MOUNTINFO):
         raise HugepageError('%s: %s is not a hugetlbfs mount point (%s), where memory on %s huge pages must live '
                             '(leave memory_dir unset: the fleet mounts its own)' % (
                                 field, path, 'a %s' % mount[0] if mount else 'nothing is mounted there', page_size))
-    size = _page_size_of(mount[1])
-    pages_bytes = {'2M': ('2M', '2048K'), '1G': ('1G', '1024M', '1048576K')}[page_size]
-    if size not in pages_bytes:
-        raise HugepageError('%s: %s is a hugetlbfs of %s pages, not %s' % (field, path, size, page_size))
+    page_bytes = _page_bytes_of(mount[1])
+    if page_bytes != HUGEPAGE_BYTES[page_size]:
+        raise HugepageError('%s: %s is a hugetlbfs of %s pages, not %s' % (
+            field, path, label(page_bytes) if page_bytes else 'unknown', page_size))
 
 
 def prepare_memory_dir(layout, memory_dir, page_size, mountinfo=MOUNTINFO):
