@@ -89,7 +89,7 @@ class HostConverger(StateMachine):
                             if guest.get('user') and guest['name'] in known)
             if accounts:
                 server['accounts'] = dict(accounts, **(server.get('accounts') or {}))
-        self.hugepages = _hugepages.check_pool_request('hugepages', params.get('hugepages') or {})
+        self.hugepages = _hugepages.pool_request(params.get('hugepages'), params.get('hugepages_spare'))
         self.servers, self.regions, self.masters, self.peers = [], [], [], []
         for index, region in enumerate(regions):
             self.regions.append(('regions[%d]' % index, region, self._manager(RegionManager, 'regions', index, region)))

@@ -156,6 +156,15 @@ def check_pool_request(field, request):
     return checked
 
 
+def pool_request(hugepages, spare):
+    """{page size: pages} the pools must hold: ``hugepages`` and ``spare`` (ivshmem.fleet.host's
+    options of those names) summed per page size."""
+    request = check_pool_request('hugepages', hugepages or {})
+    for page_size, pages in check_pool_request('hugepages_spare', spare or {}).items():
+        request[page_size] = request.get(page_size, 0) + pages
+    return request
+
+
 def pool_changes(request, sysfs=SYSFS):
     """{page size: (pages now, pages asked)} of the pools ``request`` would grow."""
     now = pools(sysfs)

@@ -199,6 +199,7 @@ HOST_ARGS = dict(
     regions=dict(type='list', elements='dict', default=[]),
     guests=dict(type='list', elements='dict', default=[]),
     hugepages=dict(type='dict', default={}),
+    hugepages_spare=dict(type='dict', default={}),
     user=dict(type='str'),
     group=dict(type='str'),
     **OVERRIDE_ARGS

@@ -59,6 +59,12 @@ options:
         the groups a host serves.
     type: dict
     default: {}
+  hugepages_spare:
+    description:
+      - Pages kept beyond O(hugepages), page size to pages, for groups that may move in; the pools grow
+        to at least the sum of both.
+    type: dict
+    default: {}
   user:
     description:
       - One account for every server and guest that does not name its own

@@ -121,7 +121,7 @@ ROLE_OPTIONS = {
                    'hypervisor_tls_dir': (_options.CREDENTIALS_ARGS, 'dest'),
                    'hypervisor_pki_dir': (_options.CREDENTIALS_ARGS, 'pki_dir'),
                    'hypervisor_hugepages_planned': (_options.HOST_ARGS, 'hugepages'),
-                   'hypervisor_hugepages_spare': (_options.HOST_ARGS, 'hugepages')},
+                   'hypervisor_hugepages_spare': (_options.HOST_ARGS, 'hugepages_spare')},
 }
 
 

@@ -127,3 +127,11 @@ def test_a_group_s_huge_page_need_counts_its_memory_and_its_guests_ram_on_them()
         normalize_group(0, {'name': 'r', 'host': 'a', 'type': 'plain', 'size': '4M', 'hugepages': '1G',
                             'master': {'name': 'm'}}, ['a'], LAYOUT)
     assert info.value.field == 'groups[r].size'
+
+
+def test_the_pools_asked_are_the_planned_pages_and_the_spare_summed_per_size():
+    assert _hugepages.pool_request({'2M': 3}, {'2M': 2, '1G': 1}) == {'2M': 5, '1G': 1}
+    assert _hugepages.pool_request(None, None) == {}
+    with pytest.raises(ValidationError) as info:
+        _hugepages.pool_request({'2M': 3}, {'3M': 1})
+    assert info.value.field == 'hugepages_spare.3M'
